@@ -1,0 +1,248 @@
+//! The `signalhub` command: run a hub, or subscribe and broadcast through hubs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+use signalhub::client::Client;
+use signalhub::{Hub, HubConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "signalhub",
+    version,
+    about = "A signalhub rendezvous hub (SSE + POST and WebSocket), and its client"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a hub.
+    Listen(ListenArgs),
+    /// Print every message of a channel as one JSON line.
+    Subscribe {
+        app: String,
+        /// A channel, or several separated by commas.
+        channel: String,
+        #[command(flatten)]
+        hubs: HubArgs,
+    },
+    /// Broadcast one JSON message to a channel.
+    Broadcast {
+        app: String,
+        channel: String,
+        /// The message, as JSON.
+        json: String,
+        #[command(flatten)]
+        hubs: HubArgs,
+    },
+}
+
+#[derive(Args)]
+struct HubArgs {
+    /// Hub URL (repeat for several hubs); `http://` is assumed without a scheme.
+    #[arg(
+        long = "hub",
+        env = "SIGNALHUB_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    hubs: Vec<String>,
+}
+
+#[derive(Args)]
+struct ListenArgs {
+    /// Port to listen on.
+    #[arg(short, long, env = "PORT", default_value_t = 8080)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Send each broadcast to at most N subscribers of its channel, chosen at random (0: all).
+    #[arg(short = 'm', long, default_value_t = 0)]
+    max_broadcasts: usize,
+    /// PEM private key, to serve HTTPS (with --cert).
+    #[arg(short, long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// PEM certificate chain, to serve HTTPS (with --key).
+    #[arg(short, long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// No per-message logs.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Largest broadcast body in bytes; larger gets 413.
+    #[arg(long, default_value_t = HubConfig::default().max_body_bytes)]
+    max_body_bytes: usize,
+    /// Longest app or channel name in bytes; longer gets 414.
+    #[arg(long, default_value_t = HubConfig::default().max_name_bytes)]
+    max_name_bytes: usize,
+    /// Longest request target in bytes; longer gets 414.
+    #[arg(long, default_value_t = HubConfig::default().max_target_bytes)]
+    max_target_bytes: usize,
+    /// Most channels in one subscribe; more gets 400.
+    #[arg(long, default_value_t = HubConfig::default().max_channels_per_subscribe)]
+    max_channels: usize,
+    /// Seconds between heartbeats on each subscription.
+    #[arg(long, default_value_t = HubConfig::default().heartbeat.as_secs_f64())]
+    heartbeat_secs: f64,
+    /// Messages queued for one subscriber before it is dropped as too slow.
+    #[arg(long, default_value_t = HubConfig::default().queue_max_messages)]
+    queue_messages: usize,
+    /// Bytes queued for one subscriber before it is dropped as too slow.
+    #[arg(long, default_value_t = HubConfig::default().queue_max_bytes)]
+    queue_bytes: usize,
+    /// Bytes queued across all subscribers, past which subscribers that are behind are dropped.
+    #[arg(long, default_value_t = HubConfig::default().queued_bytes_budget)]
+    queued_bytes_budget: usize,
+    /// Open connections in all (0: no limit); past it, 503.
+    #[arg(long, default_value_t = HubConfig::default().max_connections)]
+    max_connections: usize,
+    /// Open connections from one address, IPv6 by /64 (0: no limit); past it, 429.
+    #[arg(long, default_value_t = HubConfig::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Broadcasts per second from one address (0: no limit); past it, 429 with Retry-After.
+    #[arg(long, default_value_t = HubConfig::default().broadcasts_per_sec)]
+    rate: u32,
+    /// Broadcasts one address may send in a burst.
+    #[arg(long, default_value_t = HubConfig::default().broadcast_burst)]
+    burst: u32,
+    /// Seconds a client gets to send a request's headers or body.
+    #[arg(long, default_value_t = HubConfig::default().request_timeout.as_secs_f64())]
+    request_timeout_secs: f64,
+    /// Seconds open connections get to finish on shutdown.
+    #[arg(long, default_value_t = HubConfig::default().shutdown_grace.as_secs_f64())]
+    shutdown_grace_secs: f64,
+}
+
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--{flag} must be a positive number of seconds"))
+}
+
+impl ListenArgs {
+    fn config(&self) -> anyhow::Result<HubConfig> {
+        if self.max_body_bytes == 0 {
+            bail!("--max-body-bytes must be at least 1");
+        }
+        Ok(HubConfig {
+            max_broadcasts: (self.max_broadcasts > 0).then_some(self.max_broadcasts),
+            max_body_bytes: self.max_body_bytes,
+            max_name_bytes: self.max_name_bytes,
+            max_target_bytes: self.max_target_bytes,
+            max_channels_per_subscribe: self.max_channels,
+            heartbeat: seconds(self.heartbeat_secs, "heartbeat-secs")?,
+            queue_max_messages: self.queue_messages,
+            queue_max_bytes: self.queue_bytes,
+            queued_bytes_budget: self.queued_bytes_budget,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            broadcasts_per_sec: self.rate,
+            broadcast_burst: self.burst,
+            request_timeout: seconds(self.request_timeout_secs, "request-timeout-secs")?,
+            shutdown_grace: seconds(self.shutdown_grace_secs, "shutdown-grace-secs")?,
+            quiet: self.quiet,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let default_filter = match &cli.command {
+        Command::Listen(args) if args.quiet => "info,signalhub::traffic=off",
+        Command::Listen(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Listen(args) => listen(args).await,
+        Command::Subscribe { app, channel, hubs } => subscribe(&app, &channel, hubs.hubs).await,
+        Command::Broadcast {
+            app,
+            channel,
+            json,
+            hubs,
+        } => broadcast(&app, &channel, &json, hubs.hubs).await,
+    }
+}
+
+async fn listen(args: ListenArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    // Each subscriber is a socket: allow as many as the system lets this process have.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!("open file limit: {limit}"),
+        Err(err) => tracing::warn!("could not raise the open file limit: {err}"),
+    }
+    let addr = format!("{}:{}", args.host, args.port);
+    let mut hub = Hub::bind(addr.as_str(), config).await?;
+    if let (Some(key), Some(cert)) = (&args.key, &args.cert) {
+        hub = hub.with_tls(key, cert)?;
+    }
+    let scheme = if args.key.is_some() { "https" } else { "http" };
+    let local = hub.local_addr()?;
+    tracing::info!(
+        "signalhub listening on port {} ({scheme}://{local})",
+        local.port()
+    );
+    hub.run_until(shutdown_signal()).await?;
+    tracing::info!("signalhub stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(err) => {
+                    tracing::warn!("cannot listen for SIGTERM: {err}");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+async fn subscribe(app: &str, channel: &str, hubs: Vec<String>) -> anyhow::Result<()> {
+    let client = Client::new(app, &hubs)?;
+    let mut messages = client.subscribe(channel.split(','))?;
+    loop {
+        tokio::select! {
+            message = messages.next() => match message {
+                Some(message) => println!("{message}"),
+                None => return Ok(()),
+            },
+            _ = shutdown_signal() => return Ok(()),
+        }
+    }
+}
+
+async fn broadcast(app: &str, channel: &str, json: &str, hubs: Vec<String>) -> anyhow::Result<()> {
+    let message: serde_json::Value =
+        serde_json::from_str(json).with_context(|| format!("the message is not JSON: {json}"))?;
+    let client = Client::new(app, &hubs)?;
+    client.broadcast(channel, &message).await?;
+    Ok(())
+}

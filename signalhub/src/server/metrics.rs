@@ -1,0 +1,231 @@
+//! The hub's counters and gauges, served at `GET /metrics` in the Prometheus (OpenMetrics) text
+//! format.
+//!
+//! Hot-path metrics are plain atomics handed out once at start-up; only rejections, which are
+//! rare, go through a labelled family lookup.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Why the hub refused a request, a connection or a frame: the `reason` label of
+/// `signalhub_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// A POST body or WebSocket frame over the size limit (413).
+    BodyTooLarge,
+    /// A POST body with a raw CR or LF (400).
+    BodyHasNewline,
+    /// An empty POST body (400).
+    EmptyBody,
+    /// The body could not be read (400).
+    BadBody,
+    /// An app or channel name over the limit (414).
+    NameTooLong,
+    /// A request target over the limit (414).
+    UriTooLong,
+    /// Too many channels in one subscribe (400).
+    TooManyChannels,
+    /// A target under `/v1/` that names no app or channel (400).
+    MalformedPath,
+    /// Over the broadcast rate of one address (429).
+    RateLimited,
+    /// Over the connection limit of one address (429).
+    TooManyConnectionsPerIp,
+    /// Over the hub's connection limit (503).
+    TooManyConnections,
+    /// A body that did not arrive in time (408), or a TLS handshake that did not finish.
+    Timeout,
+    /// A WebSocket upgrade that was not valid (400).
+    BadWebSocket,
+    /// A WebSocket frame that is not a signalhubws message.
+    BadFrame,
+}
+
+impl Rejection {
+    /// The label value, in snake case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::BodyHasNewline => "body_has_newline",
+            Rejection::EmptyBody => "empty_body",
+            Rejection::BadBody => "bad_body",
+            Rejection::NameTooLong => "name_too_long",
+            Rejection::UriTooLong => "uri_too_long",
+            Rejection::TooManyChannels => "too_many_channels",
+            Rejection::MalformedPath => "malformed_path",
+            Rejection::RateLimited => "rate_limited",
+            Rejection::TooManyConnectionsPerIp => "too_many_connections_per_ip",
+            Rejection::TooManyConnections => "too_many_connections",
+            Rejection::Timeout => "timeout",
+            Rejection::BadWebSocket => "bad_websocket",
+            Rejection::BadFrame => "bad_frame",
+        }
+    }
+}
+
+impl EncodeLabelValue for Rejection {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectionLabels {
+    reason: Rejection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum Transport {
+    sse,
+    ws,
+    http,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TransportLabels {
+    transport: Transport,
+}
+
+/// Every metric the hub keeps.
+pub struct Metrics {
+    registry: Registry,
+    /// Subscriptions: (connection, channel) pairs of SSE subscribers plus WebSocket clients.
+    pub(crate) subscribers: Gauge,
+    /// Channels with at least one SSE subscriber.
+    pub(crate) channels: Gauge,
+    /// Open TCP (or TLS) connections.
+    pub(crate) tcp_connections: Gauge,
+    /// Open SSE streams.
+    pub(crate) sse_connections: Gauge,
+    /// Open WebSocket connections.
+    pub(crate) ws_connections: Gauge,
+    pub(crate) broadcasts_http: Counter,
+    pub(crate) broadcasts_ws: Counter,
+    pub(crate) messages_delivered: Counter,
+    pub(crate) messages_dropped: Counter,
+    pub(crate) subscribers_dropped: Counter,
+    pub(crate) queued_bytes: Gauge,
+    rejected: Family<RejectionLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("signalhub");
+        let subscribers = Gauge::default();
+        registry.register(
+            "subscribers",
+            "Subscriptions: (connection, channel) pairs of SSE subscribers, plus WebSocket clients",
+            subscribers.clone(),
+        );
+        let channels = Gauge::default();
+        registry.register(
+            "channels",
+            "Channels with at least one SSE subscriber",
+            channels.clone(),
+        );
+        let connections = Family::<TransportLabels, Gauge>::default();
+        registry.register(
+            "connections",
+            "Open connections: all TCP/TLS connections (http), and of them the SSE streams (sse) and WebSockets (ws)",
+            connections.clone(),
+        );
+        let gauge = |transport| {
+            connections
+                .get_or_create(&TransportLabels { transport })
+                .clone()
+        };
+        let broadcasts = Family::<TransportLabels, Counter>::default();
+        registry.register(
+            "broadcasts",
+            "Messages received for broadcast, by transport (http POST or ws frame)",
+            broadcasts.clone(),
+        );
+        let messages_delivered = Counter::default();
+        registry.register(
+            "messages_delivered",
+            "Messages queued to a subscriber",
+            messages_delivered.clone(),
+        );
+        let messages_dropped = Counter::default();
+        registry.register(
+            "messages_dropped",
+            "Messages that never reached a subscriber because it was dropped for falling behind",
+            messages_dropped.clone(),
+        );
+        let subscribers_dropped = Counter::default();
+        registry.register(
+            "subscribers_dropped",
+            "Subscribers disconnected because their outgoing queue was full",
+            subscribers_dropped.clone(),
+        );
+        let queued_bytes = Gauge::default();
+        registry.register(
+            "queued_bytes",
+            "Bytes waiting in subscribers' outgoing queues (shared messages counted once per subscriber)",
+            queued_bytes.clone(),
+        );
+        let rejected = Family::<RejectionLabels, Counter>::default();
+        registry.register(
+            "rejected",
+            "Requests, connections and frames refused, by reason",
+            rejected.clone(),
+        );
+        let broadcasts_http = broadcasts
+            .get_or_create(&TransportLabels {
+                transport: Transport::http,
+            })
+            .clone();
+        let broadcasts_ws = broadcasts
+            .get_or_create(&TransportLabels {
+                transport: Transport::ws,
+            })
+            .clone();
+        Metrics {
+            subscribers,
+            channels,
+            tcp_connections: gauge(Transport::http),
+            sse_connections: gauge(Transport::sse),
+            ws_connections: gauge(Transport::ws),
+            broadcasts_http,
+            broadcasts_ws,
+            messages_delivered,
+            messages_dropped,
+            subscribers_dropped,
+            queued_bytes,
+            rejected,
+            registry,
+        }
+    }
+
+    /// Counts one refusal.
+    pub(crate) fn reject(&self, reason: Rejection) {
+        self.rejected
+            .get_or_create(&RejectionLabels { reason })
+            .inc();
+    }
+
+    /// How many refusals of one kind were counted.
+    pub fn rejected(&self, reason: Rejection) -> u64 {
+        self.rejected
+            .get_or_create(&RejectionLabels { reason })
+            .get()
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

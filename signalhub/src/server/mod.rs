@@ -1,0 +1,519 @@
+//! The hub server: configuration, the accept loop, one task per connection, and graceful shutdown.
+//!
+//! Connections are accepted here rather than by `axum::serve` because the hub needs three things
+//! at the connection level: limits counted per address before any request is read, optional TLS,
+//! and a kill switch that closes a connection from outside (a subscriber dropped for falling
+//! behind may have hyper blocked in a write, where no response body is ever polled again).
+
+mod channels;
+mod limits;
+mod metrics;
+mod routes;
+mod sse;
+mod ws;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
+
+use channels::{FanOut, QueueLimits, Registry, SHARDS};
+use limits::{ConnectionGuard, Limits, Refusal};
+pub use metrics::{Metrics, Rejection};
+use routes::PathLimits;
+
+/// How the hub behaves. `Default` gives the values the `signalhub listen` flags default to.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Each broadcast reaches at most this many SSE subscribers of its channel, chosen at random
+    /// (`-m`). `None`: all of them.
+    pub max_broadcasts: Option<usize>,
+    /// The largest POST body (and WebSocket message) accepted; larger gets `413`. JS signalhub
+    /// accepts bodies under 65 536 bytes.
+    pub max_body_bytes: usize,
+    /// The longest app or channel name; longer gets `414`.
+    pub max_name_bytes: usize,
+    /// The longest request target; longer gets `414`.
+    pub max_target_bytes: usize,
+    /// The most channels one subscribe may name; more gets `400`.
+    pub max_channels_per_subscribe: usize,
+    /// How often each SSE subscription gets the `:heartbeat signal` comment, and each WebSocket a ping.
+    pub heartbeat: Duration,
+    /// A subscriber is dropped when this many messages wait in its queue...
+    pub queue_max_messages: usize,
+    /// ...or this many bytes.
+    pub queue_max_bytes: usize,
+    /// Bytes queued across all subscribers, past which only those with an empty queue get new
+    /// messages (the others are dropped as they fall behind).
+    pub queued_bytes_budget: usize,
+    /// Open connections in all; `0` for no limit. Past it, new connections get `503`.
+    pub max_connections: usize,
+    /// Open connections from one address (IPv6: one /64); `0` for no limit. Past it, `429`.
+    pub max_connections_per_ip: usize,
+    /// Broadcasts (POSTs and WebSocket frames) per second from one address; `0` for no limit.
+    /// Past it, `429` with `Retry-After`.
+    pub broadcasts_per_sec: u32,
+    /// How many broadcasts one address may send in a burst.
+    pub broadcast_burst: u32,
+    /// How long a client may take to send a request's headers, or a POST's body.
+    pub request_timeout: Duration,
+    /// On shutdown, how long open connections get to finish before they are closed.
+    pub shutdown_grace: Duration,
+    /// No per-message logs (subscribe, broadcast).
+    pub quiet: bool,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            max_broadcasts: None,
+            max_body_bytes: 64 * 1024 - 1,
+            max_name_bytes: 256,
+            max_target_bytes: 4096,
+            max_channels_per_subscribe: 64,
+            heartbeat: Duration::from_secs(30),
+            queue_max_messages: 1024,
+            queue_max_bytes: 512 * 1024,
+            queued_bytes_budget: 256 * 1024 * 1024,
+            max_connections: 100_000,
+            max_connections_per_ip: 1024,
+            broadcasts_per_sec: 500,
+            broadcast_burst: 1000,
+            request_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            quiet: false,
+        }
+    }
+}
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    ReadFile { path: String, source: io::Error },
+    #[error("invalid TLS key or certificate: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// What every part of the server shares.
+pub(crate) struct HubState {
+    pub(crate) config: HubConfig,
+    pub(crate) path_limits: PathLimits,
+    pub(crate) registry: Registry,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Arc<Limits>,
+    /// Cancelled when shutdown starts: no new connections, streams asked to finish.
+    pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the grace period is over: every connection is closed.
+    force: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// One accepted connection, shared by its task and by anything serving it after an upgrade.
+pub(crate) struct ConnectionContext {
+    pub(crate) peer: SocketAddr,
+    /// Closes the connection from outside.
+    pub(crate) kill: CancellationToken,
+    metrics: Arc<Metrics>,
+    _guard: ConnectionGuard,
+    /// Keeps shutdown waiting while any task of this connection lives.
+    _task: TaskTrackerToken,
+}
+
+impl Drop for ConnectionContext {
+    fn drop(&mut self) {
+        self.metrics.tcp_connections.dec();
+    }
+}
+
+/// A hub bound to a socket, ready to serve.
+pub struct Hub {
+    state: Arc<HubState>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl Hub {
+    /// Binds the hub's listening socket.
+    pub async fn bind(
+        addr: impl ToSocketAddrs + std::fmt::Debug,
+        config: HubConfig,
+    ) -> Result<Hub, HubError> {
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| HubError::Bind {
+                addr: format!("{addr:?}"),
+                source,
+            })?;
+        Ok(Hub::from_listener(listener, config))
+    }
+
+    /// A hub on a socket that is already listening.
+    pub fn from_listener(listener: TcpListener, config: HubConfig) -> Hub {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(
+            metrics.clone(),
+            FanOut {
+                max_broadcasts: config.max_broadcasts,
+            },
+            QueueLimits {
+                max_messages: config.queue_max_messages.max(1),
+                max_bytes: config.queue_max_bytes.max(1),
+            },
+            config.queued_bytes_budget,
+        );
+        let limits = Arc::new(Limits::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.broadcasts_per_sec,
+            config.broadcast_burst,
+        ));
+        let path_limits = PathLimits {
+            max_target_bytes: config.max_target_bytes,
+            max_name_bytes: config.max_name_bytes,
+            max_channels: config.max_channels_per_subscribe.max(1),
+        };
+        let state = Arc::new(HubState {
+            config,
+            path_limits,
+            registry,
+            metrics,
+            limits,
+            shutdown: CancellationToken::new(),
+            force: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        Hub {
+            state,
+            listener,
+            tls: None,
+        }
+    }
+
+    /// Serves HTTPS (and WSS) with the PEM key and certificate chain in these files.
+    pub fn with_tls(mut self, key: &Path, cert: &Path) -> Result<Hub, HubError> {
+        self.tls = Some(tls_acceptor(key, cert)?);
+        Ok(self)
+    }
+
+    /// The address the hub listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The hub's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully: stops accepting, ends every
+    /// stream cleanly, waits up to the grace period for connections to finish, closes the rest.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), HubError> {
+        let Hub {
+            state,
+            listener,
+            tls,
+        } = self;
+        let maintenance = tokio::spawn(maintain(state.clone()));
+        // Refusing a connection politely takes a task; this many at a time at most.
+        let refusals = Arc::new(Semaphore::new(256));
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                _ = state.shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Out of file descriptors or a connection reset before accept: keep serving
+                        // the connections there are, and try again shortly.
+                        tracing::warn!("accept failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let guard = match state.limits.admit(peer.ip()) {
+                Ok(guard) => guard,
+                Err(refusal) => {
+                    refuse(&state, &refusals, tls.is_some(), stream, peer, refusal);
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            state.metrics.tcp_connections.inc();
+            let conn = Arc::new(ConnectionContext {
+                peer,
+                kill: state.force.child_token(),
+                metrics: state.metrics.clone(),
+                _guard: guard,
+                _task: state.tracker.token(),
+            });
+            let state = state.clone();
+            match &tls {
+                None => {
+                    tokio::spawn(serve_connection(state, conn, stream));
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let handshake = tokio::time::timeout(
+                            state.config.request_timeout,
+                            acceptor.accept(stream),
+                        );
+                        match handshake.await {
+                            Ok(Ok(stream)) => serve_connection(state, conn, stream).await,
+                            Ok(Err(err)) => {
+                                tracing::debug!(peer = %conn.peer, "TLS handshake failed: {err}")
+                            }
+                            Err(_) => state.metrics.reject(Rejection::Timeout),
+                        }
+                    });
+                }
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            "shutting down: ending {} streams and waiting up to {} s for {} connections",
+            state.metrics.sse_connections.get() + state.metrics.ws_connections.get(),
+            state.config.shutdown_grace.as_secs_f64(),
+            state.limits.open_connections()
+        );
+        state.shutdown.cancel();
+        state.registry.close_all();
+        state.tracker.close();
+        if tokio::time::timeout(state.config.shutdown_grace, state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "{} connections still open after the grace period: closing them",
+                state.limits.open_connections()
+            );
+            state.force.cancel();
+            state.tracker.wait().await;
+        }
+        maintenance.abort();
+        Ok(())
+    }
+
+    /// Serves in a background task until [`RunningHub::shutdown`].
+    pub fn spawn(self) -> Result<RunningHub, HubError> {
+        let addr = self.local_addr()?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let stop = CancellationToken::new();
+        let metrics = self.metrics();
+        let task = tokio::spawn(self.run_until(stop.clone().cancelled_owned()));
+        Ok(RunningHub {
+            addr,
+            url: format!("{scheme}://{addr}"),
+            stop,
+            metrics,
+            task,
+        })
+    }
+}
+
+/// A hub serving in the background.
+pub struct RunningHub {
+    addr: SocketAddr,
+    url: String,
+    stop: CancellationToken,
+    metrics: Arc<Metrics>,
+    task: JoinHandle<Result<(), HubError>>,
+}
+
+impl RunningHub {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>` (or `https://`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Shuts down gracefully and waits until it is done.
+    pub async fn shutdown(self) -> Result<(), HubError> {
+        self.stop.cancel();
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(HubError::Io(io::Error::other(join))),
+        }
+    }
+}
+
+/// Heartbeats (one shard at a time, so the whole hub is covered once a period without a burst)
+/// and pruning of the rate limiter's table.
+async fn maintain(state: Arc<HubState>) {
+    let period = (state.config.heartbeat / SHARDS as u32).max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut shard = 0usize;
+    loop {
+        tick.tick().await;
+        state.registry.heartbeat_shard(shard);
+        shard = (shard + 1) % SHARDS;
+        if shard == 0 {
+            state.limits.sweep();
+        }
+    }
+}
+
+async fn serve_connection<S>(state: Arc<HubState>, conn: Arc<ConnectionContext>, io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let state = state.clone();
+        let conn = conn.clone();
+        service_fn(move |request: Request<Incoming>| {
+            let state = state.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(routes::handle(state, conn, request.map(Body::new)).await) }
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.request_timeout)
+        .title_case_headers(true)
+        .max_buf_size(64 * 1024);
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(peer = %conn.peer, "connection ended: {err}");
+                }
+                break;
+            }
+            _ = conn.kill.cancelled() => break,
+            _ = state.shutdown.cancelled(), if !draining => {
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+}
+
+/// Answers a connection over a limit with a plain HTTP error, without serving it.
+fn refuse(
+    state: &Arc<HubState>,
+    refusals: &Arc<Semaphore>,
+    tls: bool,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    refusal: Refusal,
+) {
+    let (reason, status, message) = match refusal {
+        Refusal::PerIp => (
+            Rejection::TooManyConnectionsPerIp,
+            "429 Too Many Requests",
+            format!(
+                "too many connections from your address: at most {}",
+                state.config.max_connections_per_ip
+            ),
+        ),
+        Refusal::Total => (
+            Rejection::TooManyConnections,
+            "503 Service Unavailable",
+            format!(
+                "the hub is full: at most {} connections",
+                state.config.max_connections
+            ),
+        ),
+    };
+    state.metrics.reject(reason);
+    tracing::debug!(%peer, "refused a connection: {message}");
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    if tls {
+        // A plain-text answer means nothing inside TLS: closing is the answer.
+        return;
+    }
+    tokio::spawn(async move {
+        let _permit = permit;
+        let body = format!("{message}\n");
+        let mut response = format!("HTTP/1.1 {status}\r\n");
+        for (name, value) in routes::CORS_HEADERS {
+            response.push_str(&format!("{}: {value}\r\n", routes::title_case(name)));
+        }
+        response.push_str(&format!(
+            "Content-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            // Read the request first, so that closing does not reset it before the answer is read.
+            let mut buf = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
+}
+
+fn tls_acceptor(key: &Path, cert: &Path) -> Result<TlsAcceptor, HubError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| HubError::ReadFile {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let certs = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| HubError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(HubError::Tls(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
+    }
+    let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .map_err(|e| HubError::Tls(format!("{}: {e}", key.display())))?
+        .ok_or_else(|| HubError::Tls(format!("{}: no private key found", key.display())))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| HubError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| HubError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

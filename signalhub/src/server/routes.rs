@@ -1,0 +1,624 @@
+//! The signalhub v1 HTTP API, in one place: how a raw request target maps to an action, and the
+//! handler that carries it out.
+//!
+//! The path rules are those of JS signalhub 4.9 (see `shared/specs/signalhub-and-webrtc-swarm.md` §1):
+//! the raw, undecoded target is used; `/v1/` starts the API; the query string is cut off; a GET
+//! splits the app from the channels at the first `/` and the channels on `,`; a POST uses the whole
+//! remainder as one channel key. Where JS accepts a target that no client can mean (an empty app or
+//! channel, a comma in a broadcast channel) this hub answers `400` with a message instead, and where a
+//! name is longer than the configured limit, `414`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::FromRequestParts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+
+use super::channels::{ChannelKey, Subscription};
+use super::limits::ip_key;
+use super::metrics::Rejection;
+use super::{sse, ws, ConnectionContext, HubState};
+
+/// What a request asks for, decided from its method and raw target alone.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Route<'a> {
+    /// `OPTIONS` on any path: the CORS preflight.
+    Preflight,
+    /// Exactly `/`, any method: the info document.
+    Info,
+    /// `GET /health`.
+    Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET /v1/<app>/<ch>[,<ch>…]`: subscribe by server-sent events.
+    Subscribe {
+        app: &'a str,
+        channels: Vec<&'a str>,
+    },
+    /// `POST /v1/<app>/<channel>`: broadcast the body to one channel.
+    Broadcast { key: &'a str },
+    /// A request the API does not serve: `404`, empty body.
+    NotFound,
+    /// A target that names the API but cannot be served; the reason is the response body.
+    Invalid(Rejection, StatusCode, String),
+}
+
+/// Limits on the request target, taken from the hub's configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PathLimits {
+    pub max_target_bytes: usize,
+    pub max_name_bytes: usize,
+    pub max_channels: usize,
+}
+
+/// Maps a method and raw request target (path and query, as sent) to a [`Route`].
+pub(crate) fn route<'a>(method: &Method, target: &'a str, limits: PathLimits) -> Route<'a> {
+    if method == Method::OPTIONS {
+        return Route::Preflight;
+    }
+    if target == "/" {
+        return Route::Info;
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    if method == Method::GET && path == "/health" {
+        return Route::Health;
+    }
+    if method == Method::GET && path == "/metrics" {
+        return Route::Metrics;
+    }
+    let Some(name) = target.strip_prefix("/v1/") else {
+        return Route::NotFound;
+    };
+    if method != Method::GET && method != Method::POST {
+        return Route::NotFound;
+    }
+    if target.len() > limits.max_target_bytes {
+        return Route::Invalid(
+            Rejection::UriTooLong,
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "request target is {} bytes; this hub accepts at most {}",
+                target.len(),
+                limits.max_target_bytes
+            ),
+        );
+    }
+    let name = name.split('?').next().unwrap_or(name);
+    let Some((app, rest)) = name.split_once('/') else {
+        return malformed(format!(
+            "missing channel: use /v1/<app>/<channel>, got /v1/{name}"
+        ));
+    };
+    if app.is_empty() {
+        return malformed("empty app name: use /v1/<app>/<channel>".to_string());
+    }
+    if app.len() > limits.max_name_bytes {
+        return name_too_long("app", app, limits);
+    }
+    if method == Method::POST {
+        if rest.is_empty() {
+            return malformed("empty channel name: use /v1/<app>/<channel>".to_string());
+        }
+        if rest.contains(',') {
+            return malformed(
+                "a broadcast goes to one channel: a comma-separated list is only for subscribing"
+                    .to_string(),
+            );
+        }
+        if rest.len() > limits.max_name_bytes {
+            return name_too_long("channel", rest, limits);
+        }
+        return Route::Broadcast { key: name };
+    }
+    let mut channels = Vec::new();
+    for channel in rest.split(',') {
+        if channel.is_empty() {
+            return malformed(format!(
+                "empty channel name in {rest:?}: use /v1/<app>/<channel>[,<channel>…]"
+            ));
+        }
+        if channel.len() > limits.max_name_bytes {
+            return name_too_long("channel", channel, limits);
+        }
+        // One subscription per distinct channel: JS signalhub subscribes `a,a` twice and then
+        // delivers every message twice, which no client wants.
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+        if channels.len() > limits.max_channels {
+            return Route::Invalid(
+                Rejection::TooManyChannels,
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "too many channels in one subscription: at most {}",
+                    limits.max_channels
+                ),
+            );
+        }
+    }
+    Route::Subscribe { app, channels }
+}
+
+fn malformed<'a>(message: String) -> Route<'a> {
+    Route::Invalid(Rejection::MalformedPath, StatusCode::BAD_REQUEST, message)
+}
+
+fn name_too_long<'a>(what: &str, name: &str, limits: PathLimits) -> Route<'a> {
+    Route::Invalid(
+        Rejection::NameTooLong,
+        StatusCode::URI_TOO_LONG,
+        format!(
+            "{what} name is {} bytes; this hub accepts at most {}",
+            name.len(),
+            limits.max_name_bytes
+        ),
+    )
+}
+
+/// The five CORS headers JS signalhub (through `corsify`) puts on every response, in its order.
+pub(crate) const CORS_HEADERS: [(&str, &str); 5] = [
+    ("access-control-allow-origin", "*"),
+    ("access-control-allow-methods", "GET, POST, PUT, DELETE"),
+    ("access-control-allow-credentials", "true"),
+    ("access-control-max-age", "86400"),
+    (
+        "access-control-allow-headers",
+        "X-Requested-With, X-HTTP-Method-Override, Content-Type, Accept, Authorization",
+    ),
+];
+
+/// A header name as JS signalhub writes it (`Access-Control-Allow-Origin`), for raw responses.
+pub(crate) fn title_case(name: &str) -> String {
+    name.split('-')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map_or(String::new(), |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Adds the CORS headers to a header map that has none yet.
+pub(crate) fn add_cors(headers: &mut HeaderMap) {
+    for (name, value) in CORS_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+}
+
+/// A response with the CORS headers, a status and a body.
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: Option<&'static str>,
+    body: Body,
+) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    add_cors(response.headers_mut());
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    response
+}
+
+/// An error response: the status and a one-line plain-text reason.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let mut message = message.into();
+    message.push('\n');
+    respond(
+        status,
+        Some("text/plain; charset=utf-8"),
+        Body::from(message),
+    )
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    respond(status, None, Body::empty())
+}
+
+/// Serves one request.
+pub(crate) async fn handle(
+    state: Arc<HubState>,
+    conn: Arc<ConnectionContext>,
+    request: Request<Body>,
+) -> Response<Body> {
+    if is_websocket_upgrade(request.headers()) {
+        return websocket(state, conn, request).await;
+    }
+    let target = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    match route(request.method(), target, state.path_limits) {
+        Route::Preflight => empty(StatusCode::OK),
+        Route::Info => info(&state),
+        Route::Health => health(&state),
+        Route::Metrics => {
+            let queued = state
+                .registry
+                .queued_total
+                .load(std::sync::atomic::Ordering::Relaxed);
+            state.metrics.queued_bytes.set(queued as i64);
+            respond(
+                StatusCode::OK,
+                Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                Body::from(state.metrics.encode()),
+            )
+        }
+        Route::NotFound => empty(StatusCode::NOT_FOUND),
+        Route::Invalid(reason, status, message) => {
+            state.metrics.reject(reason);
+            error(status, message)
+        }
+        Route::Subscribe { app, channels } => {
+            let keys: Vec<ChannelKey> = channels
+                .iter()
+                .map(|channel| ChannelKey::new(app, channel))
+                .collect();
+            if !state.config.quiet {
+                for key in &keys {
+                    tracing::info!(target: "signalhub::traffic", peer = %conn.peer, "subscribe: {key}");
+                }
+            }
+            let subscription = Subscription::open(&state, &conn, keys);
+            sse::response(subscription)
+        }
+        Route::Broadcast { key } => {
+            let key = ChannelKey::from_raw(key.to_string());
+            broadcast(state, conn, key, request.into_body()).await
+        }
+    }
+}
+
+fn info(state: &HubState) -> Response<Body> {
+    let body = format!(
+        "{{\n  \"name\": \"signalhub\",\n  \"version\": \"{}\",\n  \"subscribers\": {}\n}}\n",
+        env!("CARGO_PKG_VERSION"),
+        state.registry.subscriber_count()
+    );
+    respond(
+        StatusCode::OK,
+        Some("application/json; charset=utf-8"),
+        Body::from(body),
+    )
+}
+
+fn health(state: &HubState) -> Response<Body> {
+    if state.shutdown.is_cancelled() {
+        error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else {
+        respond(
+            StatusCode::OK,
+            Some("text/plain; charset=utf-8"),
+            Body::from("ok\n"),
+        )
+    }
+}
+
+async fn broadcast(
+    state: Arc<HubState>,
+    conn: Arc<ConnectionContext>,
+    key: ChannelKey,
+    body: Body,
+) -> Response<Body> {
+    if let Err(retry_after) = state.limits.check_broadcast(ip_key(conn.peer.ip())) {
+        state.metrics.reject(Rejection::RateLimited);
+        let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many broadcasts from your address: at most {} a second (burst {}); retry in {secs} s",
+                state.config.broadcasts_per_sec, state.config.broadcast_burst
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return response;
+    }
+    let body = match read_body(&state, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let message = match validate_message(&body, state.config.max_body_bytes) {
+        Ok(message) => message,
+        Err((reason, status, message)) => {
+            state.metrics.reject(reason);
+            return error(status, message);
+        }
+    };
+    if !state.config.quiet {
+        tracing::info!(target: "signalhub::traffic", peer = %conn.peer, bytes = message.len(), "broadcast: {key}");
+    }
+    state.registry.broadcast_http(&key, message);
+    empty(StatusCode::OK)
+}
+
+/// Reads a POST body within the size limit and the request timeout.
+async fn read_body(state: &HubState, body: Body) -> Result<Bytes, Response<Body>> {
+    let limit = state.config.max_body_bytes;
+    let too_large = |state: &HubState| {
+        state.metrics.reject(Rejection::BodyTooLarge);
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("message body too large: this hub accepts at most {limit} bytes"),
+        )
+    };
+    // A declared length over the limit is refused before a byte of the body is read.
+    if http_body::Body::size_hint(&body)
+        .exact()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(too_large(state));
+    }
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(state.config.request_timeout, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large(state)),
+        Ok(Err(err)) => {
+            state.metrics.reject(Rejection::BadBody);
+            Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the message body: {err}"),
+            ))
+        }
+        Err(_) => {
+            state.metrics.reject(Rejection::Timeout);
+            Err(error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the message body did not arrive within {} s",
+                    state.config.request_timeout.as_secs()
+                ),
+            ))
+        }
+    }
+}
+
+/// Checks a broadcast body and frames-to-be: non-empty, within the limit, and free of raw CR or LF,
+/// which would end the SSE `data:` line early and let the rest inject frames of its own.
+///
+/// Invalid UTF-8 becomes U+FFFD, as Node's `Buffer#toString()` makes it in JS signalhub.
+pub(crate) fn validate_message(
+    body: &Bytes,
+    limit: usize,
+) -> Result<Bytes, (Rejection, StatusCode, String)> {
+    if body.is_empty() {
+        return Err((
+            Rejection::EmptyBody,
+            StatusCode::BAD_REQUEST,
+            "empty message body: broadcast a JSON message".to_string(),
+        ));
+    }
+    if body.len() > limit {
+        return Err((
+            Rejection::BodyTooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("message body too large: this hub accepts at most {limit} bytes"),
+        ));
+    }
+    if let Some(at) = body.iter().position(|&b| b == b'\n' || b == b'\r') {
+        return Err((
+            Rejection::BodyHasNewline,
+            StatusCode::BAD_REQUEST,
+            format!(
+                "message body has a raw line break at byte {at}: send single-line JSON (as JSON.stringify writes it)"
+            ),
+        ));
+    }
+    match std::str::from_utf8(body) {
+        Ok(_) => Ok(body.clone()),
+        Err(_) => Ok(Bytes::from(String::from_utf8_lossy(body).into_owned())),
+    }
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+async fn websocket(
+    state: Arc<HubState>,
+    conn: Arc<ConnectionContext>,
+    request: Request<Body>,
+) -> Response<Body> {
+    let path = request.uri().path();
+    // signalhubws connects to `<hub url>/<app>`: the app is the last path segment.
+    let app = path.rsplit('/').next().unwrap_or("");
+    if app.is_empty() {
+        state.metrics.reject(Rejection::MalformedPath);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing app: connect the WebSocket to <hub url>/<app>",
+        );
+    }
+    if app.len() > state.config.max_name_bytes {
+        state.metrics.reject(Rejection::NameTooLong);
+        return error(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "app name is {} bytes; this hub accepts at most {}",
+                app.len(),
+                state.config.max_name_bytes
+            ),
+        );
+    }
+    let app = app.to_string();
+    let (mut parts, _body) = request.into_parts();
+    match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => ws::accept(state, conn, app, upgrade),
+        Err(rejection) => {
+            state.metrics.reject(Rejection::BadWebSocket);
+            error(rejection.status(), rejection.body_text())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: PathLimits = PathLimits {
+        max_target_bytes: 200,
+        max_name_bytes: 16,
+        max_channels: 3,
+    };
+
+    fn get(target: &str) -> Route<'_> {
+        route(&Method::GET, target, LIMITS)
+    }
+
+    fn post(target: &str) -> Route<'_> {
+        route(&Method::POST, target, LIMITS)
+    }
+
+    fn status(route: Route<'_>) -> Option<StatusCode> {
+        match route {
+            Route::Invalid(_, status, _) => Some(status),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn options_is_a_preflight_anywhere() {
+        for target in ["/", "/v1/a/b", "/nope", "/v1/"] {
+            assert_eq!(route(&Method::OPTIONS, target, LIMITS), Route::Preflight);
+        }
+    }
+
+    #[test]
+    fn info_only_for_exactly_slash_and_any_method() {
+        assert_eq!(get("/"), Route::Info);
+        assert_eq!(post("/"), Route::Info);
+        assert_eq!(route(&Method::DELETE, "/", LIMITS), Route::Info);
+        assert_eq!(get("/?x"), Route::NotFound);
+    }
+
+    #[test]
+    fn outside_v1_is_not_found() {
+        assert_eq!(get("/v2/a/b"), Route::NotFound);
+        assert_eq!(get("/v1"), Route::NotFound);
+        assert_eq!(post("/app/ch"), Route::NotFound);
+        assert_eq!(route(&Method::PUT, "/v1/a/b", LIMITS), Route::NotFound);
+        assert_eq!(route(&Method::HEAD, "/v1/a/b", LIMITS), Route::NotFound);
+        assert_eq!(route(&Method::DELETE, "/v1/a/b", LIMITS), Route::NotFound);
+    }
+
+    #[test]
+    fn subscribe_splits_app_then_commas() {
+        assert_eq!(
+            get("/v1/demo/all,peer"),
+            Route::Subscribe {
+                app: "demo",
+                channels: vec!["all", "peer"]
+            }
+        );
+        assert_eq!(
+            get("/v1/app/hello/people?x=1,2"),
+            Route::Subscribe {
+                app: "app",
+                channels: vec!["hello/people"]
+            }
+        );
+        assert_eq!(
+            get("/v1/app/a%2Cb"),
+            Route::Subscribe {
+                app: "app",
+                channels: vec!["a%2Cb"]
+            }
+        );
+        assert_eq!(
+            get("/v1/app/a,a"),
+            Route::Subscribe {
+                app: "app",
+                channels: vec!["a"]
+            }
+        );
+    }
+
+    #[test]
+    fn broadcast_uses_the_whole_remainder_raw() {
+        assert_eq!(
+            post("/v1/app/hello/people"),
+            Route::Broadcast {
+                key: "app/hello/people"
+            }
+        );
+        assert_eq!(
+            post("/v1/app/a%2Cb?zzz"),
+            Route::Broadcast { key: "app/a%2Cb" }
+        );
+        assert_eq!(post("/v1/app/a#b"), Route::Broadcast { key: "app/a#b" });
+    }
+
+    #[test]
+    fn malformed_targets_are_400() {
+        for target in [
+            "/v1/",
+            "/v1/app",
+            "/v1//ch",
+            "/v1/app/",
+            "/v1/app/a,,b",
+            "/v1/app/a,",
+        ] {
+            assert_eq!(
+                status(get(target)),
+                Some(StatusCode::BAD_REQUEST),
+                "GET {target}"
+            );
+        }
+        for target in ["/v1/", "/v1/app", "/v1//ch", "/v1/app/", "/v1/app/a,b"] {
+            assert_eq!(
+                status(post(target)),
+                Some(StatusCode::BAD_REQUEST),
+                "POST {target}"
+            );
+        }
+    }
+
+    #[test]
+    fn too_many_channels_is_400() {
+        assert!(matches!(get("/v1/a/1,2,3"), Route::Subscribe { .. }));
+        assert_eq!(status(get("/v1/a/1,2,3,4")), Some(StatusCode::BAD_REQUEST));
+    }
+
+    #[test]
+    fn long_names_and_targets_are_414() {
+        let long = "x".repeat(17);
+        assert_eq!(
+            status(get(&format!("/v1/{long}/a"))),
+            Some(StatusCode::URI_TOO_LONG)
+        );
+        assert_eq!(
+            status(get(&format!("/v1/a/b,{long}"))),
+            Some(StatusCode::URI_TOO_LONG)
+        );
+        assert_eq!(
+            status(post(&format!("/v1/a/{long}"))),
+            Some(StatusCode::URI_TOO_LONG)
+        );
+        let target = format!("/v1/a/b?{}", "q".repeat(300));
+        assert_eq!(status(get(&target)), Some(StatusCode::URI_TOO_LONG));
+    }
+
+    #[test]
+    fn message_validation() {
+        let ok = Bytes::from_static(br#"{"type":"connect","from":"a"}"#);
+        assert_eq!(validate_message(&ok, 100).unwrap(), ok);
+        assert!(validate_message(&Bytes::new(), 100).is_err());
+        assert!(validate_message(&Bytes::from_static(b"{}\n"), 100).is_err());
+        assert!(validate_message(&Bytes::from_static(b"{\r}"), 100).is_err());
+        assert!(validate_message(&Bytes::from(vec![b'a'; 101]), 100).is_err());
+        let lossy = validate_message(&Bytes::from_static(b"\"\xff\""), 100).unwrap();
+        assert_eq!(&lossy[..], "\"\u{fffd}\"".as_bytes());
+    }
+}

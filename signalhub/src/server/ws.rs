@@ -1,0 +1,186 @@
+//! The WebSocket transport, compatible with `signalhubws` clients.
+//!
+//! A client connects to `<hub>/<app>` and every frame, both ways, is the text
+//! `{"app":…,"channel":…,"message":…}`. As the signalhubws server does, a frame is sent verbatim
+//! to every WebSocket client of its app (the sender too) with no channel filtering; and, bridging
+//! the transports, its `message` goes to the SSE subscribers of `<app>/<channel>`, while a POST
+//! reaches the WebSocket clients of its app.
+
+use std::borrow::Cow;
+use std::future::poll_fn;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::Response;
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::channels::{Next, Outbox};
+use super::limits::ip_key;
+use super::metrics::Rejection;
+use super::{ConnectionContext, HubState};
+
+/// Close code 1001, "going away": the hub is shutting down.
+const GOING_AWAY: u16 = 1001;
+
+/// A signalhubws frame, borrowed from the text it came in.
+#[derive(Deserialize)]
+struct WsFrame<'a> {
+    #[serde(borrow)]
+    app: Cow<'a, str>,
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow)]
+    message: &'a RawValue,
+}
+
+/// Completes the upgrade and serves the socket until either side ends it.
+pub(crate) fn accept(
+    state: Arc<HubState>,
+    conn: Arc<ConnectionContext>,
+    app: String,
+    upgrade: WebSocketUpgrade,
+) -> Response<Body> {
+    // Room for the frame's envelope around a message of the largest POST body.
+    let max_frame = state.config.max_body_bytes + 2 * state.config.max_name_bytes + 64;
+    upgrade
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |socket| async move {
+            let kill = conn.kill.clone();
+            tokio::select! {
+                _ = serve(state, conn, app, socket) => {}
+                _ = kill.cancelled() => {}
+            }
+        })
+}
+
+/// Membership of one WebSocket in its app; leaving is done on drop.
+struct Membership {
+    state: Arc<HubState>,
+    app: String,
+    slot: usize,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.state.registry.remove_ws(&self.app, self.slot);
+        self.state.metrics.ws_connections.dec();
+    }
+}
+
+async fn serve(state: Arc<HubState>, conn: Arc<ConnectionContext>, app: String, socket: WebSocket) {
+    let outbox = state.registry.outbox(&conn);
+    let slot = state.registry.add_ws(&app, &outbox);
+    state.metrics.ws_connections.inc();
+    if !state.config.quiet {
+        tracing::info!(target: "signalhub::traffic", peer = %conn.peer, "websocket: {app}");
+    }
+    let _membership = Membership {
+        state: state.clone(),
+        app,
+        slot,
+    };
+    if state.shutdown.is_cancelled() {
+        outbox.close();
+    }
+    let (mut sink, mut stream) = socket.split();
+    let mut ping = tokio::time::interval(state.config.heartbeat);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            next = poll_fn(|cx| outbox.poll_next(cx)) => match next {
+                Next::Data(frame) => {
+                    if send_queued(&mut sink, &outbox, frame).await.is_err() {
+                        break;
+                    }
+                }
+                Next::End => {
+                    let close = CloseFrame { code: GOING_AWAY, reason: Utf8Bytes::from_static("hub shutting down") };
+                    let _ = sink.send(Message::Close(Some(close))).await;
+                    break;
+                }
+                Next::Dropped => break,
+            },
+            incoming = stream.next() => match incoming {
+                Some(Ok(Message::Text(text))) => on_frame(&state, &conn, text.as_str()),
+                Some(Ok(Message::Binary(data))) => match std::str::from_utf8(&data) {
+                    Ok(text) => on_frame(&state, &conn, text),
+                    Err(_) => state.metrics.reject(Rejection::BadFrame),
+                },
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Err(err)) => {
+                    tracing::debug!(peer = %conn.peer, "websocket error: {err}");
+                    if err.to_string().contains("too long") || err.to_string().contains("Space limit") {
+                        state.metrics.reject(Rejection::BodyTooLarge);
+                    }
+                    break;
+                }
+            },
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Sends one frame and whatever else is already queued behind it, then flushes once.
+async fn send_queued(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    outbox: &Outbox,
+    first: Bytes,
+) -> Result<(), axum::Error> {
+    sink.feed(text_message(first)).await?;
+    while let Some(Next::Data(frame)) = poll_fn(|cx| outbox.poll_next(cx)).now_or_never() {
+        sink.feed(text_message(frame)).await?;
+    }
+    sink.flush().await
+}
+
+fn text_message(frame: Bytes) -> Message {
+    // Every queued frame was built from UTF-8 text; a lossy copy is only a safety net.
+    match Utf8Bytes::try_from(frame.clone()) {
+        Ok(text) => Message::Text(text),
+        Err(_) => Message::Text(String::from_utf8_lossy(&frame).into_owned().into()),
+    }
+}
+
+fn on_frame(state: &HubState, conn: &ConnectionContext, text: &str) {
+    let frame: WsFrame<'_> = match serde_json::from_str(text) {
+        Ok(frame) => frame,
+        Err(err) => {
+            state.metrics.reject(Rejection::BadFrame);
+            tracing::debug!(peer = %conn.peer, "dropped a websocket frame that is not a signalhubws message: {err}");
+            return;
+        }
+    };
+    let max = state.config.max_name_bytes;
+    if frame.app.is_empty() || frame.app.len() > max || frame.channel.len() > max {
+        state.metrics.reject(Rejection::BadFrame);
+        tracing::debug!(peer = %conn.peer, "dropped a websocket frame with an empty or over-long app or channel");
+        return;
+    }
+    if state
+        .limits
+        .check_broadcast(ip_key(conn.peer.ip()))
+        .is_err()
+    {
+        state.metrics.reject(Rejection::RateLimited);
+        return;
+    }
+    if !state.config.quiet {
+        tracing::info!(target: "signalhub::traffic", peer = %conn.peer, "broadcast: {}/{} (websocket)", frame.app, frame.channel);
+    }
+    state.registry.broadcast_ws(
+        &frame.app,
+        &frame.channel,
+        Bytes::copy_from_slice(text.as_bytes()),
+        frame.message.get().as_bytes(),
+    );
+}
