@@ -639,11 +639,7 @@ impl SseParser {
     }
 
     /// Parses a chunk, pushing the data of every event it completes.
-    pub fn feed(&mut self, mut chunk: &[u8], events: &mut Vec<String>) -> Result<(), SseError> {
-        if self.at_start && !chunk.is_empty() {
-            chunk = chunk.strip_prefix("\u{feff}".as_bytes()).unwrap_or(chunk);
-            self.at_start = false;
-        }
+    pub fn feed(&mut self, chunk: &[u8], events: &mut Vec<String>) -> Result<(), SseError> {
         for &byte in chunk {
             match byte {
                 b'\n' if self.after_cr => self.after_cr = false,
@@ -672,8 +668,11 @@ impl SseParser {
             }
             return Ok(());
         }
-        let line = std::mem::take(&mut self.line);
-        if line[0] != b':' {
+        let mut line = std::mem::take(&mut self.line);
+        if std::mem::take(&mut self.at_start) && line.starts_with("\u{feff}".as_bytes()) {
+            line.drain(..3);
+        }
+        if line.first().is_some_and(|&b| b != b':') {
             let (field, value) = match line.iter().position(|&b| b == b':') {
                 Some(at) => {
                     let value = &line[at + 1..];
