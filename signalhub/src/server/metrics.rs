@@ -45,6 +45,24 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Every reason, so that each is exported (at zero) from the start.
+    pub const ALL: [Rejection; 14] = [
+        Rejection::BodyTooLarge,
+        Rejection::BodyHasNewline,
+        Rejection::EmptyBody,
+        Rejection::BadBody,
+        Rejection::NameTooLong,
+        Rejection::UriTooLong,
+        Rejection::TooManyChannels,
+        Rejection::MalformedPath,
+        Rejection::RateLimited,
+        Rejection::TooManyConnectionsPerIp,
+        Rejection::TooManyConnections,
+        Rejection::Timeout,
+        Rejection::BadWebSocket,
+        Rejection::BadFrame,
+    ];
+
     /// The label value, in snake case.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -180,6 +198,9 @@ impl Metrics {
             "Requests, connections and frames refused, by reason",
             rejected.clone(),
         );
+        for reason in Rejection::ALL {
+            let _ = rejected.get_or_create(&RejectionLabels { reason });
+        }
         let broadcasts_http = broadcasts
             .get_or_create(&TransportLabels {
                 transport: Transport::http,
