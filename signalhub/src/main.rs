@@ -24,6 +24,12 @@ struct Cli {
 enum Command {
     /// Run a hub.
     Listen(ListenArgs),
+    /// Probe a hub's /health (the container's HEALTHCHECK): exit 0 if it answers 200.
+    Health {
+        /// The URL to probe; by default the hub this container runs, on $PORT.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Print every message of a channel as one JSON line.
     Subscribe {
         app: String,
@@ -166,9 +172,11 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Listen(args) => listen(args).await,
+        Command::Health { url } => health(url).await,
         Command::Subscribe { app, channel, hubs } => subscribe(&app, &channel, hubs.hubs).await,
         Command::Broadcast {
             app,
@@ -223,6 +231,30 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+async fn health(url: Option<String>) -> anyhow::Result<()> {
+    let url = match url {
+        Some(url) => url,
+        None => {
+            let port = std::env::var("PORT").unwrap_or_else(|_| "8080".to_string());
+            format!("http://127.0.0.1:{port}/health")
+        }
+    };
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("no answer from {url}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{url} answered {status}: {}", body.trim());
+    }
+    println!("{}", body.trim());
+    Ok(())
 }
 
 async fn subscribe(app: &str, channel: &str, hubs: Vec<String>) -> anyhow::Result<()> {
