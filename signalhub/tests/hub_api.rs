@@ -333,6 +333,17 @@ async fn bad_bodies_get_clear_errors_and_the_hub_keeps_serving() {
     )
     .await;
     assert_refused(&hub, &mut watcher, "POST", "/v1/app/ch", b"", 400, "empty").await;
+    // `null` ends JS clients' streams (and, bridged, crashes signalhubws clients).
+    assert_refused(
+        &hub,
+        &mut watcher,
+        "POST",
+        "/v1/app/ch",
+        b" null",
+        400,
+        "null message",
+    )
+    .await;
     assert!(
         target.is_quiet_for(Duration::from_millis(200)).await,
         "nothing refused was delivered"

@@ -103,6 +103,7 @@ async fn bad_frames_are_dropped_and_the_socket_keeps_working() {
         r#"{"app":"chat","channel":"room"}"#,
         r#"{"channel":"room","message":1}"#,
         r#"{"app":"","channel":"room","message":1}"#,
+        r#"{"app":"chat","channel":"room","message":null}"#,
     ] {
         a.send(Message::text(bad)).await.unwrap();
     }

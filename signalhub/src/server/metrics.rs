@@ -20,6 +20,8 @@ pub enum Rejection {
     BodyHasNewline,
     /// An empty POST body (400).
     EmptyBody,
+    /// A message that is JSON `null`, which ends JS clients' streams (400).
+    NullMessage,
     /// The body could not be read (400).
     BadBody,
     /// An app or channel name over the limit (414).
@@ -46,10 +48,11 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason, so that each is exported (at zero) from the start.
-    pub const ALL: [Rejection; 14] = [
+    pub const ALL: [Rejection; 15] = [
         Rejection::BodyTooLarge,
         Rejection::BodyHasNewline,
         Rejection::EmptyBody,
+        Rejection::NullMessage,
         Rejection::BadBody,
         Rejection::NameTooLong,
         Rejection::UriTooLong,
@@ -69,6 +72,7 @@ impl Rejection {
             Rejection::BodyTooLarge => "body_too_large",
             Rejection::BodyHasNewline => "body_has_newline",
             Rejection::EmptyBody => "empty_body",
+            Rejection::NullMessage => "null_message",
             Rejection::BadBody => "bad_body",
             Rejection::NameTooLong => "name_too_long",
             Rejection::UriTooLong => "uri_too_long",

@@ -413,10 +413,25 @@ pub(crate) fn validate_message(
             ),
         ));
     }
+    if is_json_null(body) {
+        return Err((
+            Rejection::NullMessage,
+            StatusCode::BAD_REQUEST,
+            "a null message ends the stream of JS signalhub and signalhubws clients: send an object"
+                .to_string(),
+        ));
+    }
     match std::str::from_utf8(body) {
         Ok(_) => Ok(body.clone()),
         Err(_) => Ok(Bytes::from(String::from_utf8_lossy(body).into_owned())),
     }
+}
+
+/// True for the JSON text `null`, with or without white space around it. The JS clients turn a
+/// received `null` into the end of their stream (signalhub's line splitter) or an uncaught
+/// exception (signalhubws), so one such message would cut every subscriber off.
+pub(crate) fn is_json_null(message: &[u8]) -> bool {
+    message.trim_ascii() == b"null"
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
@@ -618,6 +633,8 @@ mod tests {
         assert!(validate_message(&Bytes::from_static(b"{}\n"), 100).is_err());
         assert!(validate_message(&Bytes::from_static(b"{\r}"), 100).is_err());
         assert!(validate_message(&Bytes::from(vec![b'a'; 101]), 100).is_err());
+        assert!(validate_message(&Bytes::from_static(b" null "), 100).is_err());
+        assert!(validate_message(&Bytes::from_static(b"\"null\""), 100).is_ok());
         let lossy = validate_message(&Bytes::from_static(b"\"\xff\""), 100).unwrap();
         assert_eq!(&lossy[..], "\"\u{fffd}\"".as_bytes());
     }

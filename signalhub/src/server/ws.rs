@@ -160,6 +160,11 @@ fn on_frame(state: &HubState, conn: &ConnectionContext, text: &str) {
             return;
         }
     };
+    if super::routes::is_json_null(frame.message.get().as_bytes()) {
+        state.metrics.reject(Rejection::NullMessage);
+        tracing::debug!(peer = %conn.peer, "dropped a websocket frame whose message is null");
+        return;
+    }
     let max = state.config.max_name_bytes;
     if frame.app.is_empty() || frame.app.len() > max || frame.channel.len() > max {
         state.metrics.reject(Rejection::BadFrame);
