@@ -112,6 +112,67 @@ async fn subscribe_sends_the_sse_head_at_once_and_frames_posts_verbatim() {
     );
 }
 
+/// A subscription on a fresh connection is served directly; one made on a kept-alive connection
+/// after another request is served by hyper. Clients must not be able to tell them apart.
+#[tokio::test]
+async fn both_subscription_paths_send_the_same_bytes() {
+    let hub = start_hub(HubConfig {
+        heartbeat: Duration::from_millis(300),
+        ..unlimited()
+    })
+    .await;
+    let addr = hub.local_addr();
+    let mut direct = SseClient::connect(addr, "/v1/app/ch").await;
+    let mut kept_alive = SseClient::connect_after_post(addr, "/v1/app/ch").await;
+    wait_subscribers(&hub, 2).await;
+    let without_date = |headers: &[(String, String)]| -> Vec<(String, String)> {
+        headers
+            .iter()
+            .filter(|(n, _)| n != "Date")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(direct.status, kept_alive.status);
+    assert_eq!(
+        without_date(&direct.headers),
+        without_date(&kept_alive.headers)
+    );
+    assert!(direct.header("Date").is_some() && kept_alive.header("Date").is_some());
+    for body in [r#"{"n":1}"#, r#"{"n":2}"#] {
+        assert_eq!(
+            request(addr, "POST", "/v1/app/ch", body.as_bytes())
+                .await
+                .status,
+            200
+        );
+    }
+    for sub in [&mut direct, &mut kept_alive] {
+        let mut data = Vec::new();
+        while data.len() < 2 {
+            let frame = sub.next_frame().await.expect("frame");
+            if frame == ":heartbeat signal\n\n" {
+                continue;
+            }
+            data.push(frame);
+        }
+        assert_eq!(data, ["data: {\"n\":1}\n\n", "data: {\"n\":2}\n\n"]);
+        // Heartbeats reach both.
+        loop {
+            if sub.next_frame().await.expect("frame") == ":heartbeat signal\n\n" {
+                break;
+            }
+        }
+    }
+    // Both end cleanly on shutdown.
+    hub.shutdown().await.unwrap();
+    for sub in [&mut direct, &mut kept_alive] {
+        while let Some(frame) = sub.next_frame().await {
+            assert_eq!(frame, ":heartbeat signal\n\n");
+        }
+        assert!(sub.ended);
+    }
+}
+
 #[tokio::test]
 async fn raw_paths_commas_slashes_and_queries() {
     let hub = start_hub(unlimited()).await;

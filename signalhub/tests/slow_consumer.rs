@@ -1,6 +1,6 @@
-//! One subscriber stops reading while others receive 10 000 messages: the others get every one,
-//! in order; the slow one is dropped and its connection closed; the hub's queues stay within
-//! their bounds the whole time.
+//! Two subscribers stop reading (one on each of the hub's two SSE paths) while others receive
+//! 10 000 messages: the others get every one, in order; the stalled ones are dropped and their
+//! connections closed; the hub's queues stay within their bounds the whole time.
 
 mod common;
 
@@ -28,11 +28,27 @@ fn rss_bytes() -> u64 {
 }
 
 /// A subscriber that reads the response head and then nothing, with a small receive buffer so
-/// the kernel cannot absorb the backlog for it.
-async fn stalled_subscriber(addr: SocketAddr) -> tokio::net::TcpStream {
+/// the kernel cannot absorb the backlog for it. `after_post` makes the subscription on a
+/// kept-alive connection, which the hub serves through hyper rather than directly.
+async fn stalled_subscriber(addr: SocketAddr, after_post: bool) -> tokio::net::TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
+    if after_post {
+        stream
+            .write_all(
+                format!(
+                    "POST /v1/app/nobody HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\n\r\n{{}}"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.unwrap());
+        }
+    }
     stream
         .write_all(format!("GET /v1/app/feed HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
@@ -52,7 +68,10 @@ async fn a_stalled_subscriber_is_dropped_and_the_others_get_everything() {
     })
     .await;
     let addr = hub.local_addr();
-    let mut stalled = stalled_subscriber(addr).await;
+    let mut stalled = [
+        stalled_subscriber(addr, false).await,
+        stalled_subscriber(addr, true).await,
+    ];
     let mut readers = Vec::new();
     for _ in 0..FAST_READERS {
         let mut sub = SseClient::connect(addr, "/v1/app/feed").await;
@@ -65,7 +84,7 @@ async fn a_stalled_subscriber_is_dropped_and_the_others_get_everything() {
             (MESSAGES, sub)
         }));
     }
-    wait_subscribers(&hub, 1 + FAST_READERS as i64).await;
+    wait_subscribers(&hub, 2 + FAST_READERS as i64).await;
     let rss_before = rss_bytes();
 
     // Watch the hub's queued bytes while the messages flow.
@@ -108,7 +127,7 @@ async fn a_stalled_subscriber_is_dropped_and_the_others_get_everything() {
     let text = hub.metrics().encode();
     assert_eq!(
         metric(&text, "signalhub_subscribers_dropped_total"),
-        1.0,
+        2.0,
         "{text}"
     );
     assert!(metric(&text, "signalhub_messages_dropped_total") >= 1.0);
@@ -121,7 +140,7 @@ async fn a_stalled_subscriber_is_dropped_and_the_others_get_everything() {
     // to a subscriber that read none of it.
     let peak = peak_queued.load(Ordering::Relaxed) as usize;
     assert!(
-        peak <= (1 + FAST_READERS) * QUEUE_BYTES,
+        peak <= (2 + FAST_READERS) * QUEUE_BYTES,
         "peak queued bytes {peak}"
     );
     let grown = rss_bytes().saturating_sub(rss_before);
@@ -131,19 +150,21 @@ async fn a_stalled_subscriber_is_dropped_and_the_others_get_everything() {
         grown >> 20
     );
 
-    // The hub closed the stalled connection: draining what the kernel holds reaches the end.
+    // The hub closed both stalled connections: draining what the kernel holds reaches the end.
     let mut sink = vec![0u8; 64 * 1024];
-    let drained = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match stalled.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+    for (which, stream) in stalled.iter_mut().enumerate() {
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
             }
-        }
-    })
-    .await;
-    assert!(
-        drained.is_ok(),
-        "the stalled subscriber's connection was closed by the hub"
-    );
+        })
+        .await;
+        assert!(
+            drained.is_ok(),
+            "stalled subscriber {which} was closed by the hub"
+        );
+    }
 }

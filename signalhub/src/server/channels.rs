@@ -207,6 +207,51 @@ impl Outbox {
         self.poll_take(cx, max_bytes)
     }
 
+    /// Moves queued messages (at least one, then up to `max_bytes` and `max_items`) into `out`
+    /// without copying them, waiting for one. `Next::Data` carries an empty buffer: the data is
+    /// in `out`. For writers that send several buffers in one vectored write.
+    pub(crate) fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Bytes>,
+        max_bytes: usize,
+        max_items: usize,
+    ) -> Poll<Next> {
+        let mut state = self.lock();
+        if state.status == Status::Dropped {
+            return Poll::Ready(Next::Dropped);
+        }
+        if state.queue.is_empty() {
+            return match state.status {
+                Status::Open => {
+                    if !state
+                        .waker
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
+                    {
+                        state.waker = Some(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+                Status::Closing => Poll::Ready(Next::End),
+                Status::Dropped => Poll::Ready(Next::Dropped),
+            };
+        }
+        let mut taken = 0;
+        while let Some(next) = state.queue.front() {
+            if !out.is_empty() && (taken + next.len() > max_bytes || out.len() >= max_items) {
+                break;
+            }
+            taken += next.len();
+            if let Some(next) = state.queue.pop_front() {
+                out.push(next);
+            }
+        }
+        state.bytes -= taken;
+        self.queued_total.fetch_sub(taken, Ordering::Relaxed);
+        Poll::Ready(Next::Data(Bytes::new()))
+    }
+
     fn poll_take(&self, cx: &mut Context<'_>, max_bytes: usize) -> Poll<Next> {
         let mut state = self.lock();
         let Some(first) = state.queue.pop_front() else {
@@ -585,6 +630,36 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(outbox.queued_total.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn outbox_drains_without_copying() {
+        let outbox = outbox(10, 1000);
+        for m in ["a", "bb", "c", "d"] {
+            outbox.push(&Bytes::from(m));
+        }
+        let mut out = Vec::new();
+        assert!(matches!(
+            poll_fn(|cx| outbox.poll_drain(cx, &mut out, 3, 10)).await,
+            Next::Data(_)
+        ));
+        assert_eq!(out, [Bytes::from("a"), Bytes::from("bb")]);
+        out.clear();
+        assert!(matches!(
+            poll_fn(|cx| outbox.poll_drain(cx, &mut out, 100, 1)).await,
+            Next::Data(_)
+        ));
+        assert_eq!(out, [Bytes::from("c")]);
+        out.clear();
+        outbox.close();
+        assert!(matches!(
+            poll_fn(|cx| outbox.poll_drain(cx, &mut out, 100, 10)).await,
+            Next::Data(_)
+        ));
+        assert!(matches!(
+            poll_fn(|cx| outbox.poll_drain(cx, &mut out, 100, 10)).await,
+            Next::End
+        ));
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! behind may have hyper blocked in a write, where no response body is ever polled again).
 
 mod channels;
+mod front;
 mod limits;
 mod metrics;
 mod routes;
@@ -155,18 +156,28 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Binds the hub's listening socket.
+    /// Binds the hub's listening socket (the first address `addr` resolves to that can be bound),
+    /// with a listen backlog of [`LISTEN_BACKLOG`] so that a reconnect storm is queued, not refused.
     pub async fn bind(
         addr: impl ToSocketAddrs + std::fmt::Debug,
         config: HubConfig,
     ) -> Result<Hub, HubError> {
-        let listener = TcpListener::bind(&addr)
-            .await
-            .map_err(|source| HubError::Bind {
-                addr: format!("{addr:?}"),
-                source,
-            })?;
-        Ok(Hub::from_listener(listener, config))
+        let describe = format!("{addr:?}");
+        let bind_error = |source| HubError::Bind {
+            addr: describe.clone(),
+            source,
+        };
+        let mut last_error = io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        );
+        for resolved in tokio::net::lookup_host(&addr).await.map_err(bind_error)? {
+            match listen(resolved) {
+                Ok(listener) => return Ok(Hub::from_listener(listener, config)),
+                Err(err) => last_error = err,
+            }
+        }
+        Err(bind_error(last_error))
     }
 
     /// A hub on a socket that is already listening.
@@ -338,6 +349,21 @@ impl Hub {
     }
 }
 
+/// How many connections the kernel queues for the hub before it accepts them.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Lets a restarted hub bind its port while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A hub serving in the background.
 pub struct RunningHub {
     addr: SocketAddr,
@@ -389,7 +415,26 @@ async fn maintain(state: Arc<HubState>) {
     }
 }
 
-async fn serve_connection<S>(state: Arc<HubState>, conn: Arc<ConnectionContext>, io: S)
+async fn serve_connection<S>(state: Arc<HubState>, conn: Arc<ConnectionContext>, mut io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let first = tokio::select! {
+        first = front::first_request(&state, &mut io) => first,
+        _ = state.shutdown.cancelled() => return,
+        _ = conn.kill.cancelled() => return,
+    };
+    match first {
+        front::First::Gone => {}
+        front::First::Subscribe(keys) => front::serve_subscription(state, conn, io, keys).await,
+        front::First::Hyper(prefix) => {
+            serve_with_hyper(state, conn, front::Rewind::new(prefix, io)).await
+        }
+    }
+}
+
+/// Serves a connection with hyper, for as many requests as it carries.
+async fn serve_with_hyper<S>(state: Arc<HubState>, conn: Arc<ConnectionContext>, io: S)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

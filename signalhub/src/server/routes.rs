@@ -358,8 +358,13 @@ async fn read_body(state: &HubState, body: Body) -> Result<Bytes, Response<Body>
     {
         return Err(too_large(state));
     }
-    let collect = Limited::new(body, limit).collect();
-    match tokio::time::timeout(state.config.request_timeout, collect).await {
+    let mut collect = std::pin::pin!(Limited::new(body, limit).collect());
+    // Small bodies usually arrive with their headers: take them without arming a timer.
+    let collected = match futures_util::FutureExt::now_or_never(collect.as_mut()) {
+        Some(result) => Ok(result),
+        None => tokio::time::timeout(state.config.request_timeout, collect).await,
+    };
+    match collected {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large(state)),
         Ok(Err(err)) => {

@@ -184,6 +184,29 @@ impl SseClient {
         }
     }
 
+    /// A subscription made on a kept-alive connection after another request (a POST), which the
+    /// hub serves through hyper rather than on its direct path for fresh connections.
+    pub async fn connect_after_post(addr: SocketAddr, target: &str) -> SseClient {
+        let mut stream = connect_from(addr, None).await;
+        let post = format!(
+            "POST /v1/warmup/nobody HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\n\r\n{{}}"
+        );
+        stream.write_all(post.as_bytes()).await.expect("write POST");
+        // Read exactly the POST's response (it has Content-Length: 0) and keep the connection.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.expect("POST response");
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 200 OK"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        Self::connect_with(stream, addr, target).await
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

@@ -1,0 +1,272 @@
+//! The first request of every connection, read here before hyper sees the connection.
+//!
+//! Nearly every subscriber opens a connection for its subscription alone and then only listens,
+//! so the hub serves that case itself: it parses the request head with `httparse`, writes the SSE
+//! response head, and streams the outbox with one vectored write per batch, with no HTTP machinery
+//! left behind. A hyper connection keeps about 20 KiB of buffers and futures per connection for as
+//! long as a response streams; this path keeps a task, a socket and the outbox, so an idle
+//! subscriber costs a small fraction of that. Every other first request (POST, WebSocket, `/`,
+//! errors) and every later request on a kept-alive connection goes to hyper, with the bytes read
+//! so far replayed in front of the socket; a subscription made there is served by hyper with the
+//! same bytes on the wire.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::http::Method;
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::channels::{ChannelKey, Next, Subscription};
+use super::routes::{self, Route};
+use super::{ConnectionContext, HubState};
+
+/// The most bytes of a request head read here; a longer head goes to hyper, which has its own limit.
+const MAX_HEAD: usize = 16 * 1024;
+/// Headers parsed at most; more goes to hyper.
+const MAX_HEADERS: usize = 48;
+/// The most queued messages one write sends.
+const MAX_BATCH_ITEMS: usize = 64;
+/// The most bytes one write sends.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// What to do with a connection after its first request head has been looked at.
+pub(crate) enum First {
+    /// A subscription served here.
+    Subscribe(Vec<ChannelKey>),
+    /// Anything else: hyper serves it, starting with these bytes.
+    Hyper(Bytes),
+    /// The client closed or sent nothing in time.
+    Gone,
+}
+
+/// Reads the first request head (within the request timeout) and decides who serves it.
+pub(crate) async fn first_request<S>(state: &HubState, io: &mut S) -> First
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = Vec::with_capacity(1024);
+    let read_head = async {
+        loop {
+            if buf.len() >= MAX_HEAD {
+                return Some(());
+            }
+            if buf.capacity() == buf.len() {
+                buf.reserve(buf.len());
+            }
+            match io.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(&buf) {
+                Ok(httparse::Status::Partial) => continue,
+                // Complete, or an error hyper will answer properly.
+                Ok(httparse::Status::Complete(_)) | Err(_) => return Some(()),
+            }
+        }
+    };
+    match tokio::time::timeout(state.config.request_timeout, read_head).await {
+        Ok(Some(())) => {}
+        Ok(None) => return First::Gone,
+        Err(_) => {
+            state.metrics.reject(super::Rejection::Timeout);
+            return First::Gone;
+        }
+    }
+    match subscription_keys(state, &buf) {
+        Some(keys) => First::Subscribe(keys),
+        None => First::Hyper(Bytes::from(buf)),
+    }
+}
+
+/// The channels of a plain, valid HTTP/1.1 subscribe request with nothing after its head;
+/// `None` for anything hyper should serve.
+fn subscription_keys(state: &HubState, buf: &[u8]) -> Option<Vec<ChannelKey>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head_len) = request.parse(buf).ok()? else {
+        return None;
+    };
+    if head_len != buf.len() || request.method? != "GET" || request.version? != 1 {
+        return None;
+    }
+    let expects_more = request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("upgrade")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+            || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+    });
+    if expects_more {
+        return None;
+    }
+    match routes::route(&Method::GET, request.path?, state.path_limits) {
+        Route::Subscribe { app, channels } => Some(
+            channels
+                .iter()
+                .map(|channel| ChannelKey::new(app, channel))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// The SSE response head, as hyper writes it for the same response (so that a subscriber cannot
+/// tell which path served it).
+fn response_head() -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    for (name, value) in routes::CORS_HEADERS {
+        head.extend_from_slice(routes::title_case(name).as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(
+        b"Content-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\nDate: ",
+    );
+    head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
+}
+
+/// Serves a subscription on a connection of its own until the client leaves, the hub shuts down
+/// (the chunked body then ends cleanly) or the subscriber is dropped for falling behind.
+pub(crate) async fn serve_subscription<S>(
+    state: Arc<HubState>,
+    conn: Arc<ConnectionContext>,
+    io: S,
+    keys: Vec<ChannelKey>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !state.config.quiet {
+        for key in &keys {
+            tracing::info!(target: "signalhub::traffic", peer = %conn.peer, "subscribe: {key}");
+        }
+    }
+    let subscription = Subscription::open(&state, &conn, keys);
+    let (mut reader, mut writer) = tokio::io::split(io);
+    // The client sends nothing more; reading only notices that it has gone.
+    let client_gone = async {
+        let mut sink = [0u8; 64];
+        while let Ok(n) = reader.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let stream = async {
+        writer.write_all(&response_head()).await?;
+        writer.flush().await?;
+        let mut batch = Vec::new();
+        loop {
+            let next = std::future::poll_fn(|cx| {
+                subscription
+                    .outbox
+                    .poll_drain(cx, &mut batch, MAX_BATCH_BYTES, MAX_BATCH_ITEMS)
+            })
+            .await;
+            match next {
+                Next::Data(_) => {
+                    write_chunk(&mut writer, &batch).await?;
+                    batch.clear();
+                }
+                Next::End => {
+                    writer.write_all(b"0\r\n\r\n").await?;
+                    writer.flush().await?;
+                    return writer.shutdown().await;
+                }
+                Next::Dropped => return Ok(()),
+            }
+        }
+    };
+    tokio::select! {
+        _ = client_gone => {}
+        result = stream => {
+            if let Err(err) = result {
+                tracing::debug!(peer = %conn.peer, "subscriber connection ended: {err}");
+            }
+        }
+        _ = conn.kill.cancelled() => {}
+    }
+}
+
+/// Writes messages as one HTTP chunk, in as few vectored writes as the socket allows.
+async fn write_chunk<W: AsyncWrite + Unpin>(writer: &mut W, messages: &[Bytes]) -> io::Result<()> {
+    let len: usize = messages.iter().map(Bytes::len).sum();
+    let size_line = format!("{len:x}\r\n");
+    let mut slices = Vec::with_capacity(messages.len() + 2);
+    slices.push(IoSlice::new(size_line.as_bytes()));
+    slices.extend(messages.iter().map(|m| IoSlice::new(m)));
+    slices.push(IoSlice::new(b"\r\n"));
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let written = writer.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    writer.flush().await
+}
+
+/// A stream that yields some bytes already read before reading on.
+pub(crate) struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub(crate) fn new(prefix: Bytes, inner: S) -> Self {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
