@@ -185,8 +185,20 @@ pub(crate) fn title_case(name: &str) -> String {
 
 /// Adds the CORS headers to a header map that has none yet.
 pub(crate) fn add_cors(headers: &mut HeaderMap) {
-    for (name, value) in CORS_HEADERS {
-        headers.insert(name, HeaderValue::from_static(value));
+    // Built once: cloning a finished map is cheaper than parsing and hashing five names per response.
+    static CORS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(|| {
+        let mut headers = HeaderMap::with_capacity(12);
+        for (name, value) in CORS_HEADERS {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        headers
+    });
+    if headers.is_empty() {
+        *headers = CORS.clone();
+    } else {
+        for (name, value) in CORS.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 }
 
