@@ -222,20 +222,7 @@ impl Outbox {
             return Poll::Ready(Next::Dropped);
         }
         if state.queue.is_empty() {
-            return match state.status {
-                Status::Open => {
-                    if !state
-                        .waker
-                        .as_ref()
-                        .is_some_and(|w| w.will_wake(cx.waker()))
-                    {
-                        state.waker = Some(cx.waker().clone());
-                    }
-                    Poll::Pending
-                }
-                Status::Closing => Poll::Ready(Next::End),
-                Status::Dropped => Poll::Ready(Next::Dropped),
-            };
+            return Self::when_empty(&mut state, cx);
         }
         let mut taken = 0;
         while let Some(next) = state.queue.front() {
@@ -252,23 +239,28 @@ impl Outbox {
         Poll::Ready(Next::Data(Bytes::new()))
     }
 
+    /// What a writer gets from an empty queue: the end, the drop, or a wait for the next push.
+    fn when_empty(state: &mut OutboxState, cx: &mut Context<'_>) -> Poll<Next> {
+        match state.status {
+            Status::Open => {
+                if !state
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    state.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Status::Closing => Poll::Ready(Next::End),
+            Status::Dropped => Poll::Ready(Next::Dropped),
+        }
+    }
+
     fn poll_take(&self, cx: &mut Context<'_>, max_bytes: usize) -> Poll<Next> {
         let mut state = self.lock();
         let Some(first) = state.queue.pop_front() else {
-            return match state.status {
-                Status::Open => {
-                    if !state
-                        .waker
-                        .as_ref()
-                        .is_some_and(|w| w.will_wake(cx.waker()))
-                    {
-                        state.waker = Some(cx.waker().clone());
-                    }
-                    Poll::Pending
-                }
-                Status::Closing => Poll::Ready(Next::End),
-                Status::Dropped => Poll::Ready(Next::Dropped),
-            };
+            return Self::when_empty(&mut state, cx);
         };
         if state.status == Status::Dropped {
             return Poll::Ready(Next::Dropped);
