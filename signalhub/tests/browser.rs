@@ -6,24 +6,21 @@
 //! Needs `node`, `js/node_modules` (`npm ci --prefix js` in the workspace root) and Chromium
 //! (`apt-get install chromium`); without them the test fails, it does not skip.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use signalhub::{Hub, HubConfig};
-use tokio::sync::mpsc;
+
+#[path = "support/node_script.rs"]
+mod node_script;
+use node_script::NodeScript;
 
 /// Chromium can take a while to start on a loaded machine.
 const STEP: Duration = Duration::from_secs(120);
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../js")
-}
 
 /// Fails (never skips) when Node, playwright-core or Chromium is missing, naming the setup command.
 fn require_browser_setup() {
@@ -33,7 +30,7 @@ fn require_browser_setup() {
             "`node --version` failed ({other:?}): install Node.js 20, then run `npm ci --prefix js` in the workspace root"
         ),
     }
-    let manifest = js_dir().join("node_modules/playwright-core/package.json");
+    let manifest = node_script::js_dir().join("node_modules/playwright-core/package.json");
     assert!(
         manifest.is_file(),
         "{} is missing: run `npm ci --prefix js` in the workspace root",
@@ -45,128 +42,18 @@ fn require_browser_setup() {
     );
 }
 
-/// `node js/<script>` with its stdout as a channel of lines and its stderr collected.
-struct NodeScript {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    stderr: Arc<Mutex<String>>,
-    seen: Vec<String>,
-    /// Chromium's profile, which the script removes itself unless it is killed.
-    user_data_dir: Option<PathBuf>,
+/// The browser script, and Chromium's profile directory, which the script removes itself unless
+/// it is killed (a failing test kills it: the profile is removed here then).
+struct BrowserRun {
+    node: NodeScript,
+    profile: Option<PathBuf>,
 }
 
-impl NodeScript {
-    fn spawn(script: &str, args: &[&str]) -> NodeScript {
-        let dir = js_dir();
-        let mut child = Command::new("node")
-            .arg(dir.join(script))
-            .args(args)
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot run `node {script}`: {err}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (sender, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr is piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        NodeScript {
-            child,
-            lines,
-            stderr,
-            seen: Vec::new(),
-            user_data_dir: None,
-        }
-    }
-
-    async fn diagnostics(&mut self) -> String {
-        // The script may be exiting: give it a moment, for its status.
-        let mut status = "still running".to_string();
-        for _ in 0..50 {
-            if let Ok(Some(exit)) = self.child.try_wait() {
-                status = exit.to_string();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        format!(
-            "browser-cors.mjs ({status})\nstdout:\n{}\nstderr:\n{}",
-            self.seen.join("\n"),
-            self.stderr.lock().unwrap()
-        )
-    }
-
-    async fn wait_event(&mut self, name: &str) -> Value {
-        loop {
-            match tokio::time::timeout(STEP, self.lines.recv()).await {
-                Ok(Some(line)) => {
-                    self.seen.push(line.clone());
-                    let event: Value = serde_json::from_str(&line)
-                        .unwrap_or_else(|err| panic!("a line that is not JSON ({err}): {line}"));
-                    if let Some(dir) = event["userDataDir"].as_str() {
-                        self.user_data_dir = Some(PathBuf::from(dir));
-                    }
-                    if event["event"] == name {
-                        return event;
-                    }
-                }
-                Ok(None) => {
-                    let diagnostics = self.diagnostics().await;
-                    panic!("stdout ended while waiting for {name:?}: {diagnostics}");
-                }
-                Err(_) => {
-                    let diagnostics = self.diagnostics().await;
-                    panic!("waited {STEP:?} for {name:?}: {diagnostics}");
-                }
-            }
-        }
-    }
-
-    async fn wait_exit(&mut self) {
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for node") {
-                if !status.success() {
-                    let diagnostics = self.diagnostics().await;
-                    panic!("the script failed: {diagnostics}");
-                }
-                return;
-            }
-            if Instant::now() > deadline {
-                let diagnostics = self.diagnostics().await;
-                panic!("the script did not exit: {diagnostics}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for NodeScript {
+impl Drop for BrowserRun {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // Chromium exits by itself when its pipe to the script closes.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if let Some(dir) = &self.user_data_dir {
+        // Chromium exits by itself when its pipe to the script closes.
+        self.node.kill();
+        if let Some(dir) = &self.profile {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
@@ -203,9 +90,14 @@ async fn chromium_cross_origin_page_subscribes_and_broadcasts() {
     assert_eq!(response.status(), 200);
     let mut body = response.bytes_stream();
 
-    let mut node = NodeScript::spawn("browser-cors.mjs", &[&hub_url, "240"]);
-    let result = node.wait_event("result").await;
-    node.wait_exit().await;
+    let mut run = BrowserRun {
+        node: NodeScript::spawn("browser-cors.mjs", &[&hub_url, "240"], STEP),
+        profile: None,
+    };
+    let page = run.node.wait_event("page").await;
+    run.profile = page["userDataDir"].as_str().map(PathBuf::from);
+    let result = run.node.wait_event("result").await;
+    run.node.wait_exit().await;
     eprintln!("page result: {result:#}");
 
     // The page came from another origin than the hub.

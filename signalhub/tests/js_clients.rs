@@ -5,56 +5,22 @@
 //! Needs `node` on the PATH and `js/node_modules` (`npm ci --prefix js` in the workspace root);
 //! without them the tests fail, they do not skip.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use signalhub::{Hub, HubConfig, RunningHub};
+
+#[path = "support/node_script.rs"]
+mod node_script;
+use node_script::{require_js_setup, NodeScript};
 use tokio::sync::mpsc;
 
 /// The longest wait for any one expected event (the machine may be loaded).
 const STEP: Duration = Duration::from_secs(60);
 /// The scripts give up by themselves after this long.
 const SCRIPT_TIMEOUT_SECS: &str = "180";
-
-fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../js")
-}
-
-/// Fails (never skips) when Node or the npm packages are missing, naming the setup command.
-fn require_js_setup(packages: &[(&str, Option<&str>)]) -> PathBuf {
-    let dir = js_dir();
-    let node = Command::new("node").arg("--version").output();
-    match node {
-        Ok(out) if out.status.success() => {}
-        other => panic!(
-            "`node --version` failed ({other:?}): install Node.js 20, then run `npm ci --prefix js` in the workspace root"
-        ),
-    }
-    for (package, version) in packages {
-        let manifest = dir.join("node_modules").join(package).join("package.json");
-        let text = std::fs::read_to_string(&manifest).unwrap_or_else(|err| {
-            panic!(
-                "{} is missing ({err}): run `npm ci --prefix js` in the workspace root",
-                manifest.display()
-            )
-        });
-        let found: Value = serde_json::from_str(&text).expect("package.json is JSON");
-        let Some(version) = version else { continue };
-        assert_eq!(
-            found["version"],
-            json!(version),
-            "js/node_modules/{package} is not version {version}: run `npm ci --prefix js` in the workspace root"
-        );
-    }
-    dir
-}
 
 async fn start_hub(addr: &str) -> RunningHub {
     Hub::bind(addr, HubConfig::default())
@@ -76,175 +42,6 @@ async fn restart_hub(addr: SocketAddr) -> RunningHub {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(err) => panic!("cannot restart the hub on {addr}: {err}"),
-        }
-    }
-}
-
-/// A Node script of `js/`, spoken to over stdin and heard over stdout.
-struct NodeScript {
-    name: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::UnboundedReceiver<String>,
-    /// Events read but not yet asked for.
-    backlog: VecDeque<Value>,
-    /// Every event read, for failure messages.
-    seen: Vec<Value>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl NodeScript {
-    fn spawn(script: &str, args: &[&str]) -> NodeScript {
-        let dir = js_dir();
-        let mut child = Command::new("node")
-            .arg(dir.join(script))
-            .args(args)
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|err| panic!("cannot run `node {script}`: {err}"));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (sender, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr is piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        NodeScript {
-            name: format!("{script} {}", args.join(" ")),
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            backlog: VecDeque::new(),
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    fn diagnostics(&mut self) -> String {
-        let status = match self.child.try_wait() {
-            Ok(Some(status)) => status.to_string(),
-            Ok(None) => "still running".to_string(),
-            Err(err) => err.to_string(),
-        };
-        format!(
-            "`node {}` ({status})\nevents so far:\n{}\nstderr:\n{}",
-            self.name,
-            self.seen
-                .iter()
-                .map(|e| format!("  {e}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            self.stderr.lock().unwrap()
-        )
-    }
-
-    fn send(&mut self, command: Value) {
-        let stdin = self.stdin.as_mut().expect("stdin is open");
-        let written = writeln!(stdin, "{command}").and_then(|()| stdin.flush());
-        if let Err(err) = written {
-            let diagnostics = self.diagnostics();
-            panic!("cannot send {command} ({err}) to {diagnostics}");
-        }
-    }
-
-    /// The first event (read before or now) that `matches`, waiting at most [`STEP`].
-    async fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        if let Some(at) = self.backlog.iter().position(&matches) {
-            return self.backlog.remove(at).expect("position is in range");
-        }
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) => {
-                    let event: Value = serde_json::from_str(&line).unwrap_or_else(|err| {
-                        panic!(
-                            "`node {}` wrote a line that is not JSON ({err}): {line}",
-                            self.name
-                        )
-                    });
-                    self.seen.push(event.clone());
-                    if matches(&event) {
-                        return event;
-                    }
-                    self.backlog.push_back(event);
-                }
-                Ok(None) => {
-                    // Give the process a moment to be reaped, for its exit status.
-                    for _ in 0..50 {
-                        if let Ok(Some(_)) = self.child.try_wait() {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    let diagnostics = self.diagnostics();
-                    panic!("stdout ended while waiting for {what} from {diagnostics}");
-                }
-                Err(_) => {
-                    let diagnostics = self.diagnostics();
-                    panic!("waited {STEP:?} for {what} from {diagnostics}");
-                }
-            }
-        }
-    }
-
-    async fn wait_event(&mut self, name: &str) -> Value {
-        self.wait_for(&format!("event {name:?}"), |e| e["event"] == name)
-            .await
-    }
-
-    /// Sends `close`, waits for the script to confirm and exit 0, and returns the events never
-    /// asked for.
-    async fn close(mut self) -> Vec<Value> {
-        self.send(json!({"cmd": "close"}));
-        self.wait_event("closed").await;
-        drop(self.stdin.take());
-        let deadline = Instant::now() + STEP;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for node") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let diagnostics = self.diagnostics();
-                panic!("the script did not exit after close: {diagnostics}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        if !status.success() {
-            let diagnostics = self.diagnostics();
-            panic!("the script failed: {diagnostics}");
-        }
-        // Anything written before `closed` is in the channel already.
-        while let Ok(line) = self.lines.try_recv() {
-            if let Ok(event) = serde_json::from_str(&line) {
-                self.backlog.push_back(event);
-            }
-        }
-        self.backlog.drain(..).collect()
-    }
-}
-
-impl Drop for NodeScript {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -341,6 +138,7 @@ async fn signalhub_js_single_channel_receives_own_and_posted_messages() {
     let mut node = NodeScript::spawn(
         "signalhub-client.mjs",
         &[hub.url(), "single", SCRIPT_TIMEOUT_SECS],
+        STEP,
     );
     node.wait_event("open").await;
 
@@ -391,6 +189,7 @@ async fn signalhub_js_multi_channel_subscribe_receives_both_channels() {
     let mut node = NodeScript::spawn(
         "signalhub-client.mjs",
         &[hub.url(), "multi", SCRIPT_TIMEOUT_SECS],
+        STEP,
     );
     node.wait_event("open").await;
 
@@ -444,6 +243,7 @@ async fn signalhub_js_broadcast_reaches_rust_subscriber_verbatim() {
     let mut node = NodeScript::spawn(
         "signalhub-client.mjs",
         &[hub.url(), "broadcast", SCRIPT_TIMEOUT_SECS],
+        STEP,
     );
     node.wait_event("ready").await;
 
@@ -489,6 +289,7 @@ async fn signalhub_js_reconnects_after_hub_restart() {
     let mut node = NodeScript::spawn(
         "signalhub-client.mjs",
         &[&url, "reconnect", SCRIPT_TIMEOUT_SECS],
+        STEP,
     );
     node.wait_event("open").await;
     let before = json!({"phase": "before restart"});
@@ -540,6 +341,7 @@ async fn signalhubws_js_clients_broadcast_and_receive() {
     let mut node = NodeScript::spawn(
         "signalhubws-client.mjs",
         &[&ws_url, "pair", SCRIPT_TIMEOUT_SECS],
+        STEP,
     );
     node.wait_for("A open", |e| e["event"] == "open" && e["client"] == "A")
         .await;
@@ -584,6 +386,7 @@ async fn signalhubws_js_bridges_to_sse_and_post() {
     let mut node = NodeScript::spawn(
         "signalhubws-client.mjs",
         &[&ws_url, "bridge", SCRIPT_TIMEOUT_SECS],
+        STEP,
     );
     node.wait_for("A open", |e| e["event"] == "open" && e["client"] == "A")
         .await;
