@@ -120,6 +120,10 @@ struct ListenArgs {
     /// Seconds a client gets to send a request's headers or body.
     #[arg(long, default_value_t = HubConfig::default().request_timeout.as_secs_f64())]
     request_timeout_secs: f64,
+    /// Behind one reverse proxy that appends the client address to X-Forwarded-For: rate-limit by
+    /// that address, and drop the per-address connection limit (all connections come from the proxy).
+    #[arg(long)]
+    trust_forwarded_for: bool,
     /// Seconds open connections get to finish on shutdown.
     #[arg(long, default_value_t = HubConfig::default().shutdown_grace.as_secs_f64())]
     shutdown_grace_secs: f64,
@@ -154,6 +158,7 @@ impl ListenArgs {
             request_timeout: seconds(self.request_timeout_secs, "request-timeout-secs")?,
             shutdown_grace: seconds(self.shutdown_grace_secs, "shutdown-grace-secs")?,
             quiet: self.quiet,
+            trust_forwarded_for: self.trust_forwarded_for,
         })
     }
 }

@@ -552,6 +552,45 @@ async fn broadcasts_over_the_rate_get_429_with_retry_after_per_address() {
 }
 
 #[tokio::test]
+async fn behind_a_proxy_limits_count_the_forwarded_address() {
+    let hub = start_hub(HubConfig {
+        broadcasts_per_sec: 1,
+        broadcast_burst: 1,
+        max_connections_per_ip: 1,
+        trust_forwarded_for: true,
+        ..unlimited()
+    })
+    .await;
+    let addr = hub.local_addr();
+    // Every connection comes from the proxy's address: no per-address connection limit then.
+    let _a = SseClient::connect(addr, "/v1/app/a").await;
+    let _b = SseClient::connect(addr, "/v1/app/b").await;
+    wait_subscribers(&hub, 2).await;
+    let post = |client: &'static str| async move {
+        let mut stream = connect_from(addr, None).await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let head = format!(
+            "POST /v1/app/a HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {client}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    };
+    assert!(post("203.0.113.1").await.starts_with("HTTP/1.1 200"));
+    assert!(
+        post("203.0.113.1").await.starts_with("HTTP/1.1 429"),
+        "same client, over its rate"
+    );
+    assert!(
+        post("198.51.100.7, 203.0.113.2")
+            .await
+            .starts_with("HTTP/1.1 200"),
+        "the last entry counts"
+    );
+}
+
+#[tokio::test]
 async fn connections_over_the_per_address_limit_get_429() {
     let hub = start_hub(HubConfig {
         max_connections_per_ip: 2,

@@ -31,6 +31,28 @@ pub(crate) fn ip_key(ip: IpAddr) -> IpKey {
     }
 }
 
+/// The address a request is counted against: the connection's peer, or with `trust_forwarded_for`
+/// the last address of `X-Forwarded-For` (the one the trusted proxy appended), when there is one.
+pub(crate) fn client_key(
+    headers: &axum::http::HeaderMap,
+    peer: IpAddr,
+    trust_forwarded_for: bool,
+) -> IpKey {
+    if trust_forwarded_for {
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .last()
+            .and_then(|last| last.trim().parse::<IpAddr>().ok());
+        if let Some(client) = forwarded {
+            return ip_key(client);
+        }
+    }
+    ip_key(peer)
+}
+
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -148,6 +170,23 @@ mod tests {
         assert_eq!(ip_key(a), ip_key(b));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(ip_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn forwarded_for_is_used_only_when_trusted() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
+        headers.append("x-forwarded-for", "3.3.3.3".parse().unwrap());
+        assert_eq!(client_key(&headers, peer, false), peer);
+        assert_eq!(
+            client_key(&headers, peer, true),
+            "3.3.3.3".parse::<IpAddr>().unwrap()
+        );
+        let mut junk = axum::http::HeaderMap::new();
+        junk.append("x-forwarded-for", "not an address".parse().unwrap());
+        assert_eq!(client_key(&junk, peer, true), peer);
+        assert_eq!(client_key(&axum::http::HeaderMap::new(), peer, true), peer);
     }
 
     #[test]

@@ -79,6 +79,11 @@ pub struct HubConfig {
     pub shutdown_grace: Duration,
     /// No per-message logs (subscribe, broadcast).
     pub quiet: bool,
+    /// The hub runs behind one reverse proxy that appends the client's address to
+    /// `X-Forwarded-For`: broadcasts are rate-limited by that address (the header's last entry),
+    /// and the per-address connection limit is off, since every connection comes from the proxy.
+    /// Leave it off when clients reach the hub directly: they could then claim any address.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for HubConfig {
@@ -100,6 +105,7 @@ impl Default for HubConfig {
             request_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             quiet: false,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -196,7 +202,11 @@ impl Hub {
         );
         let limits = Arc::new(Limits::new(
             config.max_connections,
-            config.max_connections_per_ip,
+            if config.trust_forwarded_for {
+                0
+            } else {
+                config.max_connections_per_ip
+            },
             config.broadcasts_per_sec,
             config.broadcast_burst,
         ));

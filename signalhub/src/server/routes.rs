@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 
 use super::channels::{ChannelKey, Subscription};
-use super::limits::ip_key;
+use super::limits::client_key;
 use super::metrics::Rejection;
 use super::{sse, ws, ConnectionContext, HubState};
 
@@ -284,7 +284,12 @@ pub(crate) async fn handle(
         }
         Route::Broadcast { key } => {
             let key = ChannelKey::from_raw(key.to_string());
-            broadcast(state, conn, key, request.into_body()).await
+            let client = client_key(
+                request.headers(),
+                conn.peer.ip(),
+                state.config.trust_forwarded_for,
+            );
+            broadcast(state, conn, client, key, request.into_body()).await
         }
     }
 }
@@ -317,10 +322,11 @@ fn health(state: &HubState) -> Response<Body> {
 async fn broadcast(
     state: Arc<HubState>,
     conn: Arc<ConnectionContext>,
+    client: std::net::IpAddr,
     key: ChannelKey,
     body: Body,
 ) -> Response<Body> {
-    if let Err(retry_after) = state.limits.check_broadcast(ip_key(conn.peer.ip())) {
+    if let Err(retry_after) = state.limits.check_broadcast(client) {
         state.metrics.reject(Rejection::RateLimited);
         let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
         let mut response = error(
@@ -485,9 +491,14 @@ async fn websocket(
         );
     }
     let app = app.to_string();
+    let client = client_key(
+        request.headers(),
+        conn.peer.ip(),
+        state.config.trust_forwarded_for,
+    );
     let (mut parts, _body) = request.into_parts();
     match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(upgrade) => ws::accept(state, conn, app, upgrade),
+        Ok(upgrade) => ws::accept(state, conn, client, app, upgrade),
         Err(rejection) => {
             state.metrics.reject(Rejection::BadWebSocket);
             error(rejection.status(), rejection.body_text())

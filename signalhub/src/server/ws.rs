@@ -19,7 +19,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::channels::{Next, Outbox};
-use super::limits::ip_key;
 use super::metrics::Rejection;
 use super::{ConnectionContext, HubState};
 
@@ -41,6 +40,7 @@ struct WsFrame<'a> {
 pub(crate) fn accept(
     state: Arc<HubState>,
     conn: Arc<ConnectionContext>,
+    client: std::net::IpAddr,
     app: String,
     upgrade: WebSocketUpgrade,
 ) -> Response<Body> {
@@ -52,7 +52,7 @@ pub(crate) fn accept(
         .on_upgrade(move |socket| async move {
             let kill = conn.kill.clone();
             tokio::select! {
-                _ = serve(state, conn, app, socket) => {}
+                _ = serve(state, conn, client, app, socket) => {}
                 _ = kill.cancelled() => {}
             }
         })
@@ -72,7 +72,13 @@ impl Drop for Membership {
     }
 }
 
-async fn serve(state: Arc<HubState>, conn: Arc<ConnectionContext>, app: String, socket: WebSocket) {
+async fn serve(
+    state: Arc<HubState>,
+    conn: Arc<ConnectionContext>,
+    client: std::net::IpAddr,
+    app: String,
+    socket: WebSocket,
+) {
     let outbox = state.registry.outbox(&conn);
     let slot = state.registry.add_ws(&app, &outbox);
     state.metrics.ws_connections.inc();
@@ -106,9 +112,9 @@ async fn serve(state: Arc<HubState>, conn: Arc<ConnectionContext>, app: String, 
                 Next::Dropped => break,
             },
             incoming = stream.next() => match incoming {
-                Some(Ok(Message::Text(text))) => on_frame(&state, &conn, text.as_str()),
+                Some(Ok(Message::Text(text))) => on_frame(&state, &conn, client, text.as_str()),
                 Some(Ok(Message::Binary(data))) => match std::str::from_utf8(&data) {
-                    Ok(text) => on_frame(&state, &conn, text),
+                    Ok(text) => on_frame(&state, &conn, client, text),
                     Err(_) => state.metrics.reject(Rejection::BadFrame),
                 },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -151,7 +157,7 @@ fn text_message(frame: Bytes) -> Message {
     }
 }
 
-fn on_frame(state: &HubState, conn: &ConnectionContext, text: &str) {
+fn on_frame(state: &HubState, conn: &ConnectionContext, client: std::net::IpAddr, text: &str) {
     let frame: WsFrame<'_> = match serde_json::from_str(text) {
         Ok(frame) => frame,
         Err(err) => {
@@ -171,11 +177,7 @@ fn on_frame(state: &HubState, conn: &ConnectionContext, text: &str) {
         tracing::debug!(peer = %conn.peer, "dropped a websocket frame with an empty or over-long app or channel");
         return;
     }
-    if state
-        .limits
-        .check_broadcast(ip_key(conn.peer.ip()))
-        .is_err()
-    {
+    if state.limits.check_broadcast(client).is_err() {
         state.metrics.reject(Rejection::RateLimited);
         return;
     }
