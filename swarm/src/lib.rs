@@ -1,0 +1,38 @@
+//! `swarm`: peers that interoperate with the JavaScript p2p stack of the "disintermediated web"
+//! (hyperlog, hyperlog-sodium, chatwizard).
+//!
+//! So far it holds [`log`]: a hyperlog-compatible signed append-only log, namely the node model
+//! and its content keys ([`Key`], [`Node`]), hyperlog-sodium 2.x signatures ([`Keypair`],
+//! [`Verifier`]), the replication wire format ([`Message`], [`FrameDecoder`]) and a
+//! `JSON.stringify`-exact JSON writer ([`log::json`]).
+//!
+//! ```
+//! use swarm::{FrameDecoder, Key, Keypair, Message, Node, Verifier};
+//!
+//! // Append-like: a node linking the previous head, signed as hyperlog-sodium does.
+//! let keypair = Keypair::from_seed(&[1; 32]);
+//! let mut n1 = Node::new(vec![], b"hello".to_vec(), "A".into(), 1, 1);
+//! keypair.sign_node(&mut n1);
+//! assert_eq!(n1.key.to_hex(), "8c7efb22472592f561a7a7647f8c5ee93134880b4ca0c92889a61848cd5c4602");
+//!
+//! // On the wire and back, split anywhere.
+//! let frame = Message::Node(n1.to_message()).to_frame();
+//! let mut decoder = FrameDecoder::new();
+//! decoder.push(&frame[..10]);
+//! assert_eq!(decoder.next_message(), Ok(None));
+//! decoder.push(&frame[10..]);
+//! let Ok(Some(Message::Node(msg))) = decoder.next_message() else { panic!("a node") };
+//! let received = Node::from_message(msg).expect("well-formed");
+//! received.check_key().expect("content matches key");
+//! Verifier::for_keypair(&keypair).verify_node(&received).expect("signed by keypair");
+//! assert_eq!(Key::compute(&received.links, &received.value), received.key);
+//! ```
+
+pub mod log;
+
+pub use log::json::{is_js_canonical, stringify as js_stringify};
+pub use log::node::{Key, KeyError, Node, NodeError};
+pub use log::sign::{verify_key_signature, Keypair, SignError, Verifier};
+pub use log::wire::{
+    FrameDecoder, Handshake, LogSeq, Message, NodeMessage, WireError, DEFAULT_MAX_FRAME_SIZE,
+};

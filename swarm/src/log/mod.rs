@@ -1,0 +1,15 @@
+//! A hyperlog-compatible signed append-only log.
+//!
+//! hyperlog 4.x (mafintosh) is a content-addressed Merkle DAG whose nodes are also filed into
+//! per-writer logs, replicated between peers by exchanging per-log heads. This module holds the
+//! pieces that must match the JavaScript originals byte for byte:
+//!
+//! - [`node`]: the node model and its framed SHA-256 key;
+//! - [`sign`]: hyperlog-sodium 2.x Ed25519 signatures over node keys;
+//! - [`wire`]: the replication frames and their proto2 messages;
+//! - [`json`]: JSON written exactly as JS `JSON.stringify` writes it, for JSON-encoded logs.
+
+pub mod json;
+pub mod node;
+pub mod sign;
+pub mod wire;
