@@ -4,7 +4,8 @@
 //! So far it holds [`log`]: a hyperlog-compatible signed append-only log, namely the node model
 //! and its content keys ([`Key`], [`Node`]), hyperlog-sodium 2.x signatures ([`Keypair`],
 //! [`Verifier`]), the replication wire format ([`Message`], [`FrameDecoder`]) and a
-//! `JSON.stringify`-exact JSON writer ([`log::json`]).
+//! `JSON.stringify`-exact JSON writer ([`log::json`]). And [`signal`]: the signalling messages of
+//! webrtc-swarm and simple-peer as they travel through a signalhub.
 //!
 //! ```
 //! use swarm::{FrameDecoder, Key, Keypair, Message, Node, Verifier};
@@ -29,6 +30,7 @@
 //! ```
 
 pub mod log;
+pub mod signal;
 
 pub use log::json::{is_js_canonical, stringify as js_stringify};
 pub use log::node::{Key, KeyError, Node, NodeError};
