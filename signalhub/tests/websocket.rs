@@ -13,10 +13,19 @@ type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws(hub: &signalhub::RunningHub, path: &str) -> Ws {
     let url = format!("ws://{}{path}", hub.local_addr());
-    let (socket, _) = tokio::time::timeout(STEP, connect_async(url))
+    let (socket, response) = tokio::time::timeout(STEP, connect_async(url))
         .await
         .expect("connect in time")
         .expect("websocket handshake");
+    assert_eq!(response.status(), 101);
+    assert_eq!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.as_bytes()),
+        Some(&b"*"[..]),
+        "CORS headers on the 101 too"
+    );
     socket
 }
 

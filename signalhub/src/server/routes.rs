@@ -498,7 +498,12 @@ async fn websocket(
     );
     let (mut parts, _body) = request.into_parts();
     match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(upgrade) => ws::accept(state, conn, client, app, upgrade),
+        Ok(upgrade) => {
+            // The CORS headers go on every response, the 101 of an upgrade too.
+            let mut response = ws::accept(state, conn, client, app, upgrade);
+            add_cors(response.headers_mut());
+            response
+        }
         Err(rejection) => {
             state.metrics.reject(Rejection::BadWebSocket);
             error(rejection.status(), rejection.body_text())
