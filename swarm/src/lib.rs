@@ -4,7 +4,9 @@
 //! So far it holds [`log`]: a hyperlog-compatible signed append-only log, namely the node model
 //! and its content keys ([`Key`], [`Node`]), hyperlog-sodium 2.x signatures ([`Keypair`],
 //! [`Verifier`]), the replication wire format ([`Message`], [`FrameDecoder`]) and a
-//! `JSON.stringify`-exact JSON writer ([`log::json`]). And [`signal`]: the signalling messages of
+//! `JSON.stringify`-exact JSON writer ([`log::json`]); the log itself ([`Log`], in memory or durable
+//! on redb) and its replication with hyperlog peers over any tokio byte stream ([`replicate`],
+//! [`Replication`]). And [`signal`]: the signalling messages of
 //! webrtc-swarm and simple-peer as they travel through a signalhub.
 //!
 //! ```
@@ -32,9 +34,14 @@
 pub mod log;
 pub mod signal;
 
+pub use log::hyperlog::{BatchItem, Log, LogError, LogOptions, Subscription};
 pub use log::json::{is_js_canonical, stringify as js_stringify};
 pub use log::node::{Key, KeyError, Node, NodeError};
+pub use log::replicate::{
+    replicate, Mode, Progress, ReplicateError, ReplicateOptions, Replication, StopHandle, Summary,
+};
 pub use log::sign::{verify_key_signature, Keypair, SignError, Verifier};
+pub use log::store::{MemoryStore, RedbStore, Store, StoreError};
 pub use log::wire::{
     FrameDecoder, Handshake, LogSeq, Message, NodeMessage, WireError, DEFAULT_MAX_FRAME_SIZE,
 };

@@ -7,9 +7,17 @@
 //! - [`node`]: the node model and its framed SHA-256 key;
 //! - [`sign`]: hyperlog-sodium 2.x Ed25519 signatures over node keys;
 //! - [`wire`]: the replication frames and their proto2 messages;
-//! - [`json`]: JSON written exactly as JS `JSON.stringify` writes it, for JSON-encoded logs.
+//! - [`json`]: JSON written exactly as JS `JSON.stringify` writes it, for JSON-encoded logs;
+//! - [`store`]: storage (in memory, or durable on redb) behind a small trait;
+//! - [`hyperlog`]: the [`Log`] itself (append, add, batch, heads, changes, live subscription);
+//! - [`replicate`]: the replication protocol over any tokio byte stream.
 
+pub mod hyperlog;
 pub mod json;
 pub mod node;
+pub mod replicate;
 pub mod sign;
+pub mod store;
 pub mod wire;
+
+pub use hyperlog::{BatchItem, ChangesIter, Log, LogError, LogOptions, Subscription};

@@ -1,0 +1,719 @@
+//! [`Log`]: a hyperlog 4.x log on a [`Store`]: local appends (signed when a keypair is set),
+//! nodes received from others (verified when a verifier is set), heads, the changes feed and a
+//! live subscription.
+//!
+//! Insertion follows hyperlog's pipeline (spec §1.7) exactly, so that a Rust peer accepts and
+//! rejects what a JS peer does. All writes of one call (an append, an add, a batch, a received
+//! node) are committed at once, and the call returns once they are durable.
+//!
+//! The methods are synchronous (the store is); in async code they block for the duration of one
+//! store transaction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::node::{Key, Node};
+use super::sign::{Keypair, SignError, Verifier};
+use super::store::{Entry, MemoryStore, RedbStore, Store, StoreError, WriteBatch};
+
+/// Why an insertion failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A link names a node that is not here (hyperlog's levelup NotFound). Not fatal to a
+    /// replication: the node may be retried once its links arrive.
+    #[error("link {0} not found")]
+    MissingLink(Key),
+    /// The node's seq is not the next one of its log ("Invalid log sequence", which hyperlog
+    /// also flags as not found, i.e. retry later).
+    #[error("invalid log sequence: log {log:?} expects seq {expected}, the node has {got}")]
+    InvalidSeq {
+        /// The log.
+        log: String,
+        /// The next seq of the log here.
+        expected: u64,
+        /// The seq the node carries.
+        got: u64,
+    },
+    /// The key does not match the links and value ("Checksum mismatch", fatal).
+    #[error("checksum mismatch: the node claims key {claimed}, its content hashes to {computed}")]
+    ChecksumMismatch {
+        /// The key the node carries.
+        claimed: Key,
+        /// The key of its links and value.
+        computed: Key,
+    },
+    /// The verifier refused the node ("Invalid signature", fatal).
+    #[error("invalid signature on node {key}: {error}")]
+    InvalidSignature {
+        /// The node's key.
+        key: Key,
+        /// Why it was refused.
+        error: SignError,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl LogError {
+    /// Whether this is hyperlog's "not found" kind (missing link or seq not next), which a
+    /// replication retries later instead of failing.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, LogError::MissingLink(_) | LogError::InvalidSeq { .. })
+    }
+}
+
+/// Options of a [`Log`].
+#[derive(Debug, Clone, Default)]
+pub struct LogOptions {
+    /// Signs local appends and attaches its public key as their identity.
+    pub keypair: Option<Keypair>,
+    /// Checks every node whose log is not the local one (as hyperlog's `verify` hook).
+    pub verifier: Option<Verifier>,
+}
+
+/// One node to insert in a [`Log::batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchItem {
+    /// Links every current head (including nodes added earlier in the batch).
+    Append(Vec<u8>),
+    /// Links exactly these keys, in this order.
+    Add {
+        /// The links (their order is hashed).
+        links: Vec<Key>,
+        /// The value bytes.
+        value: Vec<u8>,
+    },
+}
+
+struct Inner {
+    store: Box<dyn Store>,
+    options: LogOptions,
+    /// hyperlog's insertion mutex.
+    write: Mutex<()>,
+    /// The change counter, published after every commit.
+    changes: watch::Sender<u64>,
+}
+
+/// A hyperlog-compatible log. Cheap to clone (all clones share one store).
+#[derive(Clone)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("id", &self.id())
+            .field("changes", &*self.inner.changes.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads through to the store, with the writes of the batch being built on top.
+struct Overlay<'a> {
+    store: &'a dyn Store,
+    batch: WriteBatch,
+    nodes: HashMap<Key, Node>,
+    log_heads: HashMap<String, u64>,
+    heads: Option<BTreeSet<Key>>,
+    changes: u64,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(store: &'a dyn Store) -> Result<Overlay<'a>, StoreError> {
+        Ok(Overlay {
+            store,
+            batch: WriteBatch::default(),
+            nodes: HashMap::new(),
+            log_heads: HashMap::new(),
+            heads: None,
+            changes: store.changes()?,
+        })
+    }
+
+    fn node(&self, key: &Key) -> Result<Option<Node>, StoreError> {
+        match self.nodes.get(key) {
+            Some(n) => Ok(Some(n.clone())),
+            None => self.store.node(key),
+        }
+    }
+
+    fn log_head(&self, log: &str) -> Result<u64, StoreError> {
+        match self.log_heads.get(log) {
+            Some(&h) => Ok(h),
+            None => self.store.log_head(log),
+        }
+    }
+
+    fn heads(&mut self) -> Result<&mut BTreeSet<Key>, StoreError> {
+        if self.heads.is_none() {
+            self.heads = Some(self.store.heads()?.into_iter().collect());
+        }
+        Ok(self.heads.get_or_insert_with(BTreeSet::new))
+    }
+}
+
+/// A node to insert and, for a received node, what it claims (hyperlog's `opts`).
+struct Insert<'n> {
+    links: Vec<Key>,
+    value: Vec<u8>,
+    remote: Option<&'n Node>,
+}
+
+impl Log {
+    /// A log on any store.
+    pub fn with_store(store: Box<dyn Store>, options: LogOptions) -> Result<Log, LogError> {
+        let changes = store.changes()?;
+        Ok(Log {
+            inner: Arc::new(Inner {
+                store,
+                options,
+                write: Mutex::new(()),
+                changes: watch::Sender::new(changes),
+            }),
+        })
+    }
+
+    /// A log in memory with a fresh local id.
+    pub fn memory(options: LogOptions) -> Result<Log, LogError> {
+        Log::with_store(Box::new(MemoryStore::new()?), options)
+    }
+
+    /// A log in memory whose local log id is `id`.
+    pub fn memory_with_id(id: &str, options: LogOptions) -> Result<Log, LogError> {
+        Log::with_store(Box::new(MemoryStore::with_id(id)), options)
+    }
+
+    /// A durable log in the redb database at `path` (created if absent).
+    pub fn open(path: impl AsRef<Path>, options: LogOptions) -> Result<Log, LogError> {
+        Log::with_store(Box::new(RedbStore::open(path)?), options)
+    }
+
+    /// The local log id (the log local appends are filed under).
+    pub fn id(&self) -> &str {
+        self.inner.store.local_id()
+    }
+
+    /// The keypair local appends are signed with, if any.
+    pub fn keypair(&self) -> Option<&Keypair> {
+        self.inner.options.keypair.as_ref()
+    }
+
+    /// Appends `value` linking all current heads (sorted by key).
+    pub fn append(&self, value: impl Into<Vec<u8>>) -> Result<Node, LogError> {
+        self.one(BatchItem::Append(value.into()))
+    }
+
+    /// Adds `value` linking `links` (in this order).
+    pub fn add(&self, links: Vec<Key>, value: impl Into<Vec<u8>>) -> Result<Node, LogError> {
+        self.one(BatchItem::Add {
+            links,
+            value: value.into(),
+        })
+    }
+
+    fn one(&self, item: BatchItem) -> Result<Node, LogError> {
+        let mut nodes = self.batch(vec![item])?;
+        nodes
+            .pop()
+            .ok_or_else(|| LogError::Store(StoreError::Corrupt("empty batch result".into())))
+    }
+
+    /// Inserts several local nodes, committed at once (all or none).
+    pub fn batch(&self, items: Vec<BatchItem>) -> Result<Vec<Node>, LogError> {
+        let _guard = self.lock()?;
+        let mut ov = Overlay::new(self.inner.store.as_ref())?;
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let (links, value) = match item {
+                BatchItem::Append(value) => (ov.heads()?.iter().copied().collect(), value),
+                BatchItem::Add { links, value } => (links, value),
+            };
+            out.push(self.insert(
+                &mut ov,
+                Insert {
+                    links,
+                    value,
+                    remote: None,
+                },
+            )?);
+        }
+        self.commit(ov)?;
+        Ok(out)
+    }
+
+    /// Inserts a node received from a peer, with hyperlog's replication options: its key must
+    /// match, its seq (unless 0) must be the next of its log, and unless it claims the local
+    /// log it must pass the verifier. Returns the node as stored (with the local change).
+    pub fn receive(&self, node: &Node) -> Result<Node, LogError> {
+        let _guard = self.lock()?;
+        let mut ov = Overlay::new(self.inner.store.as_ref())?;
+        let stored = self.insert(
+            &mut ov,
+            Insert {
+                links: node.links.clone(),
+                value: node.value.clone(),
+                remote: Some(node),
+            },
+        )?;
+        self.commit(ov)?;
+        Ok(stored)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, LogError> {
+        self.inner
+            .write
+            .lock()
+            .map_err(|_| LogError::Store(StoreError::Engine("log mutex poisoned".into())))
+    }
+
+    fn commit(&self, ov: Overlay<'_>) -> Result<(), LogError> {
+        let changes = ov.changes;
+        self.inner.store.commit(ov.batch)?;
+        self.inner.changes.send_if_modified(|c| {
+            let modified = *c != changes;
+            *c = changes;
+            modified
+        });
+        Ok(())
+    }
+
+    /// hyperlog's per-node insertion (spec §1.7), into the overlay.
+    fn insert(&self, ov: &mut Overlay<'_>, ins: Insert<'_>) -> Result<Node, LogError> {
+        let local = self.id();
+        let log = match ins.remote {
+            Some(r) if !r.log.is_empty() => r.log.clone(),
+            _ => local.to_string(),
+        };
+        let identity = ins.remote.and_then(|r| r.identity.clone());
+        let signature = ins.remote.and_then(|r| r.signature.clone());
+        let seq0 = ov.log_head(&log)?;
+        let key = Key::compute(&ins.links, &ins.value);
+        let mut link_logs: Vec<String> = Vec::new();
+        for link in &ins.links {
+            let linked = ov.node(link)?.ok_or(LogError::MissingLink(*link))?;
+            if linked.log != log && !link_logs.contains(&linked.log) {
+                link_logs.push(linked.log);
+            }
+        }
+        let existing = ov.node(&key)?;
+        let seq = seq0 + 1;
+        let change = match &existing {
+            Some(n) => n.change,
+            None => ov.changes + 1,
+        };
+        if let Some(remote) = ins.remote {
+            if remote.key != key {
+                return Err(LogError::ChecksumMismatch {
+                    claimed: remote.key,
+                    computed: key,
+                });
+            }
+            if remote.seq != 0 && remote.seq != seq {
+                return Err(LogError::InvalidSeq {
+                    log,
+                    expected: seq,
+                    got: remote.seq,
+                });
+            }
+        }
+        let mut node = Node {
+            key,
+            links: ins.links,
+            value: ins.value,
+            log: log.clone(),
+            seq,
+            change,
+            identity,
+            signature,
+        };
+        if log == local {
+            if let Some(kp) = &self.inner.options.keypair {
+                if node.signature.is_none() {
+                    kp.sign_node(&mut node);
+                }
+            }
+        } else if let Some(verifier) = &self.inner.options.verifier {
+            verifier
+                .verify_node(&node)
+                .map_err(|error| LogError::InvalidSignature { key, error })?;
+        }
+        let entry = Entry {
+            key,
+            change,
+            log_links: link_logs,
+        };
+        ov.batch.entries.push((log.clone(), seq, entry));
+        ov.log_heads.insert(log.clone(), seq);
+        match existing {
+            Some(mut old) => {
+                // A dedup: only the entry is written; the node keeps its first author.
+                old.log = log;
+                old.seq = seq;
+                Ok(old)
+            }
+            None => {
+                let heads = ov.heads()?;
+                for link in &node.links {
+                    heads.remove(link);
+                }
+                heads.insert(key);
+                ov.batch.remove_heads.extend(node.links.iter().copied());
+                ov.batch.add_heads.retain(|k| !node.links.contains(k));
+                ov.batch.add_heads.push(key);
+                ov.changes = change;
+                ov.batch.changes = Some(change);
+                ov.nodes.insert(key, node.clone());
+                ov.batch.nodes.push(node.clone());
+                Ok(node)
+            }
+        }
+    }
+
+    /// A node by key (with the log and seq it was first filed under).
+    pub fn get(&self, key: &Key) -> Result<Option<Node>, LogError> {
+        Ok(self.inner.store.node(key)?)
+    }
+
+    /// The node at entry `seq` of `log`, with `log` and `seq` set to that entry's (a dedup entry
+    /// gives the original node relabelled, as hyperlog sends it), and the entry's log links.
+    pub fn entry(&self, log: &str, seq: u64) -> Result<Option<Entry>, LogError> {
+        Ok(self.inner.store.entry(log, seq)?)
+    }
+
+    /// The highest seq of `log` here (0 if unknown).
+    pub fn log_head(&self, log: &str) -> Result<u64, LogError> {
+        Ok(self.inner.store.log_head(log)?)
+    }
+
+    /// The head nodes, sorted by key.
+    pub fn heads(&self) -> Result<Vec<Node>, LogError> {
+        let mut out = Vec::new();
+        for key in self.inner.store.heads()? {
+            let node = self
+                .inner
+                .store
+                .node(&key)?
+                .ok_or_else(|| StoreError::Corrupt(format!("head {key} has no node")))?;
+            out.push(node);
+        }
+        Ok(out)
+    }
+
+    /// The change counter and the head nodes (sorted by key), read together under the
+    /// insertion lock, as hyperlog takes its replication snapshot.
+    pub fn snapshot(&self) -> Result<(u64, Vec<Node>), LogError> {
+        let _guard = self.lock()?;
+        Ok((self.changes(), self.heads()?))
+    }
+
+    /// The head keys, sorted.
+    pub fn head_keys(&self) -> Result<Vec<Key>, LogError> {
+        Ok(self.inner.store.heads()?)
+    }
+
+    /// The change counter: the number of distinct nodes here.
+    pub fn changes(&self) -> u64 {
+        *self.inner.changes.borrow()
+    }
+
+    /// The node inserted at `change`.
+    pub fn at_change(&self, change: u64) -> Result<Option<Node>, LogError> {
+        match self.inner.store.key_at_change(change)? {
+            None => Ok(None),
+            Some(key) => Ok(Some(self.inner.store.node(&key)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("change {change} names missing node {key}"))
+            })?)),
+        }
+    }
+
+    /// The nodes with change > `since`, in change order, as they are now.
+    pub fn changes_since(&self, since: u64) -> ChangesIter {
+        ChangesIter {
+            log: self.clone(),
+            next: since + 1,
+            end: self.changes(),
+        }
+    }
+
+    /// The nodes with change > `since`, in change order, then every new node as it is
+    /// inserted.
+    pub fn subscribe(&self, since: u64) -> Subscription {
+        Subscription {
+            log: self.clone(),
+            next: since + 1,
+            rx: self.inner.changes.subscribe(),
+        }
+    }
+
+    /// A receiver of the change counter, updated after every commit.
+    pub fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.inner.changes.subscribe()
+    }
+}
+
+/// See [`Log::changes_since`].
+#[derive(Debug)]
+pub struct ChangesIter {
+    log: Log,
+    next: u64,
+    end: u64,
+}
+
+impl Iterator for ChangesIter {
+    type Item = Result<Node, LogError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next > self.end {
+            return None;
+        }
+        let change = self.next;
+        self.next += 1;
+        match self.log.at_change(change) {
+            Ok(Some(node)) => Some(Ok(node)),
+            Ok(None) => Some(Err(LogError::Store(StoreError::Corrupt(format!(
+                "change {change} is missing"
+            ))))),
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// See [`Log::subscribe`].
+#[derive(Debug)]
+pub struct Subscription {
+    log: Log,
+    next: u64,
+    rx: watch::Receiver<u64>,
+}
+
+impl Subscription {
+    /// The next node in change order, waiting for it if needed. `None` never happens while
+    /// the log exists (a subscription holds it).
+    pub async fn next(&mut self) -> Option<Result<Node, LogError>> {
+        loop {
+            let current = *self.rx.borrow_and_update();
+            if self.next <= current {
+                let change = self.next;
+                self.next += 1;
+                return match self.log.at_change(change) {
+                    Ok(Some(n)) => Some(Ok(n)),
+                    Ok(None) => Some(Err(LogError::Store(StoreError::Corrupt(format!(
+                        "change {change} is missing"
+                    ))))),
+                    Err(e) => Some(Err(e)),
+                };
+            }
+            if self.rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// The change the next node will have.
+    pub fn next_change(&self) -> u64 {
+        self.next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = "8c7efb22472592f561a7a7647f8c5ee93134880b4ca0c92889a61848cd5c4602";
+    const WORLD: &str = "5f5e63be98841981a12b6041e4200677851714ec4305d13a3ee30197439ff193";
+
+    fn log(id: &str) -> Log {
+        Log::memory_with_id(id, LogOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn append_links_heads() {
+        let a = log("A");
+        let n1 = a.append("hello").unwrap();
+        let n2 = a.append("world").unwrap();
+        assert_eq!(n1.key.to_hex(), HELLO);
+        assert_eq!(n2.key.to_hex(), WORLD);
+        assert_eq!((n2.log.as_str(), n2.seq, n2.change), ("A", 2, 2));
+        assert_eq!(a.head_keys().unwrap(), vec![n2.key]);
+        assert_eq!(a.get(&n1.key).unwrap(), Some(n1.clone()));
+        let all: Vec<Node> = a.changes_since(0).map(Result::unwrap).collect();
+        assert_eq!(all, vec![n1, n2.clone()]);
+        assert_eq!(a.changes_since(1).count(), 1);
+    }
+
+    #[test]
+    fn heads_are_sorted_and_append_links_all() {
+        let a = log("A");
+        let x = a.add(vec![], "x").unwrap();
+        let y = a.add(vec![], "y").unwrap();
+        let mut both = vec![x.key, y.key];
+        both.sort();
+        assert_eq!(a.head_keys().unwrap(), both);
+        let z = a.append("z").unwrap();
+        assert_eq!(z.links, both);
+        assert_eq!(a.head_keys().unwrap(), vec![z.key]);
+    }
+
+    #[test]
+    fn missing_link_is_not_found() {
+        let a = log("A");
+        let err = a.add(vec![Key::compute(&[], b"nope")], "v").unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+        assert_eq!(a.changes(), 0);
+    }
+
+    #[test]
+    fn batch_commits_once_or_not_at_all() {
+        let a = log("A");
+        let nodes = a
+            .batch(vec![
+                BatchItem::Append(b"hello".to_vec()),
+                BatchItem::Append(b"world".to_vec()),
+            ])
+            .unwrap();
+        assert_eq!(nodes[1].key.to_hex(), WORLD);
+        assert_eq!(a.changes(), 2);
+        let err = a
+            .batch(vec![
+                BatchItem::Append(b"three".to_vec()),
+                BatchItem::Add {
+                    links: vec![Key::compute(&[], b"?")],
+                    value: vec![],
+                },
+            ])
+            .unwrap_err();
+        assert!(err.is_not_found());
+        assert_eq!(a.changes(), 2);
+        assert_eq!(a.log_head("A").unwrap(), 2);
+    }
+
+    #[test]
+    fn receive_checks_like_hyperlog() {
+        let a = log("A");
+        let b = log("B");
+        let n1 = a.append("hello").unwrap();
+        let n2 = a.append("world").unwrap();
+        // Out of order: missing link.
+        assert!(matches!(b.receive(&n2), Err(LogError::MissingLink(_))));
+        // Wrong seq.
+        let mut skip = n1.clone();
+        skip.seq = 2;
+        assert!(matches!(
+            b.receive(&skip),
+            Err(LogError::InvalidSeq { expected: 1, .. })
+        ));
+        // Bad checksum.
+        let mut forged = n1.clone();
+        forged.value = b"HELLO".to_vec();
+        assert!(matches!(
+            b.receive(&forged),
+            Err(LogError::ChecksumMismatch { .. })
+        ));
+        assert_eq!(b.changes(), 0);
+        let got = b.receive(&n1).unwrap();
+        assert_eq!((got.log.as_str(), got.seq, got.change), ("A", 1, 1));
+        b.receive(&n2).unwrap();
+        assert_eq!(b.log_head("A").unwrap(), 2);
+        // A second log holding the same content: a dedup entry only.
+        let mut dup = n1.clone();
+        dup.log = "C".into();
+        dup.seq = 1;
+        let d = b.receive(&dup).unwrap();
+        assert_eq!((d.log.as_str(), d.seq, d.change), ("C", 1, 1));
+        assert_eq!(b.changes(), 2);
+        assert_eq!(b.entry("C", 1).unwrap().unwrap().key, n1.key);
+        assert_eq!(b.get(&n1.key).unwrap().unwrap().log, "A");
+    }
+
+    #[test]
+    fn log_links_name_other_logs() {
+        let a = log("A");
+        let c = log("C");
+        let c1 = c.append("c1").unwrap();
+        let c2 = c.append("c2").unwrap();
+        a.receive(&c1).unwrap();
+        a.receive(&c2).unwrap();
+        let a1 = a.append("a1").unwrap();
+        assert_eq!(a1.links, vec![c2.key]);
+        assert_eq!(a.entry("A", 1).unwrap().unwrap().log_links, vec!["C"]);
+        assert_eq!(
+            a.entry("C", 2).unwrap().unwrap().log_links,
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn signing_and_verifying() {
+        let kp = Keypair::from_seed(&[1; 32]);
+        let a = Log::memory_with_id(
+            "A",
+            LogOptions {
+                keypair: Some(kp.clone()),
+                verifier: None,
+            },
+        )
+        .unwrap();
+        let n1 = a.append("hello").unwrap();
+        assert_eq!(n1.identity.as_deref(), Some(kp.public_key().as_slice()));
+        let b = Log::memory_with_id(
+            "B",
+            LogOptions {
+                keypair: None,
+                verifier: Some(Verifier::for_keypair(&kp)),
+            },
+        )
+        .unwrap();
+        let other = Keypair::from_seed(&[2; 32]);
+        let mut forged = n1.clone();
+        other.sign_node(&mut forged);
+        forged.identity = Some(other.public_key().to_vec());
+        assert!(matches!(
+            b.receive(&forged),
+            Err(LogError::InvalidSignature { .. })
+        ));
+        let mut unsigned = n1.clone();
+        unsigned.signature = None;
+        unsigned.identity = None;
+        assert!(b.receive(&unsigned).is_err());
+        assert_eq!(b.changes(), 0);
+        b.receive(&n1).unwrap();
+        assert_eq!(b.changes(), 1);
+    }
+
+    #[test]
+    fn durable_log_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.redb");
+        let (id, key) = {
+            let a = Log::open(&path, LogOptions::default()).unwrap();
+            a.append("hello").unwrap();
+            let n2 = a.append("world").unwrap();
+            (a.id().to_string(), n2.key)
+        };
+        let a = Log::open(&path, LogOptions::default()).unwrap();
+        assert_eq!(a.id(), id);
+        assert_eq!(a.changes(), 2);
+        assert_eq!(a.head_keys().unwrap(), vec![key]);
+        let n3 = a.append("again").unwrap();
+        assert_eq!((n3.seq, n3.change, n3.links.clone()), (3, 3, vec![key]));
+    }
+
+    #[tokio::test]
+    async fn subscription_continues_live() {
+        let a = log("A");
+        a.append("one").unwrap();
+        let mut sub = a.subscribe(0);
+        assert_eq!(sub.next().await.unwrap().unwrap().value, b"one");
+        let writer = a.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            writer.append("two").unwrap();
+        });
+        assert_eq!(sub.next().await.unwrap().unwrap().value, b"two");
+        task.await.unwrap();
+    }
+}

@@ -1,0 +1,542 @@
+//! Storage for a log: what hyperlog keeps, behind a small trait, with an in-memory store and a
+//! durable one on `redb` (the only file that touches the storage engine).
+//!
+//! A store keeps (spec §2.11): every node by key (raw value bytes, links, log, seq, change,
+//! identity, signature); per-log entries `seq -> (key, change, logLinks)`, dedup entries
+//! included; the key inserted at each change; the global change counter; the head set; and the
+//! local log id, generated on first open and persisted.
+//!
+//! Stores are written only through [`Store::commit`], which applies a whole [`WriteBatch`]
+//! atomically: in the durable store it is one redb write transaction, and it returns once that
+//! transaction is committed (durable). The insertion logic (what to write) lives in
+//! [`super::hyperlog`]; a store does no checking of its own.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::RwLock;
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::node::{Key, Node, KEY_LEN};
+use super::wire::{put_varint, read_varint, NodeMessage};
+
+/// A per-log entry: position `seq` of log `log` holds node `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The node this entry points at (for a dedup entry, a node first filed in another log).
+    pub key: Key,
+    /// The local change of that node.
+    pub change: u64,
+    /// The distinct log ids of the nodes it links to, except this entry's own log.
+    pub log_links: Vec<String>,
+}
+
+/// A storage failure. None of these are caused by the data being inserted.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine failed (I/O, a broken database file, ...).
+    #[error("storage engine: {0}")]
+    Engine(String),
+    /// Stored bytes do not decode.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+}
+
+/// Everything one atomic write does.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    /// New nodes (each stored under its key, and under its change in the changes index).
+    pub nodes: Vec<Node>,
+    /// New entries, `(log, seq, entry)`.
+    pub entries: Vec<(String, u64, Entry)>,
+    /// Keys that become heads.
+    pub add_heads: Vec<Key>,
+    /// Keys that stop being heads (applied before `add_heads`).
+    pub remove_heads: Vec<Key>,
+    /// The new global change counter, if it changes.
+    pub changes: Option<u64>,
+}
+
+impl WriteBatch {
+    /// Whether the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+            && self.entries.is_empty()
+            && self.add_heads.is_empty()
+            && self.remove_heads.is_empty()
+            && self.changes.is_none()
+    }
+}
+
+/// The storage behind a [`super::hyperlog::Log`]. Reads see every committed batch.
+pub trait Store: Send + Sync {
+    /// The local log id (generated and persisted on first open).
+    fn local_id(&self) -> &str;
+    /// A node by key, as first stored (its own log and seq).
+    fn node(&self, key: &Key) -> Result<Option<Node>, StoreError>;
+    /// Entry `seq` of `log`.
+    fn entry(&self, log: &str, seq: u64) -> Result<Option<Entry>, StoreError>;
+    /// The highest seq of `log` (0 if the log is unknown).
+    fn log_head(&self, log: &str) -> Result<u64, StoreError>;
+    /// The heads, sorted by key.
+    fn heads(&self) -> Result<Vec<Key>, StoreError>;
+    /// The global change counter (the change of the last new node; 0 when empty).
+    fn changes(&self) -> Result<u64, StoreError>;
+    /// The key of the node inserted at `change`.
+    fn key_at_change(&self, change: u64) -> Result<Option<Key>, StoreError>;
+    /// Applies a batch atomically (and durably, for a durable store).
+    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
+}
+
+/// A new cuid-like log id: 25 characters of `[a-z0-9]`, starting with `c`, then the time in
+/// milliseconds (base 36) and random characters.
+pub fn new_log_id() -> Result<String, StoreError> {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut id = String::with_capacity(25);
+    id.push('c');
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut time = [b'0'; 8];
+    let mut m = millis;
+    for slot in time.iter_mut().rev() {
+        *slot = DIGITS[(m % 36) as usize];
+        m /= 36;
+    }
+    id.extend(time.iter().map(|&b| char::from(b)));
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random).map_err(|e| StoreError::Engine(format!("random: {e}")))?;
+    id.extend(
+        random
+            .iter()
+            .map(|&b| char::from(DIGITS[usize::from(b) % 36])),
+    );
+    Ok(id)
+}
+
+// ---------------------------------------------------------------------------------------------
+// In memory
+
+#[derive(Default)]
+struct MemState {
+    nodes: HashMap<Key, Node>,
+    entries: HashMap<String, BTreeMap<u64, Entry>>,
+    by_change: BTreeMap<u64, Key>,
+    heads: BTreeSet<Key>,
+    changes: u64,
+}
+
+/// A store in memory (lost when dropped).
+pub struct MemoryStore {
+    id: String,
+    state: RwLock<MemState>,
+}
+
+impl MemoryStore {
+    /// An empty store with a fresh log id.
+    pub fn new() -> Result<MemoryStore, StoreError> {
+        Ok(MemoryStore::with_id(new_log_id()?))
+    }
+
+    /// An empty store whose local log id is `id`.
+    pub fn with_id(id: impl Into<String>) -> MemoryStore {
+        MemoryStore {
+            id: id.into(),
+            state: RwLock::new(MemState::default()),
+        }
+    }
+
+    fn read(&self) -> Result<std::sync::RwLockReadGuard<'_, MemState>, StoreError> {
+        self.state
+            .read()
+            .map_err(|_| StoreError::Engine("memory store lock poisoned".into()))
+    }
+}
+
+impl Store for MemoryStore {
+    fn local_id(&self) -> &str {
+        &self.id
+    }
+
+    fn node(&self, key: &Key) -> Result<Option<Node>, StoreError> {
+        Ok(self.read()?.nodes.get(key).cloned())
+    }
+
+    fn entry(&self, log: &str, seq: u64) -> Result<Option<Entry>, StoreError> {
+        Ok(self
+            .read()?
+            .entries
+            .get(log)
+            .and_then(|l| l.get(&seq))
+            .cloned())
+    }
+
+    fn log_head(&self, log: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .read()?
+            .entries
+            .get(log)
+            .and_then(|l| l.keys().next_back().copied())
+            .unwrap_or(0))
+    }
+
+    fn heads(&self) -> Result<Vec<Key>, StoreError> {
+        Ok(self.read()?.heads.iter().copied().collect())
+    }
+
+    fn changes(&self) -> Result<u64, StoreError> {
+        Ok(self.read()?.changes)
+    }
+
+    fn key_at_change(&self, change: u64) -> Result<Option<Key>, StoreError> {
+        Ok(self.read()?.by_change.get(&change).copied())
+    }
+
+    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut state = self
+            .state
+            .write()
+            .map_err(|_| StoreError::Engine("memory store lock poisoned".into()))?;
+        for node in batch.nodes {
+            state.by_change.insert(node.change, node.key);
+            state.nodes.insert(node.key, node);
+        }
+        for (log, seq, entry) in batch.entries {
+            state.entries.entry(log).or_default().insert(seq, entry);
+        }
+        for key in &batch.remove_heads {
+            state.heads.remove(key);
+        }
+        state.heads.extend(batch.add_heads);
+        if let Some(changes) = batch.changes {
+            state.changes = changes;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durable, on redb
+//
+// Tables: `meta` (`"id"` → local log id, `"changes"` → counter as 8 bytes big endian);
+// `nodes` (32-byte key → the node as a wire Node message, proto2, as hyperlog stores it);
+// `changes` (change → 32-byte key); `heads` (32-byte key → empty); `entries` ((log, seq) → entry,
+// encoded as varint change, 32 key bytes, varint count, then each log id as varint length + UTF-8).
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+const HEADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("heads");
+const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
+
+fn engine(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine(err.to_string())
+}
+
+/// A durable store in one redb database file. Every [`Store::commit`] is one write transaction,
+/// durable when it returns; a crash leaves the last committed state.
+pub struct RedbStore {
+    id: String,
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database at `path`. A new database gets a fresh local log id.
+    pub fn open(path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
+        let db = Database::create(path).map_err(engine)?;
+        let txn = db.begin_write().map_err(engine)?;
+        let id = {
+            let mut meta = txn.open_table(META).map_err(engine)?;
+            txn.open_table(NODES).map_err(engine)?;
+            txn.open_table(CHANGES).map_err(engine)?;
+            txn.open_table(HEADS).map_err(engine)?;
+            txn.open_table(ENTRIES).map_err(engine)?;
+            let existing = meta
+                .get("id")
+                .map_err(engine)?
+                .map(|v| String::from_utf8(v.value().to_vec()));
+            match existing {
+                Some(Ok(id)) => id,
+                Some(Err(_)) => return Err(StoreError::Corrupt("local id is not UTF-8".into())),
+                None => {
+                    let id = new_log_id()?;
+                    meta.insert("id", id.as_bytes()).map_err(engine)?;
+                    id
+                }
+            }
+        };
+        txn.commit().map_err(engine)?;
+        Ok(RedbStore { id, db })
+    }
+}
+
+fn encode_entry(entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48);
+    put_varint(&mut out, entry.change);
+    out.extend_from_slice(entry.key.as_bytes());
+    put_varint(&mut out, entry.log_links.len() as u64);
+    for log in &entry.log_links {
+        put_varint(&mut out, log.len() as u64);
+        out.extend_from_slice(log.as_bytes());
+    }
+    out
+}
+
+fn decode_entry(buf: &[u8]) -> Result<Entry, StoreError> {
+    let corrupt = || StoreError::Corrupt("bad entry".into());
+    let mut at = 0;
+    let varint = |at: &mut usize| -> Result<u64, StoreError> {
+        let rest = buf.get(*at..).ok_or_else(corrupt)?;
+        let (v, n) = read_varint(rest)
+            .map_err(|_| corrupt())?
+            .ok_or_else(corrupt)?;
+        *at += n;
+        Ok(v)
+    };
+    let change = varint(&mut at)?;
+    let key_bytes: [u8; KEY_LEN] = buf
+        .get(at..at + KEY_LEN)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(corrupt)?;
+    at += KEY_LEN;
+    let count = varint(&mut at)?;
+    let mut log_links = Vec::new();
+    for _ in 0..count {
+        let len = usize::try_from(varint(&mut at)?).map_err(|_| corrupt())?;
+        let bytes = buf.get(at..at.saturating_add(len)).ok_or_else(corrupt)?;
+        at += len;
+        log_links.push(String::from_utf8(bytes.to_vec()).map_err(|_| corrupt())?);
+    }
+    Ok(Entry {
+        key: Key::from_bytes(key_bytes),
+        change,
+        log_links,
+    })
+}
+
+fn decode_key(bytes: &[u8]) -> Result<Key, StoreError> {
+    let arr: [u8; KEY_LEN] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("stored key is not 32 bytes".into()))?;
+    Ok(Key::from_bytes(arr))
+}
+
+fn decode_node(bytes: &[u8]) -> Result<Node, StoreError> {
+    let msg = NodeMessage::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Node::from_message(msg).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store for RedbStore {
+    fn local_id(&self) -> &str {
+        &self.id
+    }
+
+    fn node(&self, key: &Key) -> Result<Option<Node>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(NODES).map_err(engine)?;
+        let value = table.get(key.as_bytes().as_slice()).map_err(engine)?;
+        value.map(|v| decode_node(v.value())).transpose()
+    }
+
+    fn entry(&self, log: &str, seq: u64) -> Result<Option<Entry>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(ENTRIES).map_err(engine)?;
+        let value = table.get((log, seq)).map_err(engine)?;
+        value.map(|v| decode_entry(v.value())).transpose()
+    }
+
+    fn log_head(&self, log: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(ENTRIES).map_err(engine)?;
+        let mut range = table.range((log, 0)..=(log, u64::MAX)).map_err(engine)?;
+        match range.next_back() {
+            Some(item) => Ok(item.map_err(engine)?.0.value().1),
+            None => Ok(0),
+        }
+    }
+
+    fn heads(&self) -> Result<Vec<Key>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(HEADS).map_err(engine)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(engine)? {
+            out.push(decode_key(item.map_err(engine)?.0.value())?);
+        }
+        Ok(out)
+    }
+
+    fn changes(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(META).map_err(engine)?;
+        let value = table.get("changes").map_err(engine)?;
+        match value {
+            None => Ok(0),
+            Some(v) => {
+                let arr: [u8; 8] = v
+                    .value()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("change counter is not 8 bytes".into()))?;
+                Ok(u64::from_be_bytes(arr))
+            }
+        }
+    }
+
+    fn key_at_change(&self, change: u64) -> Result<Option<Key>, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(CHANGES).map_err(engine)?;
+        let value = table.get(change).map_err(engine)?;
+        value.map(|v| decode_key(v.value())).transpose()
+    }
+
+    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut nodes = txn.open_table(NODES).map_err(engine)?;
+            let mut changes = txn.open_table(CHANGES).map_err(engine)?;
+            let mut buf = Vec::new();
+            for node in &batch.nodes {
+                buf.clear();
+                node.to_message().encode(&mut buf);
+                nodes
+                    .insert(node.key.as_bytes().as_slice(), buf.as_slice())
+                    .map_err(engine)?;
+                changes
+                    .insert(node.change, node.key.as_bytes().as_slice())
+                    .map_err(engine)?;
+            }
+            let mut entries = txn.open_table(ENTRIES).map_err(engine)?;
+            for (log, seq, entry) in &batch.entries {
+                entries
+                    .insert((log.as_str(), *seq), encode_entry(entry).as_slice())
+                    .map_err(engine)?;
+            }
+            let mut heads = txn.open_table(HEADS).map_err(engine)?;
+            for key in &batch.remove_heads {
+                heads.remove(key.as_bytes().as_slice()).map_err(engine)?;
+            }
+            for key in &batch.add_heads {
+                heads
+                    .insert(key.as_bytes().as_slice(), [].as_slice())
+                    .map_err(engine)?;
+            }
+            if let Some(counter) = batch.changes {
+                let mut meta = txn.open_table(META).map_err(engine)?;
+                meta.insert("changes", counter.to_be_bytes().as_slice())
+                    .map_err(engine)?;
+            }
+        }
+        txn.commit().map_err(engine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(store: &dyn Store) {
+        assert_eq!(store.changes().unwrap(), 0);
+        assert_eq!(store.log_head("A").unwrap(), 0);
+        let n1 = Node::new(vec![], b"hello".to_vec(), "A".into(), 1, 1);
+        let n2 = Node::new(vec![n1.key], b"world".to_vec(), "A".into(), 2, 2);
+        let e = |n: &Node| Entry {
+            key: n.key,
+            change: n.change,
+            log_links: vec![],
+        };
+        store
+            .commit(WriteBatch {
+                nodes: vec![n1.clone()],
+                entries: vec![("A".into(), 1, e(&n1))],
+                add_heads: vec![n1.key],
+                remove_heads: vec![],
+                changes: Some(1),
+            })
+            .unwrap();
+        store
+            .commit(WriteBatch {
+                nodes: vec![n2.clone()],
+                entries: vec![
+                    ("A".into(), 2, e(&n2)),
+                    (
+                        "B".into(),
+                        1,
+                        Entry {
+                            log_links: vec!["A".into(), "ü".into()],
+                            ..e(&n2)
+                        },
+                    ),
+                ],
+                add_heads: vec![n2.key],
+                remove_heads: vec![n1.key],
+                changes: Some(2),
+            })
+            .unwrap();
+        assert_eq!(store.node(&n2.key).unwrap(), Some(n2.clone()));
+        assert_eq!(store.node(&Key::compute(&[], b"x")).unwrap(), None);
+        assert_eq!(store.heads().unwrap(), vec![n2.key]);
+        assert_eq!(store.changes().unwrap(), 2);
+        assert_eq!(store.log_head("A").unwrap(), 2);
+        assert_eq!(store.log_head("B").unwrap(), 1);
+        assert_eq!(store.log_head("").unwrap(), 0);
+        assert_eq!(
+            store.entry("B", 1).unwrap().unwrap().log_links,
+            vec!["A".to_string(), "ü".to_string()]
+        );
+        assert_eq!(store.entry("B", 2).unwrap(), None);
+        assert_eq!(store.key_at_change(1).unwrap(), Some(n1.key));
+        assert_eq!(store.key_at_change(3).unwrap(), None);
+    }
+
+    #[test]
+    fn memory_store() {
+        let store = MemoryStore::new().unwrap();
+        assert_eq!(store.local_id().len(), 25);
+        exercise(&store);
+    }
+
+    #[test]
+    fn redb_store_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.redb");
+        let id = {
+            let store = RedbStore::open(&path).unwrap();
+            exercise(&store);
+            store.local_id().to_string()
+        };
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.local_id(), id);
+        assert_eq!(store.changes().unwrap(), 2);
+        assert_eq!(store.heads().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn log_ids_are_cuid_like() {
+        let a = new_log_id().unwrap();
+        let b = new_log_id().unwrap();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert_eq!(id.len(), 25);
+            assert!(id.starts_with('c'));
+            assert!(id
+                .bytes()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+        }
+    }
+
+    #[test]
+    fn entry_codec_rejects_garbage() {
+        let entry = Entry {
+            key: Key::compute(&[], b""),
+            change: 300,
+            log_links: vec!["abc".into()],
+        };
+        let bytes = encode_entry(&entry);
+        assert_eq!(decode_entry(&bytes).unwrap(), entry);
+        for cut in 0..bytes.len() {
+            assert!(decode_entry(&bytes[..cut]).is_err());
+        }
+    }
+}
