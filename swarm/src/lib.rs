@@ -32,6 +32,8 @@
 //! ```
 
 pub mod log;
+#[cfg(feature = "webrtc")]
+pub mod peer;
 pub mod signal;
 
 pub use log::hyperlog::{BatchItem, Log, LogError, LogOptions, Subscription};

@@ -1,0 +1,714 @@
+//! One WebRTC peer connection carrying one data channel, as simple-peer 6.x makes them for
+//! webrtc-swarm: the only file that touches the WebRTC engine (`webrtc` 0.21, on the sans-I/O
+//! `rtc` core), so the engine can be swapped without touching the swarm.
+//!
+//! A [`Peer`] is built as initiator or answerer. The initiator creates exactly one in-band
+//! (DCEP), ordered, reliable data channel labelled with 40 random hex characters, then the offer;
+//! the answerer adopts the channel that arrives (spec §5.4). Signalling is trickle ICE:
+//! everything the peer wants to send to the other side comes out of [`Peer::next_event`] as
+//! [`PeerEvent::Signal`], and whatever the other side sent goes in through [`Peer::signal`].
+//! Remote candidates that arrive before the remote description are held back until it is set.
+//! [`PeerEvent::Connected`] means the data channel is open; [`PeerEvent::Closed`] is the last
+//! event. Messages are whole data-channel messages ([`Peer::send`], [`Peer::recv`]); text and
+//! binary messages are received alike, as bytes.
+//!
+//! The peer needs a Tokio runtime: the engine spawns its driver task on the current one.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rtc::ice::mdns::MulticastDnsMode;
+use tokio::sync::{mpsc, Mutex, Notify};
+use tracing::{debug, info, warn};
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+};
+
+use crate::signal::{IceCandidate, Signal};
+
+/// How many received messages wait for [`Peer::recv`] before the data channel stops reading
+/// (and SCTP flow control slows the sender down).
+const RECEIVE_QUEUE: usize = 1024;
+
+/// Unacknowledged bytes a data channel may hold before [`Peer::send`] waits.
+const SEND_BUFFER_LIMIT: usize = 1024 * 1024;
+
+/// How long [`Peer::close`] waits for the data channel's closing handshake, which is what lets
+/// the other side notice at once, before it tears the connection down anyway.
+const CHANNEL_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A STUN or TURN server, as in `RTCIceServer`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IceServer {
+    /// `stun:host:port`, `turn:host:port?transport=udp`, …
+    pub urls: Vec<String>,
+    /// TURN only.
+    pub username: String,
+    /// TURN only.
+    pub credential: String,
+}
+
+/// How to build a [`Peer`].
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// Whether this side creates the data channel and sends the offer. In webrtc-swarm the peer
+    /// that hears an announcement is the initiator.
+    pub initiator: bool,
+    /// STUN/TURN servers; empty means host candidates only.
+    pub ice_servers: Vec<IceServer>,
+    /// Local UDP addresses to gather host candidates on. A wildcard (`0.0.0.0:0`) stands for
+    /// every non-loopback interface, so loopback must be listed on its own; port 0 picks a free
+    /// port. Unspecified addresses are never advertised.
+    pub udp_addrs: Vec<SocketAddr>,
+    /// Resolve remote mDNS (`*.local`) host candidates, as browsers send them. Off by default:
+    /// it opens a multicast socket. Local candidates always carry plain IP addresses.
+    pub resolve_mdns: bool,
+}
+
+impl Default for PeerConfig {
+    /// An answerer with no ICE servers, on every interface plus loopback, without mDNS.
+    fn default() -> Self {
+        PeerConfig {
+            initiator: false,
+            ice_servers: Vec::new(),
+            udp_addrs: vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            ],
+            resolve_mdns: false,
+        }
+    }
+}
+
+/// What a [`Peer`] reports, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerEvent {
+    /// A signal to deliver to the other side (offer, answer or trickled candidate), in the order
+    /// they come.
+    Signal(Signal),
+    /// The data channel is open: [`Peer::send`] works from now on.
+    Connected,
+    /// The peer is gone, for this reason. The last event.
+    Closed(CloseReason),
+}
+
+/// Why a [`Peer`] closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// [`Peer::close`] was called, or the peer was dropped.
+    Local,
+    /// The data channel closed (usually the other side closed it).
+    ChannelClosed,
+    /// ICE lost the other side (no traffic for a few seconds). simple-peer gives up here too.
+    Disconnected,
+    /// ICE or DTLS failed, or the engine closed the connection.
+    Failed,
+}
+
+/// Why a [`Peer`] operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The WebRTC engine failed at `op`.
+    #[error("WebRTC engine failed to {op}: {message}")]
+    Engine { op: &'static str, message: String },
+    /// The remote session description was rejected.
+    #[error("the remote {kind} was rejected: {message}")]
+    BadDescription { kind: &'static str, message: String },
+    /// A signal that does not fit this peer's state, e.g. an offer to an initiator (glare: both
+    /// sides offered) or a second, different answer.
+    #[error("unexpected {signal}: {why}")]
+    UnexpectedSignal {
+        signal: &'static str,
+        why: &'static str,
+    },
+    /// The data channel is not open yet.
+    #[error("the data channel is not open yet")]
+    NotConnected,
+    /// The peer is closed.
+    #[error("the peer is closed")]
+    Closed,
+}
+
+impl PeerError {
+    fn engine(op: &'static str) -> impl FnOnce(webrtc::error::Error) -> PeerError {
+        move |error| PeerError::Engine {
+            op,
+            message: error.to_string(),
+        }
+    }
+
+    fn bad(kind: &'static str) -> impl FnOnce(webrtc::error::Error) -> PeerError {
+        move |error| PeerError::BadDescription {
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// One WebRTC peer connection with one data channel. See the module docs.
+///
+/// Every method takes `&self`, so one task can `select!` over [`Peer::next_event`],
+/// [`Peer::recv`] and the hub at once (both are cancel-safe).
+pub struct Peer {
+    initiator: bool,
+    shared: Arc<Shared>,
+    negotiation: Mutex<Negotiation>,
+    events: Mutex<mpsc::UnboundedReceiver<PeerEvent>>,
+    messages: Mutex<mpsc::Receiver<Bytes>>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("initiator", &self.initiator)
+            .field("label", &self.label())
+            .field("connected", &self.is_connected())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// A closed peer's connection and channel, still to be closed in the engine.
+type ToClose = (Arc<dyn PeerConnection>, Option<Arc<dyn DataChannel>>);
+
+/// What the engine's event handler, the channel reader and the [`Peer`] share.
+struct Shared {
+    /// Taken (set to `None`) when the peer closes, which also ends the handler ↔ connection
+    /// reference cycle.
+    connection: StdMutex<Option<Arc<dyn PeerConnection>>>,
+    /// Dropped after the `Closed` event, so [`Peer::next_event`] then returns `None`.
+    events: StdMutex<Option<mpsc::UnboundedSender<PeerEvent>>>,
+    /// Given to the channel reader when the channel is adopted; dropped on close otherwise.
+    messages: StdMutex<Option<mpsc::Sender<Bytes>>>,
+    channel: OnceLock<Arc<dyn DataChannel>>,
+    label: OnceLock<String>,
+    /// The media id of the data section, for outgoing candidates (`sdpMid`).
+    mid: StdMutex<String>,
+    connected: AtomicBool,
+    closed: AtomicBool,
+    /// Signalled when the channel reader stops (the channel closed).
+    reader_done: Notify,
+}
+
+#[derive(Default)]
+struct Negotiation {
+    /// The remote SDP once applied (a repeat of it is a duplicate and ignored).
+    remote_sdp: Option<String>,
+    /// Remote candidates that came before the remote description.
+    pending: Vec<IceCandidate>,
+}
+
+impl Peer {
+    /// Builds a peer. An initiator creates its data channel and emits its offer right away
+    /// (the first [`PeerEvent::Signal`]); an answerer waits for [`Signal::Offer`].
+    pub async fn new(config: PeerConfig) -> Result<Peer, PeerError> {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (messages_tx, messages_rx) = mpsc::channel(RECEIVE_QUEUE);
+        let shared = Arc::new(Shared {
+            connection: StdMutex::new(None),
+            events: StdMutex::new(Some(events_tx)),
+            messages: StdMutex::new(Some(messages_tx)),
+            channel: OnceLock::new(),
+            label: OnceLock::new(),
+            mid: StdMutex::new("0".to_string()),
+            connected: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            reader_done: Notify::new(),
+        });
+
+        let ice_servers = config
+            .ice_servers
+            .into_iter()
+            .map(|server| RTCIceServer {
+                urls: server.urls,
+                username: server.username,
+                credential: server.credential,
+            })
+            .collect();
+        let mdns = if config.resolve_mdns {
+            MulticastDnsMode::QueryOnly
+        } else {
+            MulticastDnsMode::Disabled
+        };
+        let connection = PeerConnectionBuilder::new()
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_ice_servers(ice_servers)
+                    .build(),
+            )
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_multicast_dns_mode(mdns)
+                    .build(),
+            )
+            .with_handler(Arc::new(Handler {
+                shared: shared.clone(),
+            }))
+            .with_udp_addrs(config.udp_addrs)
+            .with_data_channel_send_buffer_limit(SEND_BUFFER_LIMIT)
+            .build()
+            .await
+            .map_err(PeerError::engine("build the peer connection"))?;
+        let connection: Arc<dyn PeerConnection> = Arc::new(connection);
+        *lock(&shared.connection) = Some(connection.clone());
+
+        let peer = Peer {
+            initiator: config.initiator,
+            shared,
+            negotiation: Mutex::new(Negotiation::default()),
+            events: Mutex::new(events_rx),
+            messages: Mutex::new(messages_rx),
+        };
+        if config.initiator {
+            if let Err(error) = peer.start_offer(&connection).await {
+                peer.close().await;
+                return Err(error);
+            }
+        }
+        Ok(peer)
+    }
+
+    async fn start_offer(&self, connection: &Arc<dyn PeerConnection>) -> Result<(), PeerError> {
+        let label = random_label()?;
+        let channel = connection
+            .create_data_channel(&label, Some(RTCDataChannelInit::default()))
+            .await
+            .map_err(PeerError::engine("create the data channel"))?;
+        let _ = self.shared.label.set(label);
+        self.shared.adopt(channel);
+
+        let offer = connection
+            .create_offer(None)
+            .await
+            .map_err(PeerError::engine("create the offer"))?;
+        self.shared.remember_mid(&offer);
+        // Queued before the description is applied, hence before any candidate it gathers.
+        self.shared.emit(PeerEvent::Signal(Signal::Offer {
+            sdp: offer.sdp.clone(),
+        }));
+        connection
+            .set_local_description(offer)
+            .await
+            .map_err(PeerError::engine("apply the local offer"))
+    }
+
+    /// Whether this side offers.
+    pub fn is_initiator(&self) -> bool {
+        self.initiator
+    }
+
+    /// The data channel's label: known at once on the initiator, once the channel arrives on
+    /// the answerer.
+    pub fn label(&self) -> Option<&str> {
+        self.shared.label.get().map(String::as_str)
+    }
+
+    /// Whether the data channel is open and the peer not closed.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire) && !self.is_closed()
+    }
+
+    /// Whether the peer is closed (locally or by the other side).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Applies a signal from the other side.
+    ///
+    /// An offer is answered (the answer comes out as an event), an answer completes the
+    /// handshake, a candidate is added or, before the remote description, held back.
+    /// [`Signal::Ignored`] is ignored, and so is an exact repeat of the offer or answer already
+    /// applied (two hubs deliver everything twice). A remote candidate the engine cannot use
+    /// (e.g. an mDNS one with [`PeerConfig::resolve_mdns`] off) is logged and skipped.
+    ///
+    /// An error leaves the peer as it was; after a [`PeerError::BadDescription`] or
+    /// [`PeerError::UnexpectedSignal`] the caller should normally close it, as simple-peer would.
+    pub async fn signal(&self, signal: Signal) -> Result<(), PeerError> {
+        let connection = self.shared.connection().ok_or(PeerError::Closed)?;
+        let mut negotiation = self.negotiation.lock().await;
+        match signal {
+            Signal::Ignored { kind } => {
+                debug!(%kind, "ignoring a simple-peer 9.x signal");
+                Ok(())
+            }
+            Signal::Candidate(candidate) => {
+                if negotiation.remote_sdp.is_none() {
+                    debug!("holding a remote candidate until the remote description");
+                    negotiation.pending.push(candidate);
+                } else {
+                    add_candidate(&connection, candidate).await;
+                }
+                Ok(())
+            }
+            Signal::Offer { sdp } => {
+                if self.initiator {
+                    return Err(PeerError::UnexpectedSignal {
+                        signal: "offer",
+                        why: "this peer is the initiator (both sides offered)",
+                    });
+                }
+                if is_repeat(&negotiation, &sdp, "offer")? {
+                    return Ok(());
+                }
+                let offer =
+                    RTCSessionDescription::offer(sdp.clone()).map_err(PeerError::bad("offer"))?;
+                self.shared.remember_mid(&offer);
+                connection
+                    .set_remote_description(offer)
+                    .await
+                    .map_err(PeerError::bad("offer"))?;
+                negotiation.remote_sdp = Some(sdp);
+                flush_pending(&connection, &mut negotiation).await;
+
+                let answer = connection
+                    .create_answer(None)
+                    .await
+                    .map_err(PeerError::engine("create the answer"))?;
+                // Queued before the description is applied, hence before any candidate.
+                self.shared.emit(PeerEvent::Signal(Signal::Answer {
+                    sdp: answer.sdp.clone(),
+                }));
+                connection
+                    .set_local_description(answer)
+                    .await
+                    .map_err(PeerError::engine("apply the local answer"))
+            }
+            Signal::Answer { sdp } => {
+                if !self.initiator {
+                    return Err(PeerError::UnexpectedSignal {
+                        signal: "answer",
+                        why: "this peer did not offer",
+                    });
+                }
+                if is_repeat(&negotiation, &sdp, "answer")? {
+                    return Ok(());
+                }
+                let answer =
+                    RTCSessionDescription::answer(sdp.clone()).map_err(PeerError::bad("answer"))?;
+                connection
+                    .set_remote_description(answer)
+                    .await
+                    .map_err(PeerError::bad("answer"))?;
+                negotiation.remote_sdp = Some(sdp);
+                flush_pending(&connection, &mut negotiation).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// The next event; `None` after [`PeerEvent::Closed`] has been returned.
+    pub async fn next_event(&self) -> Option<PeerEvent> {
+        self.events.lock().await.recv().await
+    }
+
+    /// Sends one message. Waits while the send buffer is full.
+    pub async fn send(&self, data: Bytes) -> Result<(), PeerError> {
+        if self.is_closed() {
+            return Err(PeerError::Closed);
+        }
+        let channel = match self.shared.channel.get() {
+            Some(channel) if self.shared.connected.load(Ordering::Acquire) => channel,
+            _ => return Err(PeerError::NotConnected),
+        };
+        channel
+            .send(BytesMut::from(&data[..]))
+            .await
+            .map_err(|error| {
+                if self.is_closed() {
+                    PeerError::Closed
+                } else {
+                    PeerError::Engine {
+                        op: "send",
+                        message: error.to_string(),
+                    }
+                }
+            })
+    }
+
+    /// The next message received, in order; `None` once the channel is closed and every message
+    /// before the close has been returned.
+    pub async fn recv(&self) -> Option<Bytes> {
+        self.messages.lock().await.recv().await
+    }
+
+    /// Closes the data channel (so the other side notices at once) and the connection, and
+    /// releases sockets and tasks. Idempotent.
+    pub async fn close(&self) {
+        let Some((connection, channel)) = self.shared.shut(CloseReason::Local) else {
+            return;
+        };
+        if let Some(channel) = channel {
+            if channel.close().await.is_ok() {
+                let closed =
+                    tokio::time::timeout(CHANNEL_CLOSE_WAIT, self.shared.reader_done.notified());
+                if closed.await.is_err() {
+                    debug!("the data channel did not finish closing; closing the connection");
+                }
+            }
+        }
+        if let Err(error) = connection.close().await {
+            debug!(%error, "closing the peer connection");
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some((connection, _)) = self.shared.shut(CloseReason::Local) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = connection.close().await;
+                });
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn connection(&self) -> Option<Arc<dyn PeerConnection>> {
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.connection).clone()
+    }
+
+    fn emit(&self, event: PeerEvent) {
+        if let Some(events) = lock(&self.events).as_ref() {
+            let _ = events.send(event);
+        }
+    }
+
+    /// Marks the peer closed, once: emits `Closed(reason)` as the last event and hands back the
+    /// connection and channel to close. `None` if it was closed already.
+    fn shut(&self, reason: CloseReason) -> Option<ToClose> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        match reason {
+            CloseReason::Local => debug!("closing the peer"),
+            _ => info!(?reason, "peer closed"),
+        }
+        if let Some(events) = lock(&self.events).take() {
+            let _ = events.send(PeerEvent::Closed(reason));
+        }
+        lock(&self.messages).take();
+        let connection = lock(&self.connection).take()?;
+        Some((connection, self.channel.get().cloned()))
+    }
+
+    /// Closes the peer from inside the engine (its handler or the channel reader).
+    fn fail(&self, reason: CloseReason) {
+        if let Some((connection, _)) = self.shut(reason) {
+            tokio::spawn(async move {
+                let _ = connection.close().await;
+            });
+        }
+    }
+
+    fn remember_mid(&self, description: &RTCSessionDescription) {
+        let mid = description.unmarshal().ok().and_then(|parsed| {
+            parsed
+                .media_descriptions
+                .first()
+                .and_then(|media| media.attribute("mid").flatten().map(str::to_string))
+        });
+        if let Some(mid) = mid {
+            *lock(&self.mid) = mid;
+        }
+    }
+
+    /// Takes `channel` as the peer's data channel and starts reading it; a second channel is
+    /// closed (simple-peer 6.x would replace the first; webrtc-swarm makes only one).
+    fn adopt(self: &Arc<Self>, channel: Arc<dyn DataChannel>) {
+        let messages = lock(&self.messages).take();
+        let (Some(messages), Ok(())) = (messages, self.channel.set(channel.clone())) else {
+            debug!("closing an extra data channel");
+            tokio::spawn(async move {
+                let _ = channel.close().await;
+            });
+            return;
+        };
+        tokio::spawn(read_channel(self.clone(), channel, messages));
+    }
+}
+
+/// Forwards the channel's messages to [`Peer::recv`] and its opening and closing to the events.
+async fn read_channel(
+    shared: Arc<Shared>,
+    channel: Arc<dyn DataChannel>,
+    messages: mpsc::Sender<Bytes>,
+) {
+    if shared.label.get().is_none() {
+        match channel.label().await {
+            Ok(label) => {
+                let _ = shared.label.set(label);
+            }
+            Err(error) => debug!(%error, "reading the data channel label"),
+        }
+    }
+    while let Some(event) = channel.poll().await {
+        match event {
+            DataChannelEvent::OnOpen if !shared.connected.swap(true, Ordering::AcqRel) => {
+                debug!(
+                    label = shared.label.get().map(String::as_str),
+                    "data channel open"
+                );
+                shared.emit(PeerEvent::Connected);
+            }
+            DataChannelEvent::OnMessage(message) => {
+                let delivered = messages.send(message.data.freeze()).await;
+                if delivered.is_err() {
+                    debug!("dropping a message: nobody receives any more");
+                }
+            }
+            DataChannelEvent::OnError => warn!("data channel error"),
+            DataChannelEvent::OnClose => break,
+            _ => {}
+        }
+    }
+    drop(messages);
+    shared.reader_done.notify_one();
+    shared.fail(CloseReason::ChannelClosed);
+}
+
+/// Whether `sdp` repeats the remote description already applied; an error if a different one
+/// was.
+fn is_repeat(
+    negotiation: &Negotiation,
+    sdp: &str,
+    signal: &'static str,
+) -> Result<bool, PeerError> {
+    match &negotiation.remote_sdp {
+        None => Ok(false),
+        Some(applied) if applied == sdp => {
+            debug!(signal, "ignoring a repeated remote description");
+            Ok(true)
+        }
+        Some(_) => Err(PeerError::UnexpectedSignal {
+            signal,
+            why: "a remote description is already set (renegotiation is not supported)",
+        }),
+    }
+}
+
+async fn flush_pending(connection: &Arc<dyn PeerConnection>, negotiation: &mut Negotiation) {
+    for candidate in std::mem::take(&mut negotiation.pending) {
+        add_candidate(connection, candidate).await;
+    }
+}
+
+async fn add_candidate(connection: &Arc<dyn PeerConnection>, candidate: IceCandidate) {
+    let init = RTCIceCandidateInit {
+        candidate: candidate.candidate,
+        sdp_mid: candidate.sdp_mid,
+        sdp_mline_index: candidate.sdp_m_line_index,
+        username_fragment: None,
+        url: None,
+    };
+    if let Err(error) = connection.add_ice_candidate(init.clone()).await {
+        warn!(%error, candidate = %init.candidate, "skipping a remote candidate");
+    }
+}
+
+/// The engine's callbacks. They run on the engine's driver, so they only hand things on.
+struct Handler {
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        let unusable = event
+            .candidate
+            .address
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        if unusable {
+            debug!(address = %event.candidate.address, "not advertising an unspecified address");
+            return;
+        }
+        match event.candidate.to_json() {
+            Ok(init) => {
+                let mid = lock(&self.shared.mid).clone();
+                self.shared
+                    .emit(PeerEvent::Signal(Signal::Candidate(IceCandidate {
+                        candidate: init.candidate,
+                        sdp_m_line_index: Some(0),
+                        sdp_mid: Some(mid),
+                    })));
+            }
+            Err(error) => warn!(%error, "cannot write a local candidate"),
+        }
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        debug!(%state, "ICE connection state");
+        match state {
+            RTCIceConnectionState::Disconnected => self.shared.fail(CloseReason::Disconnected),
+            RTCIceConnectionState::Failed | RTCIceConnectionState::Closed => {
+                self.shared.fail(CloseReason::Failed)
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        debug!(%state, "connection state");
+        if matches!(
+            state,
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+        ) {
+            self.shared.fail(CloseReason::Failed);
+        }
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        if self.shared.closed.load(Ordering::Acquire) {
+            tokio::spawn(async move {
+                let _ = channel.close().await;
+            });
+            return;
+        }
+        self.shared.adopt(channel);
+    }
+}
+
+/// 20 random bytes as 40 lowercase hex characters, as simple-peer labels its channel.
+fn random_label() -> Result<String, PeerError> {
+    let mut bytes = [0u8; 20];
+    getrandom::fill(&mut bytes).map_err(|error| PeerError::Engine {
+        op: "draw a random label",
+        message: error.to_string(),
+    })?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// Locks a std mutex, ignoring poisoning (the data stays consistent: every critical section is
+/// a single assignment or take).
+fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_40_random_hex_chars() {
+        let a = random_label().unwrap();
+        let b = random_label().unwrap();
+        assert_eq!(a.len(), 40);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert_ne!(a, b);
+    }
+}

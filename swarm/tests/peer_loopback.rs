@@ -1,0 +1,252 @@
+//! Two WebRTC peers in one process, their signals handed straight from one to the other (no
+//! hub), connecting over loopback host candidates only.
+#![cfg(feature = "webrtc")]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use swarm::peer::{CloseReason, Peer, PeerConfig, PeerError, PeerEvent};
+use swarm::signal::Signal;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+const CONNECT: Duration = Duration::from_secs(20);
+const STEP: Duration = Duration::from_secs(10);
+
+fn loopback(initiator: bool) -> PeerConfig {
+    PeerConfig {
+        initiator,
+        ice_servers: vec![],
+        udp_addrs: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)],
+        resolve_mdns: false,
+    }
+}
+
+/// What a relay saw of its peer besides signals.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Connected(&'static str),
+    Closed(&'static str, CloseReason),
+}
+
+/// Hands every signal `from` emits to `to`, and reports the other events.
+fn relay(name: &'static str, from: Arc<Peer>, to: Arc<Peer>, seen: mpsc::UnboundedSender<Seen>) {
+    tokio::spawn(async move {
+        while let Some(event) = from.next_event().await {
+            match event {
+                PeerEvent::Signal(signal) => {
+                    if let Err(error) = to.signal(signal).await {
+                        // The receiving side may be closed already at the end of a test.
+                        assert_eq!(error, PeerError::Closed, "{name} → other: {error}");
+                    }
+                }
+                PeerEvent::Connected => {
+                    let _ = seen.send(Seen::Connected(name));
+                }
+                PeerEvent::Closed(reason) => {
+                    let _ = seen.send(Seen::Closed(name, reason));
+                }
+            }
+        }
+    });
+}
+
+async fn next_seen(seen: &mut mpsc::UnboundedReceiver<Seen>, within: Duration) -> Seen {
+    timeout(within, seen.recv())
+        .await
+        .expect("in time")
+        .expect("relays alive")
+}
+
+async fn both_connected(seen: &mut mpsc::UnboundedReceiver<Seen>) {
+    let mut connected = vec![];
+    while connected.len() < 2 {
+        match next_seen(seen, CONNECT).await {
+            Seen::Connected(name) => connected.push(name),
+            other => panic!("before connecting: {other:?}"),
+        }
+    }
+    connected.sort();
+    assert_eq!(connected, ["a", "b"]);
+}
+
+async fn recv(peer: &Peer) -> Bytes {
+    timeout(STEP, peer.recv())
+        .await
+        .expect("a message in time")
+        .expect("channel open")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_connect_over_loopback_and_exchange_messages() {
+    let a = Arc::new(Peer::new(loopback(true)).await.expect("initiator"));
+    let b = Arc::new(Peer::new(loopback(false)).await.expect("answerer"));
+    assert!(a.is_initiator() && !b.is_initiator());
+    let label = a.label().expect("initiator labels its channel").to_string();
+    assert_eq!(label.len(), 40);
+    assert!(label
+        .bytes()
+        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+    assert_eq!(
+        a.send(Bytes::from_static(b"early")).await,
+        Err(PeerError::NotConnected)
+    );
+
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    relay("a", a.clone(), b.clone(), seen_tx.clone());
+    relay("b", b.clone(), a.clone(), seen_tx);
+    both_connected(&mut seen).await;
+    assert!(a.is_connected() && b.is_connected());
+    assert_eq!(
+        b.label(),
+        Some(label.as_str()),
+        "the answerer adopts the channel"
+    );
+
+    // One each way.
+    a.send(Bytes::from_static(b"hello")).await.unwrap();
+    assert_eq!(recv(&b).await, "hello");
+    b.send(Bytes::from_static(b"world")).await.unwrap();
+    assert_eq!(recv(&a).await, "world");
+
+    // 16 KiB, every byte checked.
+    let big: Bytes = (0..16 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    a.send(big.clone()).await.unwrap();
+    assert_eq!(recv(&b).await, big);
+
+    // A burst of 1000 small ones each way, in order.
+    for i in 0..1000u32 {
+        b.send(Bytes::from(format!("b{i}"))).await.unwrap();
+        a.send(Bytes::from(format!("a{i}"))).await.unwrap();
+    }
+    for i in 0..1000u32 {
+        assert_eq!(recv(&a).await, format!("b{i}"));
+        assert_eq!(recv(&b).await, format!("a{i}"));
+    }
+
+    // b leaves; a notices (through the data channel, not an ICE timeout).
+    b.close().await;
+    assert!(b.is_closed());
+    assert_eq!(
+        b.send(Bytes::from_static(b"late")).await,
+        Err(PeerError::Closed)
+    );
+    let mut closed = vec![];
+    while closed.len() < 2 {
+        match next_seen(&mut seen, STEP).await {
+            Seen::Closed(name, reason) => closed.push((name, reason)),
+            other => panic!("while closing: {other:?}"),
+        }
+    }
+    closed.sort_by_key(|(name, _)| *name);
+    assert_eq!(
+        closed,
+        [("a", CloseReason::ChannelClosed), ("b", CloseReason::Local)]
+    );
+    assert!(a.is_closed());
+    assert_eq!(timeout(STEP, a.recv()).await, Ok(None));
+    assert_eq!(timeout(STEP, b.recv()).await, Ok(None));
+    a.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn candidates_before_the_offer_are_held_back() {
+    let a = Arc::new(Peer::new(loopback(true)).await.expect("initiator"));
+    let b = Arc::new(Peer::new(loopback(false)).await.expect("answerer"));
+
+    // Collect a's offer and its first candidate, then deliver them the wrong way round.
+    let mut offer = None;
+    let mut candidates = vec![];
+    while offer.is_none() || candidates.is_empty() {
+        match timeout(STEP, a.next_event()).await.expect("in time") {
+            Some(PeerEvent::Signal(signal @ Signal::Offer { .. })) => offer = Some(signal),
+            Some(PeerEvent::Signal(signal @ Signal::Candidate(_))) => candidates.push(signal),
+            other => panic!("before the answer: {other:?}"),
+        }
+    }
+    for candidate in candidates {
+        if let Signal::Candidate(c) = &candidate {
+            assert!(c.candidate.starts_with("candidate:"), "{c:?}");
+            assert!(c.candidate.contains("127.0.0.1"), "{c:?}");
+            assert_eq!(c.sdp_mid.as_deref(), Some("0"));
+            assert_eq!(c.sdp_m_line_index, Some(0));
+        }
+        b.signal(candidate).await.expect("held back");
+    }
+    b.signal(Signal::Ignored {
+        kind: "renegotiate".into(),
+    })
+    .await
+    .expect("ignored");
+    let offer = offer.expect("offer");
+    b.signal(offer.clone()).await.expect("offer applied");
+    b.signal(offer.clone())
+        .await
+        .expect("a repeated offer is ignored");
+    // Glare: an initiator refuses an offer.
+    assert!(matches!(
+        a.signal(offer).await,
+        Err(PeerError::UnexpectedSignal { .. })
+    ));
+
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    relay("a", a.clone(), b.clone(), seen_tx.clone());
+    relay("b", b.clone(), a.clone(), seen_tx);
+    both_connected(&mut seen).await;
+
+    a.send(Bytes::from_static(b"ping")).await.unwrap();
+    assert_eq!(recv(&b).await, "ping");
+
+    a.close().await;
+    b.close().await;
+}
+
+/// Connects `a` and `b` without background tasks, so the test keeps sole ownership of both.
+async fn connect_inline(a: &Peer, b: &Peer) {
+    let (mut a_up, mut b_up) = (false, false);
+    let handshake = async {
+        while !(a_up && b_up) {
+            tokio::select! {
+                Some(event) = a.next_event() => match event {
+                    PeerEvent::Signal(signal) => b.signal(signal).await.expect("b takes a's signal"),
+                    PeerEvent::Connected => a_up = true,
+                    PeerEvent::Closed(reason) => panic!("a closed: {reason:?}"),
+                },
+                Some(event) = b.next_event() => match event {
+                    PeerEvent::Signal(signal) => a.signal(signal).await.expect("a takes b's signal"),
+                    PeerEvent::Connected => b_up = true,
+                    PeerEvent::Closed(reason) => panic!("b closed: {reason:?}"),
+                },
+            }
+        }
+    };
+    timeout(CONNECT, handshake)
+        .await
+        .expect("connected in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_peer_closes_it_for_the_other_side() {
+    let a = Peer::new(loopback(true)).await.expect("initiator");
+    let b = Peer::new(loopback(false)).await.expect("answerer");
+    connect_inline(&a, &b).await;
+    drop(b);
+    loop {
+        match timeout(STEP, a.next_event())
+            .await
+            .expect("a notices in time")
+        {
+            Some(PeerEvent::Closed(reason)) => {
+                assert_ne!(reason, CloseReason::Local);
+                break;
+            }
+            Some(PeerEvent::Signal(Signal::Candidate(_))) => {}
+            other => panic!("after b went away: {other:?}"),
+        }
+    }
+    assert_eq!(a.next_event().await, None, "Closed is the last event");
+    assert_eq!(timeout(STEP, a.recv()).await, Ok(None));
+    a.close().await;
+}
