@@ -44,6 +44,7 @@ pub use log::replicate::{
 };
 pub use log::sign::{verify_key_signature, Keypair, SignError, Verifier};
 pub use log::store::{MemoryStore, RedbStore, Store, StoreError};
+pub use log::view::{ChatMessage, ChatMessages, Fold, View, ViewError};
 pub use log::wire::{
     FrameDecoder, Handshake, LogSeq, Message, NodeMessage, WireError, DEFAULT_MAX_FRAME_SIZE,
 };

@@ -193,6 +193,11 @@ impl Log {
         Log::with_store(Box::new(RedbStore::open(path)?), options)
     }
 
+    /// The store (for derived views, which keep their rows in it).
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
     /// The local log id (the log local appends are filed under).
     pub fn id(&self) -> &str {
         self.inner.store.local_id()
@@ -262,6 +267,20 @@ impl Log {
         )?;
         self.commit(ov)?;
         Ok(stored)
+    }
+
+    /// Starts inserting received nodes in one transaction: each [`ReceiveBatch::receive`]
+    /// follows exactly the rules of [`Log::receive`] and sees the nodes received before it, and
+    /// [`ReceiveBatch::commit`] writes them all at once. The insertion lock is held until then,
+    /// so nothing else may be inserted meanwhile (from this thread: that would deadlock).
+    pub fn begin_receive(&self) -> Result<ReceiveBatch<'_>, LogError> {
+        let guard = self.lock()?;
+        let ov = Overlay::new(self.inner.store.as_ref())?;
+        Ok(ReceiveBatch {
+            log: self,
+            ov,
+            _guard: guard,
+        })
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, ()>, LogError> {
@@ -453,6 +472,62 @@ impl Log {
     /// A receiver of the change counter, updated after every commit.
     pub fn watch_changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+}
+
+/// Received nodes being inserted in one transaction (see [`Log::begin_receive`]).
+pub struct ReceiveBatch<'a> {
+    log: &'a Log,
+    ov: Overlay<'a>,
+    _guard: std::sync::MutexGuard<'a, ()>,
+}
+
+impl std::fmt::Debug for ReceiveBatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiveBatch")
+            .field("nodes", &self.ov.batch.nodes.len())
+            .field("entries", &self.ov.batch.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReceiveBatch<'_> {
+    /// As [`Log::receive`], into this batch. A refused node leaves the batch as it was.
+    pub fn receive(&mut self, node: &Node) -> Result<Node, LogError> {
+        self.log.insert(
+            &mut self.ov,
+            Insert {
+                links: node.links.clone(),
+                value: node.value.clone(),
+                remote: Some(node),
+            },
+        )
+    }
+
+    /// As [`Log::entry`], including the entries of this batch.
+    pub fn entry(&self, log: &str, seq: u64) -> Result<Option<Entry>, LogError> {
+        let pending = self
+            .ov
+            .batch
+            .entries
+            .iter()
+            .rev()
+            .find(|(l, s, _)| l == log && *s == seq);
+        match pending {
+            Some((_, _, entry)) => Ok(Some(entry.clone())),
+            None => self.log.entry(log, seq),
+        }
+    }
+
+    /// Whether nothing was inserted yet.
+    pub fn is_empty(&self) -> bool {
+        self.ov.batch.is_empty()
+    }
+
+    /// Writes everything received into this batch, in one transaction.
+    pub fn commit(self) -> Result<(), LogError> {
+        let ReceiveBatch { log, ov, _guard } = self;
+        log.commit(ov)
     }
 }
 
@@ -700,6 +775,74 @@ mod tests {
         assert_eq!(a.head_keys().unwrap(), vec![key]);
         let n3 = a.append("again").unwrap();
         assert_eq!((n3.seq, n3.change, n3.links.clone()), (3, 3, vec![key]));
+    }
+
+    /// Every change (key, first log and seq) and every entry (log, seq, key, change).
+    type State = (Vec<(Key, String, u64)>, Vec<(String, u64, Key, u64)>);
+
+    /// The state a log ends in.
+    fn state(log: &Log, logs: &[&str]) -> State {
+        let changes = log
+            .changes_since(0)
+            .map(|n| {
+                let n = n.unwrap();
+                (n.key, n.log, n.seq)
+            })
+            .collect();
+        let mut entries = Vec::new();
+        for l in logs {
+            for seq in 1..=log.log_head(l).unwrap() {
+                let e = log.entry(l, seq).unwrap().unwrap();
+                entries.push((l.to_string(), seq, e.key, e.change));
+            }
+        }
+        (changes, entries)
+    }
+
+    #[test]
+    fn a_receive_batch_inserts_as_one_by_one() {
+        // C: c1 <- c2; A received them, then a1 links c2 and a2 dedups c1's content in log A.
+        let c = log("C");
+        let c1 = c.append("c1").unwrap();
+        let c2 = c.append("c2").unwrap();
+        let a = log("A");
+        a.receive(&c1).unwrap();
+        a.receive(&c2).unwrap();
+        let a1 = a.append("a1").unwrap();
+        let a2 = a.add(vec![], "c1").unwrap();
+        assert_eq!(a2.key, c1.key);
+        let mut wrong_seq = c2.clone();
+        wrong_seq.seq = 5;
+        let mut forged = c1.clone();
+        forged.value = b"C1".to_vec();
+        // An arrival order with missing links, a bad seq, a fatal checksum, a repeat and a dedup.
+        let arrivals = [
+            a1.clone(),
+            c2.clone(),
+            wrong_seq,
+            forged,
+            c1.clone(),
+            c2.clone(),
+            a1.clone(),
+            a2.clone(),
+        ];
+        let one = log("X");
+        let batched = log("X");
+        let mut batch = batched.begin_receive().unwrap();
+        for node in &arrivals {
+            let r1 = one.receive(node).map_err(|e| e.to_string());
+            let r2 = batch.receive(node).map_err(|e| e.to_string());
+            assert_eq!(r1, r2);
+            for (l, seq) in [("A", 1), ("A", 2), ("C", 1), ("C", 2)] {
+                assert_eq!(one.entry(l, seq).unwrap(), batch.entry(l, seq).unwrap());
+            }
+        }
+        assert!(!batch.is_empty());
+        assert_eq!(batched.changes(), 0);
+        batch.commit().unwrap();
+        assert_eq!(batched.changes(), 3);
+        assert_eq!(state(&one, &["A", "C"]), state(&batched, &["A", "C"]));
+        assert_eq!(one.head_keys().unwrap(), batched.head_keys().unwrap());
     }
 
     #[tokio::test]

@@ -10,7 +10,8 @@
 //! - [`json`]: JSON written exactly as JS `JSON.stringify` writes it, for JSON-encoded logs;
 //! - [`store`]: storage (in memory, or durable on redb) behind a small trait;
 //! - [`hyperlog`]: the [`Log`] itself (append, add, batch, heads, changes, live subscription);
-//! - [`replicate`]: the replication protocol over any tokio byte stream.
+//! - [`replicate`]: the replication protocol over any tokio byte stream;
+//! - [`view`]: materialized views derived from the log, kept in its store.
 
 pub mod hyperlog;
 pub mod json;
@@ -18,6 +19,7 @@ pub mod node;
 pub mod replicate;
 pub mod sign;
 pub mod store;
+pub mod view;
 pub mod wire;
 
 pub use hyperlog::{BatchItem, ChangesIter, Log, LogError, LogOptions, Subscription};

@@ -7,7 +7,9 @@
 //! logs a node links into are announced (a "lazy Have") before the node is queued. The receiving
 //! side counts the nodes it is missing from the Haves, asks with `Want{log, head}`, inserts what
 //! arrives (§1.7), keeps nodes whose links or earlier seqs are not here yet in a bounded retry
-//! queue, and sends SentWants when nothing is missing. When both sides have sent and received
+//! queue, and sends SentWants when nothing is missing. The consecutive nodes of one read from
+//! the stream are inserted, each exactly as alone, into one store transaction
+//! ([`Log::begin_receive`]), committed before any other message is handled. When both sides have sent and received
 //! SentHeads and SentWants, a non-live replication half-closes its write side and ends when the
 //! remote's end arrives; a live one keeps streaming every local node with a change after the
 //! snapshot, in change order, until stopped or until the remote ends.
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::hyperlog::{Log, LogError};
+use super::hyperlog::{Log, LogError, ReceiveBatch};
 use super::node::{Node, NodeError};
 use super::wire::{FrameDecoder, Handshake, LogSeq, Message, WireError, DEFAULT_MAX_FRAME_SIZE};
 
@@ -288,9 +290,7 @@ impl Replication {
                         session.stopping = true;
                     } else {
                         decoder.push(&rbuf[..n]);
-                        while let Some(msg) = decoder.next_message()? {
-                            session.on_message(msg)?;
-                        }
+                        session.on_messages(&mut decoder)?;
                         self.progress.send_if_modified(|p| {
                             let modified = *p != session.progress;
                             *p = session.progress;
@@ -457,6 +457,41 @@ impl Session {
         Ok(false)
     }
 
+    /// Handles every whole message in `decoder`. Consecutive Node messages are inserted into
+    /// one [`ReceiveBatch`] (one store transaction), committed before any other message is
+    /// handled, and also when a node is refused (so that the nodes before it stay inserted).
+    /// Each node goes through exactly the steps it would alone; only the commits are grouped.
+    fn on_messages(&mut self, decoder: &mut FrameDecoder) -> Result<(), ReplicateError> {
+        let log = self.log.clone();
+        let mut batch: Option<ReceiveBatch<'_>> = None;
+        let result = (|| {
+            while let Some(msg) = decoder.next_message()? {
+                match msg {
+                    Message::Node(msg) if self.remote.is_some() => {
+                        let node = Node::from_message(msg)?;
+                        if batch.is_none() {
+                            batch = Some(log.begin_receive()?);
+                        }
+                        if let Some(b) = batch.as_mut() {
+                            self.on_node(node, b)?;
+                        }
+                    }
+                    msg => {
+                        if let Some(b) = batch.take() {
+                            b.commit()?;
+                        }
+                        self.on_message(msg)?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Some(b) = batch.take() {
+            b.commit()?;
+        }
+        result
+    }
+
     fn on_message(&mut self, msg: Message) -> Result<(), ReplicateError> {
         if let Message::Handshake(h) = msg {
             return self.on_handshake(h);
@@ -487,7 +522,11 @@ impl Session {
             }
             Message::Node(msg) => {
                 let node = Node::from_message(msg)?;
-                self.on_node(node)?;
+                let log = self.log.clone();
+                let mut batch = log.begin_receive()?;
+                let result = self.on_node(node, &mut batch);
+                batch.commit()?;
+                result?;
             }
             Message::SentHeads => {
                 if !self.local_sent_wants && self.missing == 0 {
@@ -607,21 +646,23 @@ impl Session {
 
     /// Whether a node that failed the seq check is one we already hold at that position (an
     /// echo or a repeat), to be dropped rather than queued.
-    fn is_known_position(&self, node: &Node) -> Result<bool, ReplicateError> {
+    fn is_known_position(batch: &ReceiveBatch<'_>, node: &Node) -> Result<bool, ReplicateError> {
         if node.seq == 0 {
             return Ok(false);
         }
-        Ok(matches!(self.log.entry(&node.log, node.seq)?, Some(e) if e.key == node.key))
+        Ok(matches!(batch.entry(&node.log, node.seq)?, Some(e) if e.key == node.key))
     }
 
-    fn on_node(&mut self, node: Node) -> Result<(), ReplicateError> {
-        match self.log.receive(&node) {
+    fn on_node(&mut self, node: Node, batch: &mut ReceiveBatch<'_>) -> Result<(), ReplicateError> {
+        match batch.receive(&node) {
             Ok(_) => {
                 self.on_inserted();
-                self.retry_pending()
+                self.retry_pending(batch)
             }
             Err(e) if e.is_not_found() => {
-                if matches!(e, LogError::InvalidSeq { .. }) && self.is_known_position(&node)? {
+                if matches!(e, LogError::InvalidSeq { .. })
+                    && Session::is_known_position(batch, &node)?
+                {
                     return Ok(());
                 }
                 let size = node_size(&node);
@@ -643,14 +684,14 @@ impl Session {
     }
 
     /// Retries queued nodes in order of the sender's change until none can be inserted.
-    fn retry_pending(&mut self) -> Result<(), ReplicateError> {
+    fn retry_pending(&mut self, batch: &mut ReceiveBatch<'_>) -> Result<(), ReplicateError> {
         'outer: loop {
             let keys: Vec<(u64, u64)> = self.pending.keys().copied().collect();
             for k in keys {
                 let Some(node) = self.pending.get(&k) else {
                     continue;
                 };
-                match self.log.receive(node) {
+                match batch.receive(node) {
                     Ok(_) => {
                         if let Some(n) = self.pending.remove(&k) {
                             self.pending_bytes -= node_size(&n);
@@ -658,7 +699,9 @@ impl Session {
                         self.on_inserted();
                         continue 'outer;
                     }
-                    Err(LogError::InvalidSeq { .. }) if self.is_known_position(node)? => {
+                    Err(LogError::InvalidSeq { .. })
+                        if Session::is_known_position(batch, node)? =>
+                    {
                         if let Some(n) = self.pending.remove(&k) {
                             self.pending_bytes -= node_size(&n);
                         }
@@ -674,4 +717,62 @@ impl Session {
 
 fn corrupt(msg: String) -> ReplicateError {
     ReplicateError::Log(LogError::Store(super::store::StoreError::Corrupt(msg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::hyperlog::LogOptions;
+    use crate::log::sign::{Keypair, Verifier};
+    use crate::log::wire::LogSeq;
+
+    /// Feeds `input` (in one write, so it arrives in one read) and returns how it ended.
+    async fn feed(log: &Log, input: Vec<u8>) -> Result<Summary, ReplicateError> {
+        let (mut ours, theirs) = tokio::io::duplex(1 << 20);
+        let log = log.clone();
+        let task =
+            tokio::spawn(async move { replicate(&log, theirs, ReplicateOptions::default()).await });
+        ours.write_all(&input).await.unwrap();
+        ours.shutdown().await.unwrap();
+        let mut sink = Vec::new();
+        ours.read_to_end(&mut sink).await.ok();
+        task.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn nodes_before_a_refused_one_in_the_same_read_stay_inserted() {
+        let author = Keypair::from_seed(&[1; 32]);
+        let stranger = Keypair::from_seed(&[2; 32]);
+        let b = Log::memory_with_id(
+            "B",
+            LogOptions {
+                keypair: None,
+                verifier: Some(Verifier::for_keypair(&author)),
+            },
+        )
+        .unwrap();
+        let mut n1 = Node::new(vec![], b"one".to_vec(), "A".into(), 1, 1);
+        author.sign_node(&mut n1);
+        let mut n2 = Node::new(vec![n1.key], b"two".to_vec(), "A".into(), 2, 2);
+        stranger.sign_node(&mut n2);
+        let input: Vec<u8> = [
+            Message::Handshake(Handshake::new()),
+            Message::Have(LogSeq::new("A", 2)),
+            Message::SentHeads,
+            Message::Node(n1.to_message()),
+            Message::Node(n2.to_message()),
+        ]
+        .iter()
+        .flat_map(Message::to_frame)
+        .collect();
+        let err = feed(&b, input).await.unwrap_err();
+        assert!(
+            matches!(err, ReplicateError::Log(LogError::InvalidSignature { .. })),
+            "{err}"
+        );
+        // As when each node was its own transaction: n1 is in, nothing of n2.
+        assert_eq!(b.changes(), 1);
+        assert_eq!(b.get(&n1.key).unwrap().unwrap().value, b"one");
+        assert_eq!(b.get(&n2.key).unwrap(), None);
+    }
 }

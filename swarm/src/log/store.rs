@@ -68,6 +68,9 @@ impl WriteBatch {
     }
 }
 
+/// Rows of a view: `(row key, row value)`, kept sorted by key.
+pub type ViewRows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The storage behind a [`super::hyperlog::Log`]. Reads see every committed batch.
 pub trait Store: Send + Sync {
     /// The local log id (generated and persisted on first open).
@@ -86,6 +89,21 @@ pub trait Store: Send + Sync {
     fn key_at_change(&self, change: u64) -> Result<Option<Key>, StoreError>;
     /// Applies a batch atomically (and durably, for a durable store).
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
+
+    /// The change view `view` has folded up to (0 if it never saved). See [`super::view`].
+    fn view_change(&self, view: &str) -> Result<u64, StoreError>;
+    /// Up to `limit` rows of view `view`, in key order, with keys strictly after `after` (from
+    /// the first row when `None`).
+    fn view_rows(
+        &self,
+        view: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ViewRows, StoreError>;
+    /// Writes rows of view `view` and sets its change to `change`, atomically (and durably, for a
+    /// durable store). This is separate from the log's own [`Store::commit`]: a view is derived
+    /// from committed changes only, so it can lag behind the log but never run ahead of it.
+    fn view_commit(&self, view: &str, change: u64, rows: ViewRows) -> Result<(), StoreError>;
 }
 
 /// A new cuid-like log id: 25 characters of `[a-z0-9]`, starting with `c`, then the time in
@@ -124,6 +142,8 @@ struct MemState {
     by_change: BTreeMap<u64, Key>,
     heads: BTreeSet<Key>,
     changes: u64,
+    view_changes: HashMap<String, u64>,
+    view_rows: HashMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 /// A store in memory (lost when dropped).
@@ -213,6 +233,43 @@ impl Store for MemoryStore {
         }
         Ok(())
     }
+
+    fn view_change(&self, view: &str) -> Result<u64, StoreError> {
+        Ok(self.read()?.view_changes.get(view).copied().unwrap_or(0))
+    }
+
+    fn view_rows(
+        &self,
+        view: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ViewRows, StoreError> {
+        use std::ops::Bound;
+        let state = self.read()?;
+        let Some(rows) = state.view_rows.get(view) else {
+            return Ok(Vec::new());
+        };
+        let start = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Unbounded,
+        };
+        Ok(rows
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn view_commit(&self, view: &str, change: u64, rows: ViewRows) -> Result<(), StoreError> {
+        let mut state = self
+            .state
+            .write()
+            .map_err(|_| StoreError::Engine("memory store lock poisoned".into()))?;
+        let table = state.view_rows.entry(view.to_string()).or_default();
+        table.extend(rows);
+        state.view_changes.insert(view.to_string(), change);
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,13 +278,17 @@ impl Store for MemoryStore {
 // Tables: `meta` (`"id"` → local log id, `"changes"` → counter as 8 bytes big endian);
 // `nodes` (32-byte key → the node as a wire Node message, proto2, as hyperlog stores it);
 // `changes` (change → 32-byte key); `heads` (32-byte key → empty); `entries` ((log, seq) → entry,
-// encoded as varint change, 32 key bytes, varint count, then each log id as varint length + UTF-8).
+// encoded as varint change, 32 key bytes, varint count, then each log id as varint length + UTF-8);
+// `view_changes` (view name → the change it has folded up to) and `view_rows` ((view name, row
+// key) → row value), written together in one transaction per view catch-up batch.
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
 const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
 const HEADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("heads");
 const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
+const VIEW_CHANGES: TableDefinition<&str, u64> = TableDefinition::new("view_changes");
+const VIEW_ROWS: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("view_rows");
 
 fn engine(err: impl std::fmt::Display) -> StoreError {
     StoreError::Engine(err.to_string())
@@ -251,6 +312,8 @@ impl RedbStore {
             txn.open_table(CHANGES).map_err(engine)?;
             txn.open_table(HEADS).map_err(engine)?;
             txn.open_table(ENTRIES).map_err(engine)?;
+            txn.open_table(VIEW_CHANGES).map_err(engine)?;
+            txn.open_table(VIEW_ROWS).map_err(engine)?;
             let existing = meta
                 .get("id")
                 .map_err(engine)?
@@ -427,6 +490,59 @@ impl Store for RedbStore {
                 meta.insert("changes", counter.to_be_bytes().as_slice())
                     .map_err(engine)?;
             }
+        }
+        txn.commit().map_err(engine)
+    }
+
+    fn view_change(&self, view: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(VIEW_CHANGES).map_err(engine)?;
+        let value = table.get(view).map_err(engine)?;
+        Ok(value.map_or(0, |v| v.value()))
+    }
+
+    fn view_rows(
+        &self,
+        view: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<ViewRows, StoreError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read().map_err(engine)?;
+        let table = txn.open_table(VIEW_ROWS).map_err(engine)?;
+        let start = match after {
+            Some(k) => Bound::Excluded((view, k)),
+            None => Bound::Included((view, [].as_slice())),
+        };
+        let mut out = Vec::new();
+        for item in table
+            .range::<(&str, &[u8])>((start, Bound::Unbounded))
+            .map_err(engine)?
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(engine)?;
+            let (name, row) = k.value();
+            if name != view {
+                break;
+            }
+            out.push((row.to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn view_commit(&self, view: &str, change: u64, rows: ViewRows) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(engine)?;
+        {
+            let mut table = txn.open_table(VIEW_ROWS).map_err(engine)?;
+            for (k, v) in &rows {
+                table
+                    .insert((view, k.as_slice()), v.as_slice())
+                    .map_err(engine)?;
+            }
+            let mut changes = txn.open_table(VIEW_CHANGES).map_err(engine)?;
+            changes.insert(view, change).map_err(engine)?;
         }
         txn.commit().map_err(engine)
     }
