@@ -145,7 +145,8 @@ fn contents(list: &[Listed]) -> BTreeSet<(String, String)> {
 
 /// A process whose stderr lines arrive on a channel.
 struct Running {
-    child: Child,
+    /// `None` once [`Running::finish`] has taken it; a process still here is killed on drop.
+    child: Option<Child>,
     stderr: mpsc::Receiver<String>,
     seen: Vec<String>,
 }
@@ -168,7 +169,7 @@ impl Running {
             }
         });
         Running {
-            child,
+            child: Some(child),
             stderr,
             seen: Vec::new(),
         }
@@ -194,8 +195,13 @@ impl Running {
     }
 
     /// Waits for the end; stdout. Panics unless it succeeded.
-    fn finish(self, what: &str) -> String {
-        let out = wait_output(self.child, what);
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("the process is still held")
+    }
+
+    fn finish(mut self, what: &str) -> String {
+        let child = self.child.take().expect("the process is still held");
+        let out = wait_output(child, what);
         let rest: Vec<String> = self.stderr.try_iter().collect();
         assert!(
             out.status.success(),
@@ -204,6 +210,16 @@ impl Running {
             self.seen
         );
         String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+}
+
+impl Drop for Running {
+    /// A test that ends early (or drops a server it no longer needs) leaves no process behind.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -348,11 +364,11 @@ fn live_replication_ends_on_ctrl_c() {
     // Live on both sides now: only a stop ends it.
     std::thread::sleep(Duration::from_millis(200));
     assert!(
-        client.child.try_wait().unwrap().is_none(),
+        client.child().try_wait().unwrap().is_none(),
         "live mode ended early"
     );
     let status = Command::new("kill")
-        .args(["-s", "INT", &server.child.id().to_string()])
+        .args(["-s", "INT", &server.child().id().to_string()])
         .status()
         .expect("run kill");
     assert!(status.success());
