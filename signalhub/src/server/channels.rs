@@ -560,6 +560,11 @@ impl Subscription {
         conn: &Arc<ConnectionContext>,
         keys: Vec<ChannelKey>,
     ) -> Self {
+        if !state.config.quiet {
+            for key in &keys {
+                tracing::info!(target: "signalhub::traffic", peer = %conn.peer, "subscribe: {key}");
+            }
+        }
         let outbox = state.registry.outbox(conn);
         let slots = keys
             .into_iter()

@@ -142,11 +142,6 @@ pub(crate) async fn serve_subscription<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if !state.config.quiet {
-        for key in &keys {
-            tracing::info!(target: "signalhub::traffic", peer = %conn.peer, "subscribe: {key}");
-        }
-    }
     let subscription = Subscription::open(&state, &conn, keys);
     let (mut reader, mut writer) = tokio::io::split(io);
     // The client sends nothing more; reading only notices that it has gone.

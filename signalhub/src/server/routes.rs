@@ -274,11 +274,6 @@ pub(crate) async fn handle(
                 .iter()
                 .map(|channel| ChannelKey::new(app, channel))
                 .collect();
-            if !state.config.quiet {
-                for key in &keys {
-                    tracing::info!(target: "signalhub::traffic", peer = %conn.peer, "subscribe: {key}");
-                }
-            }
             let subscription = Subscription::open(&state, &conn, keys);
             sse::response(subscription)
         }
