@@ -35,6 +35,10 @@ pub mod log;
 #[cfg(feature = "webrtc")]
 pub mod peer;
 pub mod signal;
+#[cfg(feature = "webrtc")]
+pub mod stream;
+#[cfg(feature = "webrtc")]
+pub mod swarm;
 
 pub use log::hyperlog::{BatchItem, Log, LogError, LogOptions, Subscription};
 pub use log::json::{is_js_canonical, stringify as js_stringify};
@@ -42,9 +46,15 @@ pub use log::node::{Key, KeyError, Node, NodeError};
 pub use log::replicate::{
     replicate, Mode, Progress, ReplicateError, ReplicateOptions, Replication, StopHandle, Summary,
 };
-pub use log::sign::{verify_key_signature, Keypair, SignError, Verifier};
+pub use log::sign::{verify_key_signature, verify_signature, Keypair, SignError, Verifier};
 pub use log::store::{MemoryStore, RedbStore, Store, StoreError};
 pub use log::view::{ChatMessage, ChatMessages, Fold, View, ViewError};
 pub use log::wire::{
     FrameDecoder, Handshake, LogSeq, Message, NodeMessage, WireError, DEFAULT_MAX_FRAME_SIZE,
 };
+#[cfg(feature = "webrtc")]
+pub use peer::{CloseReason, IceServer, Peer, PeerConfig, PeerError, PeerEvent};
+#[cfg(feature = "webrtc")]
+pub use stream::PeerStream;
+#[cfg(feature = "webrtc")]
+pub use swarm::{Swarm, SwarmError, SwarmEvent, SwarmOptions, SwarmPeer};

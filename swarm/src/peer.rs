@@ -34,7 +34,7 @@ use crate::signal::{IceCandidate, Signal};
 
 /// How many received messages wait for [`Peer::recv`] before the data channel stops reading
 /// (and SCTP flow control slows the sender down).
-const RECEIVE_QUEUE: usize = 1024;
+const RECEIVE_QUEUE: usize = 256;
 
 /// Unacknowledged bytes a data channel may hold before [`Peer::send`] waits.
 const SEND_BUFFER_LIMIT: usize = 1024 * 1024;
@@ -400,6 +400,16 @@ impl Peer {
                 Ok(())
             }
         }
+    }
+
+    /// Whether the other side's offer or answer has been applied.
+    pub async fn has_remote_description(&self) -> bool {
+        self.negotiation.lock().await.remote_sdp.is_some()
+    }
+
+    /// Whether `sdp` is the remote description already applied.
+    pub async fn remote_description_is(&self, sdp: &str) -> bool {
+        self.negotiation.lock().await.remote_sdp.as_deref() == Some(sdp)
     }
 
     /// The next event; `None` after [`PeerEvent::Closed`] has been returned.

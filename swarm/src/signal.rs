@@ -11,6 +11,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::log::sign::{verify_signature, Keypair};
+
 /// Why a hub message is not a swarm message (the swarm drops it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignalError {
@@ -26,6 +28,16 @@ pub enum SignalError {
     EmptySignal,
     #[error("an ICE candidate without its `candidate` string")]
     BadCandidate,
+    /// Signed signalling is on and the message is not a signed envelope.
+    #[error("not signed (this swarm accepts only signed signalling)")]
+    NotSigned,
+    /// The envelope's `from` is not a 32-byte public key in hex, or differs from the signed
+    /// message's `from`.
+    #[error("the sender is not the signing key")]
+    WrongSigner,
+    /// The signature does not verify for the claimed sender, app and channel.
+    #[error("the signature does not verify for the claimed sender")]
+    BadSignature,
 }
 
 /// A message of a swarm, on `all` or on a peer's inbox.
@@ -175,9 +187,141 @@ impl Signal {
     }
 }
 
+/// What a signed message's signature covers, besides the message: the protocol, the app and the
+/// channel it was posted to, so a signature cannot be replayed into another swarm or inbox.
+fn signed_bytes(app: &str, channel: &str, inner: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(32 + app.len() + channel.len() + inner.len());
+    for part in ["swarm-signal/1", app, channel] {
+        bytes.extend_from_slice(part.as_bytes());
+        bytes.push(0);
+    }
+    bytes.extend_from_slice(inner.as_bytes());
+    bytes
+}
+
+/// Signs a message for `channel` of `app`: `{"from":<hex public key>,"signed":<the message's
+/// JSON text>,"signature":<hex Ed25519 signature>}`. The message travels as text, so a receiver
+/// verifies the exact bytes that were signed, with no canonical JSON to agree on.
+pub fn seal(keypair: &Keypair, app: &str, channel: &str, message: &HubMessage) -> Value {
+    let inner = message.to_json();
+    let signature = keypair.sign(&signed_bytes(app, channel, &inner));
+    let mut object = Map::new();
+    object.insert("from".into(), Value::String(hex(&keypair.public_key())));
+    object.insert("signed".into(), Value::String(inner));
+    object.insert("signature".into(), Value::String(hex(&signature)));
+    Value::Object(object)
+}
+
+/// Opens a signed envelope received on `channel` of `app`: checks that the sender is the
+/// signing key and the message inside names the same sender, then the signature.
+pub fn open_sealed(value: &Value, app: &str, channel: &str) -> Result<HubMessage, SignalError> {
+    let object = value.as_object().ok_or(SignalError::NotAnObject)?;
+    let (Some(from), Some(inner), Some(signature)) = (
+        object.get("from").and_then(Value::as_str),
+        object.get("signed").and_then(Value::as_str),
+        object.get("signature").and_then(Value::as_str),
+    ) else {
+        return Err(SignalError::NotSigned);
+    };
+    let public_key = unhex(from)
+        .filter(|k| k.len() == 32)
+        .ok_or(SignalError::WrongSigner)?;
+    let signature = unhex(signature).ok_or(SignalError::BadSignature)?;
+    verify_signature(&public_key, &signed_bytes(app, channel, inner), &signature)
+        .map_err(|_| SignalError::BadSignature)?;
+    let message: Value = serde_json::from_str(inner).map_err(|_| SignalError::NotAnObject)?;
+    let message = HubMessage::parse(&message)?;
+    if message.from() != from {
+        return Err(SignalError::WrongSigner);
+    }
+    Ok(message)
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(DIGITS[usize::from(byte >> 4)] as char);
+        text.push(DIGITS[usize::from(byte & 15)] as char);
+    }
+    text
+}
+
+/// Hex (either case) to bytes; `None` if it is not hex.
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let digit = |c: u8| (c as char).to_digit(16);
+            Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_messages_verify_only_for_their_signer_app_and_channel() {
+        let alice = Keypair::from_seed(&[1; 32]);
+        let mallory = Keypair::from_seed(&[2; 32]);
+        let alice_id = hex(&alice.public_key());
+        let offer = HubMessage::Signal {
+            from: alice_id.clone(),
+            signal: Signal::Offer {
+                sdp: "v=0\r\n".into(),
+            },
+        };
+        let sealed = seal(&alice, "app", "bob", &offer);
+        assert_eq!(open_sealed(&sealed, "app", "bob"), Ok(offer.clone()));
+        // Replayed into another inbox or swarm.
+        assert_eq!(
+            open_sealed(&sealed, "app", "carol"),
+            Err(SignalError::BadSignature)
+        );
+        assert_eq!(
+            open_sealed(&sealed, "other", "bob"),
+            Err(SignalError::BadSignature)
+        );
+        // Mallory signs a message in Alice's name: the signer is not the claimed sender.
+        let mut forged = seal(&mallory, "app", "bob", &offer);
+        assert_eq!(
+            open_sealed(&forged, "app", "bob"),
+            Err(SignalError::WrongSigner)
+        );
+        // ... and claiming Alice's key outside does not help: the signature is Mallory's.
+        forged["from"] = Value::String(alice_id);
+        assert_eq!(
+            open_sealed(&forged, "app", "bob"),
+            Err(SignalError::BadSignature)
+        );
+        // Tampering with the signed text.
+        let mut tampered = sealed.clone();
+        tampered["signed"] =
+            Value::String(sealed["signed"].as_str().unwrap().replace("v=0", "v=1"));
+        assert_eq!(
+            open_sealed(&tampered, "app", "bob"),
+            Err(SignalError::BadSignature)
+        );
+        // A plain message is not signed.
+        assert_eq!(
+            open_sealed(&offer.to_value(), "app", "bob"),
+            Err(SignalError::NotSigned)
+        );
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+        assert_eq!(unhex("000fFF"), Some(vec![0, 15, 255]));
+        assert_eq!(unhex("0g"), None);
+        assert_eq!(unhex("abc"), None);
+    }
 
     fn parse(text: &str) -> Result<HubMessage, SignalError> {
         HubMessage::parse(&serde_json::from_str(text).unwrap())

@@ -111,6 +111,11 @@ impl Keypair {
         self.signing.verifying_key().to_bytes()
     }
 
+    /// The detached Ed25519 signature of any bytes (libsodium's `crypto_sign_detached`).
+    pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
+        self.signing.sign(message).to_bytes()
+    }
+
     /// The detached signature of a node key: Ed25519 over the key's 32 raw bytes.
     pub fn sign_key(&self, key: &Key) -> [u8; SIGNATURE_LEN] {
         self.signing.sign(key.as_bytes()).to_bytes()
@@ -142,6 +147,19 @@ pub fn verify_key_signature(identity: &[u8], key: &Key, signature: &[u8]) -> Res
     let pk = verifying_key(identity)?;
     let sig = Signature::from_slice(signature).map_err(|_| SignError::BadSignature)?;
     pk.verify_strict(key.as_bytes(), &sig)
+        .map_err(|_| SignError::BadSignature)
+}
+
+/// Checks a detached (64-byte) Ed25519 signature of any bytes by `public_key`, as strictly as
+/// [`verify_key_signature`].
+pub fn verify_signature(
+    public_key: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), SignError> {
+    let pk = verifying_key(public_key)?;
+    let sig = Signature::from_slice(signature).map_err(|_| SignError::BadSignature)?;
+    pk.verify_strict(message, &sig)
         .map_err(|_| SignError::BadSignature)
 }
 

@@ -1,0 +1,775 @@
+//! A swarm: every program that joins the same app on the same hub(s) connects directly to the
+//! others over WebRTC data channels, speaking the signalling of JS `webrtc-swarm` 2.9 and
+//! `simple-peer`, so Rust, Node and browser peers meet in one swarm.
+//!
+//! One task, the swarm's loop, owns all the state: it reads the hub's `all` channel (announces)
+//! and the swarm's inbox (signals to it), the events of every peer, the announce timer and the
+//! stall checks, so the rules below need no locks. Per remote peer, a small outbox task POSTs
+//! that peer's signals one at a time, so they arrive in order.
+//!
+//! The sequence is the JS one (spec §4): subscribe to `all` and to the own id; announce
+//! `{"type":"connect","from":id}` on `all` once the inbox is open, then every 3–5 s while alone
+//! and 13–15 s with peers; whoever hears an announce from an unknown id offers; an unknown sender
+//! is accepted only with an offer. Where JS breaks, this does better:
+//!
+//! - **Glare** (both sides offered): the side with the greater id keeps its offer and ignores the
+//!   other's; the other side answers it. One round trip instead of two teardowns and an announce
+//!   period. Against a peer that does not follow the rule (JS destroys both attempts), an own
+//!   offer older than [`GLARE_WINDOW`] yields to a new incoming offer, so the next attempt wins.
+//! - **Several hubs**: the hub client delivers each message once; a repeated offer or answer is
+//!   ignored by the peer. Redundancy instead of broken handshakes.
+//! - **Stalls**: a handshake not connected after [`SwarmOptions::handshake_timeout`] is
+//!   abandoned, so the next announce retries it (JS keeps it forever and ignores that peer).
+//! - **A new offer from a known peer** means it started over (it lost the old connection first):
+//!   the old peer is closed and the new offer answered.
+//! - **A full swarm** (`max_peers`) pauses its announcements and resumes them once a peer
+//!   leaves (JS stops them for good); offers from unknown peers are refused while full.
+//! - **Hubs going away** leave connected peers alone; the subscriptions reconnect by themselves,
+//!   and the swarm announces at once when its inbox is back.
+//! - **Signed signalling** (with [`SwarmOptions::keypair`]): the id is the public key in hex and
+//!   every message is a signed envelope ([`crate::signal::seal`]); messages whose signature does
+//!   not verify for their claimed sender, app and channel are dropped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::Value;
+use signalhub::client::{Client, ClientError, ClientOptions, Subscription};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::log::sign::Keypair;
+use crate::peer::{CloseReason, IceServer, Peer, PeerConfig, PeerError, PeerEvent};
+use crate::signal::{hex, open_sealed, seal, HubMessage, Signal};
+use crate::stream::PeerStream;
+
+/// How long an own offer counts as "just sent" for glare: within it, the greater id keeps its
+/// offer; past it, an incoming offer wins (the other side evidently did not take ours).
+pub const GLARE_WINDOW: Duration = Duration::from_secs(2);
+
+/// `wrap(message, channel)`: applied to every message before it is posted to `channel`.
+pub type WrapHook = Arc<dyn Fn(Value, &str) -> Value + Send + Sync>;
+/// `unwrap(message, channel)`: applied to every message received on `channel` (`all` or the own
+/// id); `None` drops it.
+pub type UnwrapHook = Arc<dyn Fn(Value, &str) -> Option<Value> + Send + Sync>;
+
+/// How to join a swarm. `Default` gives JS webrtc-swarm's behaviour with no ICE servers.
+#[derive(Clone)]
+pub struct SwarmOptions {
+    /// The own id, also the inbox channel's name. Default: 25 lowercase base-36 characters, like
+    /// the cuid webrtc-swarm uses; with a keypair, the public key in hex (and nothing else is
+    /// allowed).
+    pub id: Option<String>,
+    /// The most connected peers; announcing pauses and unknown offers are refused at it.
+    pub max_peers: usize,
+    /// STUN/TURN servers (empty: host candidates only).
+    pub ice_servers: Vec<IceServer>,
+    /// Local UDP addresses for host candidates (see [`PeerConfig::udp_addrs`]).
+    pub udp_addrs: Vec<SocketAddr>,
+    /// Resolve remote mDNS (`*.local`) candidates, as browsers send them.
+    pub resolve_mdns: bool,
+    /// Sign every message and accept only signed ones (see the module docs).
+    pub keypair: Option<Keypair>,
+    /// webrtc-swarm's `wrap` hook.
+    pub wrap: Option<WrapHook>,
+    /// webrtc-swarm's `unwrap` hook.
+    pub unwrap: Option<UnwrapHook>,
+    /// A handshake not connected after this is abandoned (10 s).
+    pub handshake_timeout: Duration,
+    /// The announce period while alone (3 s) and with peers (13 s), each plus a random jitter
+    /// (2 s), as in webrtc-swarm.
+    pub announce_alone: Duration,
+    pub announce_with_peers: Duration,
+    pub announce_jitter: Duration,
+    /// The hub client's timings.
+    pub client: ClientOptions,
+}
+
+impl Default for SwarmOptions {
+    fn default() -> Self {
+        SwarmOptions {
+            id: None,
+            max_peers: usize::MAX,
+            ice_servers: Vec::new(),
+            udp_addrs: PeerConfig::default().udp_addrs,
+            resolve_mdns: false,
+            keypair: None,
+            wrap: None,
+            unwrap: None,
+            handshake_timeout: Duration::from_secs(10),
+            announce_alone: Duration::from_secs(3),
+            announce_with_peers: Duration::from_secs(13),
+            announce_jitter: Duration::from_secs(2),
+            client: ClientOptions::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SwarmOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmOptions")
+            .field("id", &self.id)
+            .field("max_peers", &self.max_peers)
+            .field("ice_servers", &self.ice_servers)
+            .field("udp_addrs", &self.udp_addrs)
+            .field("signed", &self.keypair.is_some())
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`Swarm::join`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    /// A hub URL, the app or the id was refused by the hub client.
+    #[error(transparent)]
+    Hub(#[from] ClientError),
+    /// With a keypair, the id must be the public key in hex.
+    #[error("with a keypair the swarm's id is its public key ({expected}), not {given}")]
+    IdIsNotPublicKey { given: String, expected: String },
+    /// No randomness for the id.
+    #[error("no randomness for the swarm id: {0}")]
+    Random(String),
+}
+
+/// What a swarm reports.
+#[derive(Debug, Clone)]
+pub enum SwarmEvent {
+    /// A peer's data channel opened.
+    Connected { id: String, peer: SwarmPeer },
+    /// A connected peer went away, for this reason.
+    Disconnected { id: String, reason: CloseReason },
+}
+
+/// A connected peer of the swarm: a handle, cheap to clone.
+#[derive(Clone)]
+pub struct SwarmPeer {
+    id: Arc<str>,
+    peer: Arc<Peer>,
+}
+
+impl std::fmt::Debug for SwarmPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmPeer")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+impl SwarmPeer {
+    /// The remote peer's swarm id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether this side offered.
+    pub fn is_initiator(&self) -> bool {
+        self.peer.is_initiator()
+    }
+
+    /// Sends one message (waits while the channel's send buffer is full).
+    pub async fn send(&self, message: impl Into<Bytes>) -> Result<(), PeerError> {
+        self.peer.send(message.into()).await
+    }
+
+    /// The next message, text or binary; `None` once the peer is closed.
+    pub async fn recv(&self) -> Option<Bytes> {
+        self.peer.recv().await
+    }
+
+    /// The peer as a byte stream. Use either the stream or [`SwarmPeer::recv`] for reading, not
+    /// both.
+    pub fn stream(&self) -> PeerStream {
+        PeerStream::new(self.peer.clone())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.peer.is_closed()
+    }
+
+    /// Closes the connection; the swarm reports it disconnected and may meet the peer again.
+    pub async fn close(&self) {
+        self.peer.close().await
+    }
+}
+
+/// A joined swarm: its events as a [`Stream`], its connected peers. Dropping it leaves the
+/// swarm (as [`Swarm::close`] does, without waiting).
+pub struct Swarm {
+    id: String,
+    events: mpsc::UnboundedReceiver<SwarmEvent>,
+    peers: watch::Receiver<Vec<SwarmPeer>>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Swarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swarm")
+            .field("id", &self.id)
+            .field("peers", &self.peers.borrow().len())
+            .finish()
+    }
+}
+
+impl Swarm {
+    /// Joins `app` through `hubs`: subscribes at once and starts announcing when the inbox is
+    /// open. Needs a Tokio runtime.
+    pub async fn join<I, S>(hubs: I, app: &str, options: SwarmOptions) -> Result<Swarm, SwarmError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let id = match (&options.keypair, &options.id) {
+            (Some(keypair), given) => {
+                let expected = hex(&keypair.public_key());
+                match given {
+                    Some(given) if *given != expected => {
+                        return Err(SwarmError::IdIsNotPublicKey {
+                            given: given.clone(),
+                            expected,
+                        })
+                    }
+                    _ => expected,
+                }
+            }
+            (None, Some(id)) => id.clone(),
+            (None, None) => new_id()?,
+        };
+        let client = Client::with_options(app, hubs, options.client.clone())?;
+        let all = client.subscribe(["all"])?;
+        let inbox = client.subscribe([id.as_str()])?;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (peers_tx, peers) = watch::channel(Vec::new());
+        let stop = CancellationToken::new();
+        let (notices_tx, notices) = mpsc::unbounded_channel();
+        let inbox_hubs = inbox.connected_hubs();
+        let swarm_loop = SwarmLoop {
+            id: id.clone(),
+            app: app.to_string(),
+            options,
+            client,
+            all,
+            inbox,
+            inbox_hubs,
+            remotes: HashMap::new(),
+            generation: 0,
+            events: events_tx,
+            peers: peers_tx,
+            notices_tx,
+            notices,
+            tasks: JoinSet::new(),
+        };
+        info!(%id, app, "joining the swarm");
+        let task = tokio::spawn(swarm_loop.run(stop.clone()));
+        Ok(Swarm {
+            id,
+            events,
+            peers,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// The own id (the inbox channel).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The next event; `None` once the swarm is closed.
+    pub async fn next_event(&mut self) -> Option<SwarmEvent> {
+        self.events.recv().await
+    }
+
+    /// The peers connected now.
+    pub fn peers(&self) -> Vec<SwarmPeer> {
+        self.peers.borrow().clone()
+    }
+
+    /// The connected peers, as a value that can be watched for changes.
+    pub fn watch_peers(&self) -> watch::Receiver<Vec<SwarmPeer>> {
+        self.peers.clone()
+    }
+
+    /// Leaves: stops the subscriptions and announcements, closes every peer and waits until
+    /// every task of the swarm has ended.
+    pub async fn close(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Swarm {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Stream for Swarm {
+    type Item = SwarmEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SwarmEvent>> {
+        self.events.poll_recv(cx)
+    }
+}
+
+/// A peer's event, tagged with whose it is.
+struct Notice {
+    id: String,
+    generation: u64,
+    event: PeerEvent,
+}
+
+/// A remote peer, connecting or connected.
+struct Remote {
+    generation: u64,
+    peer: Arc<Peer>,
+    connected: bool,
+    started: Instant,
+    /// The signals to POST to it, in order.
+    outbox: mpsc::UnboundedSender<Bytes>,
+    /// After ignoring its offer in a glare, its candidates belong to the abandoned attempt until
+    /// its answer to ours arrives.
+    dropping_candidates: bool,
+}
+
+struct SwarmLoop {
+    id: String,
+    app: String,
+    options: SwarmOptions,
+    client: Client,
+    all: Subscription,
+    inbox: Subscription,
+    inbox_hubs: watch::Receiver<usize>,
+    remotes: HashMap<String, Remote>,
+    generation: u64,
+    events: mpsc::UnboundedSender<SwarmEvent>,
+    peers: watch::Sender<Vec<SwarmPeer>>,
+    notices_tx: mpsc::UnboundedSender<Notice>,
+    notices: mpsc::UnboundedReceiver<Notice>,
+    /// Peer pumps, outboxes and announces.
+    tasks: JoinSet<()>,
+}
+
+impl SwarmLoop {
+    async fn run(mut self, stop: CancellationToken) {
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        let announce = tokio::time::sleep_until(far);
+        tokio::pin!(announce);
+        let mut stall_check = tokio::time::interval(Duration::from_millis(500));
+        stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut inbox_open = false;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                changed = self.inbox_hubs.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let open = *self.inbox_hubs.borrow_and_update() > 0;
+                    if open && !inbox_open {
+                        // The inbox is open (again): announce now, as JS does on `open`.
+                        debug!("inbox open; announcing");
+                        announce.as_mut().reset(Instant::now());
+                    }
+                    inbox_open = open;
+                }
+                () = &mut announce => {
+                    if self.connected_count() < self.options.max_peers {
+                        self.announce();
+                    } else {
+                        debug!("full: not announcing");
+                    }
+                    announce.as_mut().reset(Instant::now() + self.announce_period());
+                }
+                Some(message) = self.all.next() => self.on_all(message).await,
+                Some(message) = self.inbox.next() => self.on_inbox(message).await,
+                Some(notice) = self.notices.recv() => self.on_notice(notice),
+                _ = stall_check.tick() => self.drop_stalled(),
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+        }
+        self.shut_down().await;
+    }
+
+    async fn shut_down(mut self) {
+        debug!(id = %self.id, "leaving the swarm");
+        self.client.close();
+        let remotes: Vec<Remote> = self.remotes.drain().map(|(_, remote)| remote).collect();
+        let closing = remotes.iter().map(|remote| remote.peer.close());
+        futures_util::future::join_all(closing).await;
+        drop(remotes);
+        self.peers.send_replace(Vec::new());
+        // Pumps end with their peer's `Closed`, outboxes once their sender is gone (an in-flight
+        // POST fails fast on the closed client); anything slower is cut off.
+        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+            while self.tasks.join_next().await.is_some() {}
+        });
+        if drained.await.is_err() {
+            warn!("swarm tasks did not end in 5 s; aborting them");
+            self.tasks.shutdown().await;
+        }
+    }
+
+    fn connected_count(&self) -> usize {
+        self.remotes.values().filter(|r| r.connected).count()
+    }
+
+    fn announce_period(&self) -> Duration {
+        let base = if self.connected_count() > 0 {
+            self.options.announce_with_peers
+        } else {
+            self.options.announce_alone
+        };
+        let jitter_ms = self.options.announce_jitter.as_millis() as u64;
+        base + Duration::from_millis(if jitter_ms == 0 {
+            0
+        } else {
+            random_u64() % jitter_ms
+        })
+    }
+
+    /// Writes a message for `channel`: sealed when signing, then wrapped.
+    fn encode(&self, channel: &str, message: &HubMessage) -> Bytes {
+        let mut value = match &self.options.keypair {
+            Some(keypair) => seal(keypair, &self.app, channel, message),
+            None => message.to_value(),
+        };
+        if let Some(wrap) = &self.options.wrap {
+            value = wrap(value, channel);
+        }
+        Bytes::from(value.to_string())
+    }
+
+    /// Reads a message received on `channel`: unwrapped, then opened when signing.
+    fn decode(&self, channel: &str, value: Value) -> Option<HubMessage> {
+        let value = match &self.options.unwrap {
+            Some(unwrap) => unwrap(value, channel)?,
+            None => value,
+        };
+        let parsed = match &self.options.keypair {
+            Some(_) => open_sealed(&value, &self.app, channel),
+            None => HubMessage::parse(&value),
+        };
+        match parsed {
+            Ok(message) => Some(message),
+            Err(error) => {
+                debug!(channel, %error, "dropping a hub message");
+                None
+            }
+        }
+    }
+
+    fn announce(&mut self) {
+        let body = self.encode(
+            "all",
+            &HubMessage::Announce {
+                from: self.id.clone(),
+            },
+        );
+        let client = self.client.clone();
+        self.tasks.spawn(async move {
+            if let Err(error) = client.broadcast_raw("all", body.to_vec()).await {
+                debug!(%error, "announce not posted");
+            }
+        });
+    }
+
+    async fn on_all(&mut self, value: Value) {
+        let Some(HubMessage::Announce { from }) = self.decode("all", value) else {
+            return;
+        };
+        if from == self.id || self.remotes.contains_key(&from) {
+            return;
+        }
+        if self.connected_count() >= self.options.max_peers {
+            debug!(%from, "full: not offering");
+            return;
+        }
+        debug!(%from, "heard an announce; offering");
+        self.start_peer(from, None).await;
+    }
+
+    async fn on_inbox(&mut self, value: Value) {
+        let channel = self.id.clone();
+        let Some(HubMessage::Signal { from, signal }) = self.decode(&channel, value) else {
+            return;
+        };
+        if from == self.id {
+            return;
+        }
+        let Some(remote) = self.remotes.get_mut(&from) else {
+            if !matches!(signal, Signal::Offer { .. }) {
+                debug!(%from, "skipping a non-offer from an unknown peer");
+                return;
+            }
+            if self.connected_count() >= self.options.max_peers {
+                debug!(%from, "full: refusing an offer");
+                return;
+            }
+            self.start_peer(from, Some(signal)).await;
+            return;
+        };
+        match &signal {
+            Signal::Offer { .. } if remote.peer.is_initiator() => {
+                let ours_is_fresh = !remote.connected
+                    && !remote.peer.has_remote_description().await
+                    && remote.started.elapsed() < GLARE_WINDOW;
+                if ours_is_fresh && self.id > from {
+                    debug!(%from, "glare: keeping our offer, ignoring theirs");
+                    remote.dropping_candidates = true;
+                    return;
+                }
+                debug!(%from, "glare or restart: answering their offer instead");
+                self.replace_with_answerer(from, signal).await;
+            }
+            Signal::Offer { sdp } => {
+                if remote.peer.remote_description_is(sdp).await {
+                    return; // a copy from another hub
+                }
+                debug!(%from, "a new offer: the peer started over");
+                self.replace_with_answerer(from, signal).await;
+            }
+            Signal::Candidate(_) if remote.dropping_candidates => {
+                debug!(%from, "dropping a candidate of an abandoned offer");
+            }
+            _ => {
+                if matches!(signal, Signal::Answer { .. }) {
+                    remote.dropping_candidates = false;
+                }
+                if let Err(error) = remote.peer.signal(signal).await {
+                    // A stray answer from an older attempt must not kill a good connection.
+                    debug!(%from, %error, "ignoring a signal");
+                }
+            }
+        }
+    }
+
+    async fn replace_with_answerer(&mut self, from: String, offer: Signal) {
+        if let Some(old) = self.remotes.remove(&from) {
+            self.forget(&from, &old, CloseReason::Local);
+            tokio::spawn(async move { old.peer.close().await });
+        }
+        self.start_peer(from, Some(offer)).await;
+    }
+
+    /// Creates a peer for `id`: an initiator, or an answerer of `offer`.
+    async fn start_peer(&mut self, id: String, offer: Option<Signal>) {
+        let config = PeerConfig {
+            initiator: offer.is_none(),
+            ice_servers: self.options.ice_servers.clone(),
+            udp_addrs: self.options.udp_addrs.clone(),
+            resolve_mdns: self.options.resolve_mdns,
+        };
+        let peer = match Peer::new(config).await {
+            Ok(peer) => Arc::new(peer),
+            Err(error) => {
+                warn!(%id, %error, "cannot create a peer");
+                return;
+            }
+        };
+        if let Some(offer) = offer {
+            if let Err(error) = peer.signal(offer).await {
+                debug!(%id, %error, "refusing an offer");
+                peer.close().await;
+                return;
+            }
+        }
+        self.generation += 1;
+        let generation = self.generation;
+
+        // The pump: the peer's events, tagged, into the loop. Ends after `Closed`.
+        let notices = self.notices_tx.clone();
+        let pump_peer = peer.clone();
+        let pump_id = id.clone();
+        self.tasks.spawn(async move {
+            while let Some(event) = pump_peer.next_event().await {
+                let last = matches!(event, PeerEvent::Closed(_));
+                let notice = Notice {
+                    id: pump_id.clone(),
+                    generation,
+                    event,
+                };
+                if notices.send(notice).is_err() || last {
+                    break;
+                }
+            }
+        });
+
+        // The outbox: this peer's signals, POSTed one at a time so they stay in order.
+        let (outbox, mut queue) = mpsc::unbounded_channel::<Bytes>();
+        let client = self.client.clone();
+        let to = id.clone();
+        self.tasks.spawn(async move {
+            while let Some(body) = queue.recv().await {
+                if let Err(error) = client.broadcast_raw(&to, body.to_vec()).await {
+                    debug!(%to, %error, "signal not posted");
+                }
+            }
+        });
+
+        self.remotes.insert(
+            id,
+            Remote {
+                generation,
+                peer,
+                connected: false,
+                started: Instant::now(),
+                outbox,
+                dropping_candidates: false,
+            },
+        );
+    }
+
+    fn on_notice(&mut self, notice: Notice) {
+        let Notice {
+            id,
+            generation,
+            event,
+        } = notice;
+        let current = self
+            .remotes
+            .get(&id)
+            .is_some_and(|remote| remote.generation == generation);
+        if !current {
+            return; // from a peer already replaced or dropped
+        }
+        match event {
+            PeerEvent::Signal(signal) => {
+                if !signal.is_sendable() {
+                    return;
+                }
+                let body = self.encode(
+                    &id,
+                    &HubMessage::Signal {
+                        from: self.id.clone(),
+                        signal,
+                    },
+                );
+                if let Some(remote) = self.remotes.get(&id) {
+                    let _ = remote.outbox.send(body);
+                }
+            }
+            PeerEvent::Connected => {
+                let Some(remote) = self.remotes.get_mut(&id) else {
+                    return;
+                };
+                remote.connected = true;
+                info!(peer = %id, initiator = remote.peer.is_initiator(), "peer connected");
+                let peer = SwarmPeer {
+                    id: Arc::from(id.as_str()),
+                    peer: remote.peer.clone(),
+                };
+                self.publish_peers();
+                let _ = self.events.send(SwarmEvent::Connected { id, peer });
+            }
+            PeerEvent::Closed(reason) => {
+                if let Some(remote) = self.remotes.remove(&id) {
+                    self.forget(&id, &remote, reason);
+                }
+            }
+        }
+    }
+
+    /// Reports a removed remote as disconnected if it was connected.
+    fn forget(&mut self, id: &str, remote: &Remote, reason: CloseReason) {
+        if remote.connected {
+            info!(peer = %id, ?reason, "peer disconnected");
+            self.publish_peers();
+            let _ = self.events.send(SwarmEvent::Disconnected {
+                id: id.to_string(),
+                reason,
+            });
+        } else {
+            debug!(peer = %id, ?reason, "handshake ended");
+        }
+    }
+
+    fn drop_stalled(&mut self) {
+        let timeout = self.options.handshake_timeout;
+        let stalled: Vec<String> = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| !r.connected && r.started.elapsed() > timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stalled {
+            if let Some(remote) = self.remotes.remove(&id) {
+                info!(peer = %id, ?timeout, "handshake stalled; abandoning it");
+                tokio::spawn(async move { remote.peer.close().await });
+            }
+        }
+    }
+
+    fn publish_peers(&self) {
+        let peers = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.connected)
+            .map(|(id, r)| SwarmPeer {
+                id: Arc::from(id.as_str()),
+                peer: r.peer.clone(),
+            })
+            .collect();
+        self.peers.send_replace(peers);
+    }
+}
+
+/// A new swarm id like webrtc-swarm's cuid: `c`, the time in ms in base 36 (8 characters), then
+/// 16 random base-36 characters; 25 lowercase `[a-z0-9]` characters in all.
+pub fn new_id() -> Result<String, SwarmError> {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut id = String::with_capacity(25);
+    id.push('c');
+    let mut millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut time = [b'0'; 8];
+    for slot in time.iter_mut().rev() {
+        *slot = DIGITS[(millis % 36) as usize];
+        millis /= 36;
+    }
+    id.extend(time.iter().map(|&c| c as char));
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random).map_err(|e| SwarmError::Random(e.to_string()))?;
+    // 256 is not a multiple of 36, so four digits come up 8/7 as often as the rest: harmless
+    // for an id that only has to be unique.
+    id.extend(random.iter().map(|&b| DIGITS[usize::from(b) % 36] as char));
+    Ok(id)
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_look_like_cuids() {
+        let a = new_id().unwrap();
+        let b = new_id().unwrap();
+        assert_eq!(a.len(), 25);
+        assert!(a.starts_with('c'));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()));
+        assert_ne!(a, b);
+    }
+}
