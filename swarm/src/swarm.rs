@@ -4,8 +4,9 @@
 //!
 //! One task, the swarm's loop, owns all the state: it reads the hub's `all` channel (announces)
 //! and the swarm's inbox (signals to it), the events of every peer, the announce timer and the
-//! stall checks, so the rules below need no locks. Per remote peer, a small outbox task POSTs
-//! that peer's signals one at a time, so they arrive in order.
+//! stall checks, so the rules below need no locks. Per remote id, a small outbox task POSTs
+//! the signals for it one at a time, so they arrive in order, even across a glare or restart
+//! that replaces the peer.
 //!
 //! The sequence is the JS one (spec §4): subscribe to `all` and to the own id; announce
 //! `{"type":"connect","from":id}` on `all` once the inbox is open, then every 3–5 s while alone
@@ -77,6 +78,8 @@ pub struct SwarmOptions {
     pub udp_addrs: Vec<SocketAddr>,
     /// Resolve remote mDNS (`*.local`) candidates, as browsers send them.
     pub resolve_mdns: bool,
+    /// See [`PeerConfig::engine_tick`] (25 ms).
+    pub engine_tick: Duration,
     /// Sign every message and accept only signed ones (see the module docs).
     pub keypair: Option<Keypair>,
     /// webrtc-swarm's `wrap` hook.
@@ -102,6 +105,7 @@ impl Default for SwarmOptions {
             ice_servers: Vec::new(),
             udp_addrs: PeerConfig::default().udp_addrs,
             resolve_mdns: false,
+            engine_tick: crate::peer::DEFAULT_ENGINE_TICK,
             keypair: None,
             wrap: None,
             unwrap: None,
@@ -263,6 +267,7 @@ impl Swarm {
             inbox,
             inbox_hubs,
             remotes: HashMap::new(),
+            outboxes: HashMap::new(),
             generation: 0,
             events: events_tx,
             peers: peers_tx,
@@ -332,14 +337,18 @@ struct Notice {
     event: PeerEvent,
 }
 
+/// The queue of one remote id's signals, and how many are not posted yet.
+struct Outbox {
+    queue: mpsc::UnboundedSender<Bytes>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// A remote peer, connecting or connected.
 struct Remote {
     generation: u64,
     peer: Arc<Peer>,
     connected: bool,
     started: Instant,
-    /// The signals to POST to it, in order.
-    outbox: mpsc::UnboundedSender<Bytes>,
     /// After ignoring its offer in a glare, its candidates belong to the abandoned attempt until
     /// its answer to ours arrives.
     dropping_candidates: bool,
@@ -359,6 +368,10 @@ struct SwarmLoop {
     peers: watch::Sender<Vec<SwarmPeer>>,
     notices_tx: mpsc::UnboundedSender<Notice>,
     notices: mpsc::UnboundedReceiver<Notice>,
+    /// Per remote id, the signals to POST to it, in order. Kept across the peers made for one
+    /// id (a glare or a restart replaces the peer), so an answer can never overtake the offer
+    /// it replaces; dropped once the id has no peer and nothing left to send.
+    outboxes: HashMap<String, Outbox>,
     /// Peer pumps, outboxes and announces.
     tasks: JoinSet<()>,
 }
@@ -411,6 +424,7 @@ impl SwarmLoop {
         let closing = remotes.iter().map(|remote| remote.peer.close());
         futures_util::future::join_all(closing).await;
         drop(remotes);
+        self.outboxes.clear();
         self.peers.send_replace(Vec::new());
         // Pumps end with their peer's `Closed`, outboxes once their sender is gone (an in-flight
         // POST fails fast on the closed client); anything slower is cut off.
@@ -572,6 +586,7 @@ impl SwarmLoop {
             ice_servers: self.options.ice_servers.clone(),
             udp_addrs: self.options.udp_addrs.clone(),
             resolve_mdns: self.options.resolve_mdns,
+            engine_tick: self.options.engine_tick,
         };
         let peer = match Peer::new(config).await {
             Ok(peer) => Arc::new(peer),
@@ -608,17 +623,7 @@ impl SwarmLoop {
             }
         });
 
-        // The outbox: this peer's signals, POSTed one at a time so they stay in order.
-        let (outbox, mut queue) = mpsc::unbounded_channel::<Bytes>();
-        let client = self.client.clone();
-        let to = id.clone();
-        self.tasks.spawn(async move {
-            while let Some(body) = queue.recv().await {
-                if let Err(error) = client.broadcast_raw(&to, body.to_vec()).await {
-                    debug!(%to, %error, "signal not posted");
-                }
-            }
-        });
+        self.ensure_outbox(&id);
 
         self.remotes.insert(
             id,
@@ -627,7 +632,6 @@ impl SwarmLoop {
                 peer,
                 connected: false,
                 started: Instant::now(),
-                outbox,
                 dropping_candidates: false,
             },
         );
@@ -658,8 +662,11 @@ impl SwarmLoop {
                         signal,
                     },
                 );
-                if let Some(remote) = self.remotes.get(&id) {
-                    let _ = remote.outbox.send(body);
+                if let Some(outbox) = self.outboxes.get(&id) {
+                    outbox
+                        .pending
+                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    let _ = outbox.queue.send(body);
                 }
             }
             PeerEvent::Connected => {
@@ -697,7 +704,36 @@ impl SwarmLoop {
         }
     }
 
+    /// Starts the outbox task of `id` unless it runs already: its signals, POSTed one at a time.
+    fn ensure_outbox(&mut self, id: &str) {
+        if self.outboxes.contains_key(id) {
+            return;
+        }
+        let (queue, mut bodies) = mpsc::unbounded_channel::<Bytes>();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let client = self.client.clone();
+        let to = id.to_string();
+        let left = pending.clone();
+        self.tasks.spawn(async move {
+            while let Some(body) = bodies.recv().await {
+                if let Err(error) = client.broadcast_raw(&to, body.to_vec()).await {
+                    debug!(%to, %error, "signal not posted");
+                }
+                left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        });
+        self.outboxes
+            .insert(id.to_string(), Outbox { queue, pending });
+    }
+
     fn drop_stalled(&mut self) {
+        // Outboxes of ids that are gone, once they have posted everything.
+        let remotes = &self.remotes;
+        self.outboxes.retain(|id, outbox| {
+            remotes.contains_key(id)
+                || outbox.pending.load(std::sync::atomic::Ordering::Acquire) > 0
+        });
+
         let timeout = self.options.handshake_timeout;
         let stalled: Vec<String> = self
             .remotes

@@ -20,7 +20,7 @@ fn loopback(initiator: bool) -> PeerConfig {
         initiator,
         ice_servers: vec![],
         udp_addrs: vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)],
-        resolve_mdns: false,
+        ..PeerConfig::default()
     }
 }
 
