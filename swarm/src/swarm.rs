@@ -13,10 +13,12 @@
 //! and 13–15 s with peers; whoever hears an announce from an unknown id offers; an unknown sender
 //! is accepted only with an offer. Where JS breaks, this does better:
 //!
-//! - **Glare** (both sides offered): the side with the greater id keeps its offer and ignores the
-//!   other's; the other side answers it. One round trip instead of two teardowns and an announce
-//!   period. Against a peer that does not follow the rule (JS destroys both attempts), an own
-//!   offer older than [`GLARE_WINDOW`] yields to a new incoming offer, so the next attempt wins.
+//! - **Glare** (both sides offered): between swarms of this crate (their signals say so with
+//!   [`GLARE_RULE_KEY`]), the side with the greater id keeps its offer and ignores the other's;
+//!   the other side answers it: one round trip instead of two teardowns and an announce period.
+//!   A JS peer destroys its attempt when our offer reaches it, so with one we drop ours too and
+//!   announce again at once ([`ANNOUNCE_SOON`]); it then offers, alone. An own offer older than
+//!   [`GLARE_WINDOW`] always yields to a new incoming offer.
 //! - **Several hubs**: the hub client delivers each message once; a repeated offer or answer is
 //!   ignored by the peer. Redundancy instead of broken handshakes.
 //! - **Stalls**: a handshake not connected after [`SwarmOptions::handshake_timeout`] is
@@ -56,6 +58,15 @@ use crate::stream::PeerStream;
 /// How long an own offer counts as "just sent" for glare: within it, the greater id keeps its
 /// offer; past it, an incoming offer wins (the other side evidently did not take ours).
 pub const GLARE_WINDOW: Duration = Duration::from_secs(2);
+
+/// How soon after a glare with a JS peer the swarm announces again: time for our offer to reach
+/// it and end its attempt, so that the announce finds it with none and it offers.
+pub const ANNOUNCE_SOON: Duration = Duration::from_millis(300);
+
+/// The key a swarm of this crate adds to its signal messages, and its value: "I resolve glare by
+/// the id rule" (the greater id keeps its offer). JS webrtc-swarm ignores unknown keys.
+pub const GLARE_RULE_KEY: &str = "glare";
+pub const GLARE_RULE: &str = "greater-id-offers";
 
 /// `wrap(message, channel)`: applied to every message before it is posted to `channel`.
 pub type WrapHook = Arc<dyn Fn(Value, &str) -> Value + Send + Sync>;
@@ -268,6 +279,7 @@ impl Swarm {
             inbox_hubs,
             remotes: HashMap::new(),
             outboxes: HashMap::new(),
+            announce_soon: false,
             generation: 0,
             events: events_tx,
             peers: peers_tx,
@@ -372,6 +384,8 @@ struct SwarmLoop {
     /// id (a glare or a restart replaces the peer), so an answer can never overtake the offer
     /// it replaces; dropped once the id has no peer and nothing left to send.
     outboxes: HashMap<String, Outbox>,
+    /// Set to announce shortly, out of turn (after a glare with a JS peer).
+    announce_soon: bool,
     /// Peer pumps, outboxes and announces.
     tasks: JoinSet<()>,
 }
@@ -412,6 +426,9 @@ impl SwarmLoop {
                 Some(notice) = self.notices.recv() => self.on_notice(notice),
                 _ = stall_check.tick() => self.drop_stalled(),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+            if std::mem::take(&mut self.announce_soon) {
+                announce.as_mut().reset(Instant::now() + ANNOUNCE_SOON);
             }
         }
         self.shut_down().await;
@@ -455,11 +472,19 @@ impl SwarmLoop {
         })
     }
 
-    /// Writes a message for `channel`: sealed when signing, then wrapped.
+    /// Writes a message for `channel`: sealed when signing, then wrapped. Plain signals carry
+    /// [`GLARE_RULE_KEY`] after webrtc-swarm's keys (which JS ignores), so another swarm of this
+    /// crate knows that this side resolves glare by the id rule.
     fn encode(&self, channel: &str, message: &HubMessage) -> Bytes {
         let mut value = match &self.options.keypair {
             Some(keypair) => seal(keypair, &self.app, channel, message),
-            None => message.to_value(),
+            None => {
+                let mut value = message.to_value();
+                if let (HubMessage::Signal { .. }, Value::Object(object)) = (message, &mut value) {
+                    object.insert(GLARE_RULE_KEY.into(), Value::String(GLARE_RULE.into()));
+                }
+                value
+            }
         };
         if let Some(wrap) = &self.options.wrap {
             value = wrap(value, channel);
@@ -467,15 +492,21 @@ impl SwarmLoop {
         Bytes::from(value.to_string())
     }
 
-    /// Reads a message received on `channel`: unwrapped, then opened when signing.
-    fn decode(&self, channel: &str, value: Value) -> Option<HubMessage> {
+    /// Reads a message received on `channel`: unwrapped, then opened when signing. Also says
+    /// whether the sender resolves glare by the id rule (signed senders all do: JS cannot sign).
+    fn decode(&self, channel: &str, value: Value) -> Option<(HubMessage, bool)> {
         let value = match &self.options.unwrap {
             Some(unwrap) => unwrap(value, channel)?,
             None => value,
         };
         let parsed = match &self.options.keypair {
-            Some(_) => open_sealed(&value, &self.app, channel),
-            None => HubMessage::parse(&value),
+            Some(_) => open_sealed(&value, &self.app, channel).map(|m| (m, true)),
+            None => HubMessage::parse(&value).map(|m| {
+                (
+                    m,
+                    value.get(GLARE_RULE_KEY).and_then(Value::as_str) == Some(GLARE_RULE),
+                )
+            }),
         };
         match parsed {
             Ok(message) => Some(message),
@@ -502,7 +533,7 @@ impl SwarmLoop {
     }
 
     async fn on_all(&mut self, value: Value) {
-        let Some(HubMessage::Announce { from }) = self.decode("all", value) else {
+        let Some((HubMessage::Announce { from }, _)) = self.decode("all", value) else {
             return;
         };
         if from == self.id || self.remotes.contains_key(&from) {
@@ -518,7 +549,9 @@ impl SwarmLoop {
 
     async fn on_inbox(&mut self, value: Value) {
         let channel = self.id.clone();
-        let Some(HubMessage::Signal { from, signal }) = self.decode(&channel, value) else {
+        let Some((HubMessage::Signal { from, signal }, resolves_glare)) =
+            self.decode(&channel, value)
+        else {
             return;
         };
         if from == self.id {
@@ -541,6 +574,18 @@ impl SwarmLoop {
                 let ours_is_fresh = !remote.connected
                     && !remote.peer.has_remote_description().await
                     && remote.started.elapsed() < GLARE_WINDOW;
+                if ours_is_fresh && !resolves_glare {
+                    // JS webrtc-swarm destroys its attempt when our offer reaches it, so neither
+                    // offer can complete. Drop ours as well and announce again soon: the other
+                    // side, with no attempt left, then offers once, and that one succeeds.
+                    debug!(%from, "glare with a peer without the id rule: dropping both attempts");
+                    if let Some(old) = self.remotes.remove(&from) {
+                        self.forget(&from, &old, CloseReason::Local);
+                        tokio::spawn(async move { old.peer.close().await });
+                    }
+                    self.announce_soon = true;
+                    return;
+                }
                 if ours_is_fresh && self.id > from {
                     debug!(%from, "glare: keeping our offer, ignoring theirs");
                     remote.dropping_candidates = true;

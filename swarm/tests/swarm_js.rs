@@ -1,0 +1,229 @@
+//! A Rust swarm peer meets real JavaScript peers through this crate's hub: `webrtc-swarm@2.9.0`
+//! (simple-peer 6.4.4) in Node over `@roamhq/wrtc`, with the Rust side offering in one test and
+//! answering in the other; and the same package bundled into a page in headless Chromium, over
+//! the browser's own WebRTC. Messages go both ways, text and binary, and a byte stream larger
+//! than one data-channel message arrives whole.
+#![cfg(feature = "webrtc")]
+
+#[path = "../../signalhub/tests/support/node_script.rs"]
+mod node_script;
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use swarm::{Swarm, SwarmPeer};
+use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
+
+use node_script::{require_js_setup, NodeScript};
+use support::*;
+
+const STEP: Duration = Duration::from_secs(45);
+
+fn require_setup() {
+    require_js_setup(&[
+        ("webrtc-swarm", Some("2.9.0")),
+        ("@roamhq/wrtc", Some("0.10.0")),
+        ("signalhub", Some("4.9.0")),
+    ]);
+}
+
+/// Starts a JS peer (`swarm-peer.mjs` or `swarm-browser.mjs`) in `app` and waits until it has
+/// subscribed (and so announced itself); returns it with its id.
+async fn js_peer(script: &str, hub: &str, app: &str) -> (NodeScript, String) {
+    let config = json!({"hubs": [hub], "app": app}).to_string();
+    let mut peer = NodeScript::spawn(script, &[&config], STEP);
+    let ready = peer.wait_event("ready").await;
+    let id = ready["id"].as_str().expect("an id").to_string();
+    peer.wait_event("subscribed").await;
+    (peer, id)
+}
+
+/// Messages both ways between `rust` (a connected swarm peer) and `js`, whose own id is `js_id`
+/// as seen by `rust_id`.
+async fn exchange_messages(rust: &SwarmPeer, rust_id: &str, js: &mut NodeScript) {
+    // Rust → JS: text, then bytes that are not UTF-8.
+    rust.send("hello from rust ✓").await.unwrap();
+    let got = js
+        .wait_for("the Rust text", |e| {
+            e["event"] == "data" && e["from"] == rust_id
+        })
+        .await;
+    assert_eq!(got["data"], "hello from rust ✓");
+    rust.send(vec![0u8, 159, 146, 150, 255]).await.unwrap();
+    let got = js
+        .wait_for("the Rust bytes", |e| {
+            e["event"] == "data" && e["from"] == rust_id
+        })
+        .await;
+    assert_eq!(got["base64"], "AJ+Slv8=");
+
+    // JS → Rust: a text message (peer.send) and a binary one (peer.write) read alike.
+    js.send(json!({"cmd": "send", "to": rust_id, "data": "hello from js é"}));
+    let got = timeout(STEP, rust.recv()).await.expect("in time").unwrap();
+    assert_eq!(got, "hello from js é".as_bytes());
+    js.send(json!({"cmd": "send-binary", "to": rust_id, "base64": "AAEC/w=="}));
+    let got = timeout(STEP, rust.recv()).await.expect("in time").unwrap();
+    assert_eq!(&got[..], &[0, 1, 2, 255]);
+}
+
+/// A 200 000-byte write on the Rust byte stream reaches the JS peer whole (as 16 KiB messages).
+async fn stream_to(rust: &SwarmPeer, rust_id: &str, js: &mut NodeScript) {
+    const LEN: usize = 200_000;
+    js.send(json!({"cmd": "sink", "to": rust_id, "expect": LEN}));
+    js.wait_for("sink", |e| e["reply"] == "sink").await;
+    let mut stream = rust.stream();
+    let bytes: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    stream.write_all(&bytes).await.unwrap();
+    stream.flush().await.unwrap();
+    let sunk = js
+        .wait_for("all the streamed bytes", |e| e["event"] == "sunk")
+        .await;
+    assert_eq!(sunk["bytes"], json!(LEN));
+}
+
+async fn connected(swarm: &mut Swarm, js_id: &str) -> SwarmPeer {
+    connected_to(swarm, js_id).await
+}
+
+async fn js_connected(js: &mut NodeScript, rust_id: &str) -> Value {
+    js.wait_for("the connection to the Rust peer", |e| {
+        e["event"] == "connect" && e["id"] == rust_id
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_answers_a_node_webrtc_swarm_initiator() {
+    require_setup();
+    let hub = start_hub().await;
+    // Node is in the swarm first; the Rust peer's announce makes Node offer.
+    let (mut node, node_id) = js_peer("swarm-peer.mjs", hub.url(), "node-offers").await;
+    let mut rust = Swarm::join([hub.url()], "node-offers", loopback_options())
+        .await
+        .unwrap();
+    let rust_id = rust.id().to_string();
+    let peer = connected(&mut rust, &node_id).await;
+    js_connected(&mut node, &rust_id).await;
+    assert!(
+        !peer.is_initiator(),
+        "Node heard the announce, so Node offered"
+    );
+    exchange_messages(&peer, &rust_id, &mut node).await;
+    stream_to(&peer, &rust_id, &mut node).await;
+
+    // Node leaving is noticed.
+    node.close().await;
+    disconnected_from(&mut rust, &node_id).await;
+    rust.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_offers_to_a_node_webrtc_swarm_peer() {
+    require_setup();
+    let hub = start_hub().await;
+    // The Rust peer is in first; Node's announce makes the Rust peer offer.
+    let mut rust = Swarm::join([hub.url()], "rust-offers", loopback_options())
+        .await
+        .unwrap();
+    let rust_id = rust.id().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut node, node_id) = js_peer("swarm-peer.mjs", hub.url(), "rust-offers").await;
+    let peer = connected(&mut rust, &node_id).await;
+    js_connected(&mut node, &rust_id).await;
+    assert!(
+        peer.is_initiator(),
+        "the Rust peer heard the announce, so it offered"
+    );
+    exchange_messages(&peer, &rust_id, &mut node).await;
+    stream_to(&peer, &rust_id, &mut node).await;
+
+    // The Rust peer leaving is noticed by Node.
+    rust.close().await;
+    node.wait_for("the Rust peer to disconnect", |e| {
+        e["event"] == "disconnect" && e["id"] == rust_id
+    })
+    .await;
+    node.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_and_chromium_meet_in_one_swarm() {
+    require_setup();
+    let hub = start_hub().await;
+    let mut rust = Swarm::join([hub.url()], "browser", loopback_options())
+        .await
+        .unwrap();
+    let rust_id = rust.id().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut browser, browser_id) = js_peer("swarm-browser.mjs", hub.url(), "browser").await;
+    let peer = connected(&mut rust, &browser_id).await;
+    js_connected(&mut browser, &rust_id).await;
+    exchange_messages(&peer, &rust_id, &mut browser).await;
+    stream_to(&peer, &rust_id, &mut browser).await;
+    browser.close().await;
+    disconnected_from(&mut rust, &browser_id).await;
+    rust.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glare_with_a_node_peer_resolves_without_waiting_for_a_timeout() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    require_setup();
+    let hub = start_hub().await;
+    // The Rust peer hears nothing on `all` until the test says so, and announces only once.
+    let hearing = Arc::new(AtomicBool::new(false));
+    let offers = Arc::new(AtomicUsize::new(0));
+    let (gate, count) = (hearing.clone(), offers.clone());
+    let options = swarm::SwarmOptions {
+        announce_alone: Duration::from_secs(600),
+        announce_with_peers: Duration::from_secs(600),
+        wrap: Some(Arc::new(move |message: Value, _: &str| {
+            if message["signal"]["type"] == "offer" {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            message
+        })),
+        unwrap: Some(Arc::new(move |message: Value, channel: &str| {
+            (channel != "all" || gate.load(Ordering::SeqCst)).then_some(message)
+        })),
+        ..loopback_options()
+    };
+    let mut rust = Swarm::join([hub.url()], "js-glare", options).await.unwrap();
+    let rust_id = rust.id().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await; // its one announce is gone
+    let (mut node, node_id) = js_peer("swarm-peer.mjs", hub.url(), "js-glare").await;
+
+    // Both announce at the same instant: each hears the other and offers.
+    hearing.store(true, Ordering::SeqCst);
+    let client = signalhub::client::Client::new("js-glare", [hub.url()]).unwrap();
+    let (from_rust, from_node) = (
+        json!({"type": "connect", "from": rust_id}),
+        json!({"type": "connect", "from": node_id}),
+    );
+    let started = std::time::Instant::now();
+    let (x, y) = tokio::join!(
+        client.broadcast("all", &from_rust),
+        client.broadcast("all", &from_node)
+    );
+    x.unwrap();
+    y.unwrap();
+    let peer = connected(&mut rust, &node_id).await;
+    js_connected(&mut node, &rust_id).await;
+    let took = started.elapsed();
+    println!("glare with Node resolved in {took:?}");
+    // It was glare: Node destroyed an attempt that never connected, and the Rust side offered.
+    node.wait_for("Node's failed attempt", |e| {
+        e["event"] == "disconnect" && e["connected"] == false
+    })
+    .await;
+    assert!(offers.load(Ordering::SeqCst) >= 1, "the Rust peer offered too");
+    // Without the JS rule the Rust side would wait out its 10 s handshake timeout.
+    assert!(took < Duration::from_secs(8), "glare took {took:?}");
+    exchange_messages(&peer, &rust_id, &mut node).await;
+    node.close().await;
+    rust.close().await;
+}
