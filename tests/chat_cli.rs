@@ -1,0 +1,206 @@
+//! The `chat` example as users script it (plain-line mode: stdin not a terminal): two chat
+//! processes in one room through a real hub exchange lines both ways over WebRTC, a third that
+//! joins later receives the earlier history, and with `--data` a restarted chat still has it.
+//!
+//! The example's executable is the one `cargo test` builds next to the test binaries.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use signalhub::{Hub, HubConfig, RunningHub};
+
+/// How long one line may take to show up (a WebRTC handshake plus a replication round).
+const STEP: Duration = Duration::from_secs(45);
+
+fn exe() -> PathBuf {
+    let me = std::env::current_exe().expect("the test executable");
+    let profile_dir = me
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let exe = profile_dir
+        .join("examples")
+        .join(format!("chat{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        exe.exists(),
+        "{} is missing: `cargo test` builds it unless targets are filtered; run `cargo build --example chat` first",
+        exe.display()
+    );
+    exe
+}
+
+async fn start_hub() -> RunningHub {
+    let config = HubConfig {
+        quiet: true,
+        ..HubConfig::default()
+    };
+    Hub::bind("127.0.0.1:0", config)
+        .await
+        .expect("bind a hub")
+        .spawn()
+        .expect("serve the hub")
+}
+
+/// A chat process in plain-line mode.
+struct ChatProcess {
+    nick: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl ChatProcess {
+    fn start(hub: &str, nick: &str, room: &str, data: Option<&Path>) -> ChatProcess {
+        let mut command = Command::new(exe());
+        command
+            .args([room, "--hub", hub, "--nick", nick, "--udp", "127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(data) = data {
+            command.arg("--data").arg(data);
+        }
+        let mut child = command.spawn().expect("run the chat example");
+        let stdout = child.stdout.take().expect("piped");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ChatProcess {
+            nick: nick.to_string(),
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn say(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{text}").expect("write to chat");
+        stdin.flush().expect("flush");
+    }
+
+    /// Waits for `<who> text` (after an `HH:MM:SS` time) on stdout.
+    fn expect_line(&mut self, who: &str, text: &str) {
+        let wanted = format!(" <{who}> {text}");
+        let is_it = |line: &str| {
+            line.len() == 8 + wanted.len()
+                && line.ends_with(&wanted)
+                && line[..8].bytes().enumerate().all(|(i, b)| {
+                    if i == 2 || i == 5 {
+                        b == b':'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
+        };
+        if self.seen.iter().any(|l| is_it(l)) {
+            return;
+        }
+        let deadline = Instant::now() + STEP;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = is_it(&line);
+                    self.seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "{} never printed `HH:MM:SS <{who}> {text}`; it printed: {:#?}",
+            self.nick, self.seen
+        );
+    }
+
+    fn quit(mut self) {
+        self.say("/quit");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "{} exited with {status}", self.nick);
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} did not quit", self.nick);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ChatProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chats_talk_and_a_late_joiner_gets_the_history() {
+    let hub = start_hub().await;
+    let url = hub.url().to_string();
+    let room = "#rust-test";
+    let (alice, bob) = tokio::task::spawn_blocking(move || {
+        let mut alice = ChatProcess::start(&url, "alice", room, None);
+        let mut bob = ChatProcess::start(&url, "bob", room, None);
+        alice.say("hello from alice");
+        alice.expect_line("alice", "hello from alice");
+        bob.expect_line("alice", "hello from alice");
+        bob.say("hi alice, ünïcödé \"quoted\"");
+        alice.expect_line("bob", "hi alice, ünïcödé \"quoted\"");
+
+        // Carol comes later and gets both lines from the others' logs.
+        let mut carol = ChatProcess::start(&url, "carol", room, None);
+        carol.expect_line("alice", "hello from alice");
+        carol.expect_line("bob", "hi alice, ünïcödé \"quoted\"");
+        carol.say("/nick caroline");
+        carol.say("late but here");
+        alice.expect_line("caroline", "late but here");
+        bob.expect_line("caroline", "late but here");
+        carol.quit();
+        (alice, bob)
+    })
+    .await
+    .unwrap();
+    alice.quit();
+    bob.quit();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_data_the_history_survives_a_restart() {
+    let hub = start_hub().await;
+    let url = hub.url().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut dave = ChatProcess::start(&url, "dave", "#kept", Some(&data));
+        dave.say("written to disk");
+        dave.expect_line("dave", "written to disk");
+        dave.quit();
+        // Alone again, with no peer to learn from: the line comes from the disk.
+        let mut again = ChatProcess::start(&url, "dave", "#kept", Some(&data));
+        again.expect_line("dave", "written to disk");
+        // And a newcomer without --data gets it from the restarted chat.
+        let mut erin = ChatProcess::start(&url, "erin", "#kept", None);
+        erin.expect_line("dave", "written to disk");
+        erin.quit();
+        again.quit();
+    })
+    .await
+    .unwrap();
+}
