@@ -550,3 +550,67 @@ async fn a_full_swarm_pauses_and_resumes_when_a_peer_leaves() {
     a.close().await;
     c.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_writer_to_a_reader_that_does_not_read_is_held_back() {
+    use std::sync::atomic::AtomicU64;
+
+    let hub = start_hub().await;
+    let mut a = Swarm::join([hub.url()], "flow", loopback_options())
+        .await
+        .unwrap();
+    let mut b = Swarm::join([hub.url()], "flow", loopback_options())
+        .await
+        .unwrap();
+    let (a_id, b_id) = (a.id().to_string(), b.id().to_string());
+    let at_a = connected_to(&mut a, &b_id).await;
+    let at_b = connected_to(&mut b, &a_id).await;
+
+    // A writes as fast as it can; B reads nothing for a while.
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = written.clone();
+    let mut writer = at_a.stream();
+    let writing = tokio::spawn(async move {
+        let chunk = vec![1u8; 64 * 1024];
+        loop {
+            if writer.write_all(&chunk).await.is_err() {
+                break;
+            }
+            counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let plateau = written.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = written.load(Ordering::SeqCst);
+    println!(
+        "a writer facing a reader that does not read stopped after {plateau} bytes (then {later})"
+    );
+    // What may be in flight: B's receive queue (256 messages of 16 KiB: 4 MiB), the kernel's UDP
+    // buffers (4 MiB each way), the SCTP receive window and A's send buffer (1 MiB each), the
+    // stream's window (128 KiB): about 15 MiB. Unbounded buffering would have taken gigabytes in
+    // 5 s on loopback.
+    assert!(
+        later < 24 << 20,
+        "{later} bytes written to a reader that reads nothing"
+    );
+    assert_eq!(plateau, later, "the writer is held, not trickling on");
+
+    // B reads: everything arrives and the writer moves again.
+    let mut reader = at_b.stream();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    while got < later + (8 << 20) {
+        let n = timeout(CONNECT, reader.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        assert!(buf[..n].iter().all(|&x| x == 1));
+        got += n as u64;
+    }
+    assert!(written.load(Ordering::SeqCst) > later, "the writer resumed");
+    writing.abort();
+    a.close().await;
+    b.close().await;
+}
