@@ -1,7 +1,12 @@
 //! `swarm`: peers that interoperate with the JavaScript p2p stack of the "disintermediated web"
 //! (hyperlog, hyperlog-sodium, chatwizard).
 //!
-//! So far it holds [`log`]: a hyperlog-compatible signed append-only log, namely the node model
+//! With the default `webrtc` feature it holds the swarm: [`Swarm::join`] meets the other peers of
+//! a topic through one or more signalhubs, speaking JS `webrtc-swarm` 2.9 / `simple-peer`
+//! signalling ([`swarm`], [`signal`]), and connects to each over a WebRTC data channel ([`peer`]),
+//! which a program uses as messages or as a tokio byte stream ([`PeerStream`]).
+//!
+//! Without it, the crate is [`log`]: a hyperlog-compatible signed append-only log, namely the node model
 //! and its content keys ([`Key`], [`Node`]), hyperlog-sodium 2.x signatures ([`Keypair`],
 //! [`Verifier`]), the replication wire format ([`Message`], [`FrameDecoder`]) and a
 //! `JSON.stringify`-exact JSON writer ([`log::json`]); the log itself ([`Log`], in memory or durable
