@@ -152,11 +152,13 @@ pub struct Room {
 }
 
 impl Room {
-    /// Appends a line as chatwizard does.
-    pub fn say(&self, who: &str, message: &str) -> Result<()> {
+    /// Appends a line as chatwizard does (off the async threads: a durable append waits for
+    /// the disk).
+    pub async fn say(&self, who: &str, message: &str) -> Result<()> {
         let time = chrono::Utc::now().timestamp_millis();
         let value = swarm::js_stringify(&json!({"time": time, "who": who, "message": message}));
-        self.log.append(value.into_bytes())?;
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.append(value.into_bytes())).await??;
         Ok(())
     }
 
@@ -372,7 +374,7 @@ impl Chat {
                 let Some(room) = self.current.as_ref().and_then(|r| self.rooms.get(r)) else {
                     return (Some("join a room first: /join #room".into()), false);
                 };
-                match room.say(&self.nick, &text) {
+                match room.say(&self.nick, &text).await {
                     Ok(()) => (None, false),
                     Err(error) => (Some(format!("not sent: {error:#}")), false),
                 }
