@@ -127,6 +127,11 @@ struct ListenArgs {
     /// Seconds open connections get to finish on shutdown.
     #[arg(long, default_value_t = HubConfig::default().shutdown_grace.as_secs_f64())]
     shutdown_grace_secs: f64,
+    /// Also serve the static files of DIR to browsers (e.g. the chat page, js/dist/chat): GET /
+    /// answers DIR/index.html when the Accept header prefers HTML, and the info JSON otherwise;
+    /// GET /<file> answers DIR/<file> (at most 16 MiB). /v1/..., /health and /metrics stay the API.
+    #[arg(long, value_name = "DIR")]
+    web: Option<PathBuf>,
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -140,6 +145,19 @@ impl ListenArgs {
     fn config(&self) -> anyhow::Result<HubConfig> {
         if self.max_body_bytes == 0 {
             bail!("--max-body-bytes must be at least 1");
+        }
+        if let Some(dir) = &self.web {
+            let meta = std::fs::metadata(dir)
+                .with_context(|| format!("--web {}: cannot read it", dir.display()))?;
+            if !meta.is_dir() {
+                bail!("--web {}: not a directory", dir.display());
+            }
+            if !dir.join("index.html").is_file() {
+                tracing::warn!(
+                    "--web {}: there is no index.html; GET / will answer 404 to browsers",
+                    dir.display()
+                );
+            }
         }
         Ok(HubConfig {
             max_broadcasts: (self.max_broadcasts > 0).then_some(self.max_broadcasts),
@@ -159,6 +177,7 @@ impl ListenArgs {
             shutdown_grace: seconds(self.shutdown_grace_secs, "shutdown-grace-secs")?,
             quiet: self.quiet,
             trust_forwarded_for: self.trust_forwarded_for,
+            web_root: self.web.clone(),
         })
     }
 }
@@ -210,6 +229,9 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
         "signalhub listening on port {} ({scheme}://{local})",
         local.port()
     );
+    if let Some(dir) = &args.web {
+        tracing::info!("serving the files of {} to browsers at /", dir.display());
+    }
     hub.run_until(shutdown_signal()).await?;
     tracing::info!("signalhub stopped");
     Ok(())

@@ -220,7 +220,10 @@ async fn glare_with_a_node_peer_resolves_without_waiting_for_a_timeout() {
         e["event"] == "disconnect" && e["connected"] == false
     })
     .await;
-    assert!(offers.load(Ordering::SeqCst) >= 1, "the Rust peer offered too");
+    assert!(
+        offers.load(Ordering::SeqCst) >= 1,
+        "the Rust peer offered too"
+    );
     // Without the JS rule the Rust side would wait out its 10 s handshake timeout.
     assert!(took < Duration::from_secs(8), "glare took {took:?}");
     exchange_messages(&peer, &rust_id, &mut node).await;

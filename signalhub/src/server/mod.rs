@@ -11,12 +11,13 @@ mod limits;
 mod metrics;
 mod routes;
 mod sse;
+mod web;
 mod ws;
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,6 +85,10 @@ pub struct HubConfig {
     /// and the per-address connection limit is off, since every connection comes from the proxy.
     /// Leave it off when clients reach the hub directly: they could then claim any address.
     pub trust_forwarded_for: bool,
+    /// A directory of static files for browsers (`--web DIR`): `GET /` answers its `index.html`
+    /// when the `Accept` header prefers HTML (the info JSON otherwise), and `GET /<path>` its files.
+    /// The API's paths (`/v1/…`, `/health`, `/metrics`) are never shadowed. `None`: no files.
+    pub web_root: Option<PathBuf>,
 }
 
 impl Default for HubConfig {
@@ -106,6 +111,7 @@ impl Default for HubConfig {
             shutdown_grace: Duration::from_secs(5),
             quiet: false,
             trust_forwarded_for: false,
+            web_root: None,
         }
     }
 }

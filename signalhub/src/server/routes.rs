@@ -20,14 +20,15 @@ use http_body_util::{BodyExt, Limited};
 use super::channels::{ChannelKey, Subscription};
 use super::limits::client_key;
 use super::metrics::Rejection;
-use super::{sse, ws, ConnectionContext, HubState};
+use super::{sse, web, ws, ConnectionContext, HubState};
 
 /// What a request asks for, decided from its method and raw target alone.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Route<'a> {
     /// `OPTIONS` on any path: the CORS preflight.
     Preflight,
-    /// Exactly `/`, any method: the info document.
+    /// Exactly `/`, any method: the info document (or, with a web root, the page for a browser's
+    /// `GET`).
     Info,
     /// `GET /health`.
     Health,
@@ -40,7 +41,8 @@ pub(crate) enum Route<'a> {
     },
     /// `POST /v1/<app>/<channel>`: broadcast the body to one channel.
     Broadcast { key: &'a str },
-    /// A request the API does not serve: `404`, empty body.
+    /// A request the API does not serve: `404`, empty body (or, with a web root, a `GET` for a
+    /// file of it).
     NotFound,
     /// A target that names the API but cannot be served; the reason is the response body.
     Invalid(Rejection, StatusCode, String),
@@ -250,7 +252,21 @@ pub(crate) async fn handle(
         .unwrap_or("/");
     match route(request.method(), target, state.path_limits) {
         Route::Preflight => empty(StatusCode::OK),
-        Route::Info => info(&state),
+        Route::Info => match &state.config.web_root {
+            // With a web root, `GET /` is the page for browsers and the info JSON for the rest.
+            Some(root) if request.method() == Method::GET || request.method() == Method::HEAD => {
+                let mut response = if web::prefers_html(request.headers()) {
+                    web::index(root).await
+                } else {
+                    info(&state)
+                };
+                response
+                    .headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("Accept"));
+                response
+            }
+            _ => info(&state),
+        },
         Route::Health => health(&state),
         Route::Metrics => {
             let queued = state
@@ -264,7 +280,22 @@ pub(crate) async fn handle(
                 Body::from(state.metrics.encode()),
             )
         }
-        Route::NotFound => empty(StatusCode::NOT_FOUND),
+        Route::NotFound => match &state.config.web_root {
+            Some(root) => {
+                let path = target.split('?').next().unwrap_or(target);
+                if web::may_serve(request.method(), path) {
+                    // `/?hub=…` is the page's own address.
+                    if path == "/" {
+                        web::index(root).await
+                    } else {
+                        web::serve(root, path).await
+                    }
+                } else {
+                    empty(StatusCode::NOT_FOUND)
+                }
+            }
+            None => empty(StatusCode::NOT_FOUND),
+        },
         Route::Invalid(reason, status, message) => {
             state.metrics.reject(reason);
             error(status, message)
