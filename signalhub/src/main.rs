@@ -130,7 +130,7 @@ struct ListenArgs {
     /// Also serve the static files of DIR to browsers (e.g. the chat page, js/dist/chat): GET /
     /// answers DIR/index.html when the Accept header prefers HTML, and the info JSON otherwise;
     /// GET /<file> answers DIR/<file> (at most 16 MiB). /v1/..., /health and /metrics stay the API.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "SIGNALHUB_WEB")]
     web: Option<PathBuf>,
 }
 
