@@ -350,16 +350,26 @@ impl Log {
             identity,
             signature,
         };
-        if log == local {
-            if let Some(kp) = &self.inner.options.keypair {
-                if node.signature.is_none() {
-                    kp.sign_node(&mut node);
+        match (ins.remote, &self.inner.options.verifier, &self.inner.options.keypair) {
+            // A local append: signed when the log has a keypair.
+            (None, _, keypair) => {
+                if let Some(kp) = keypair.as_ref().filter(|_| log == local) {
+                    if node.signature.is_none() {
+                        kp.sign_node(&mut node);
+                    }
                 }
             }
-        } else if let Some(verifier) = &self.inner.options.verifier {
-            verifier
+            // From a peer, whatever log it claims: the verifier decides.
+            (Some(_), Some(verifier), _) => verifier
                 .verify_node(&node)
-                .map_err(|error| LogError::InvalidSignature { key, error })?;
+                .map_err(|error| LogError::InvalidSignature { key, error })?,
+            // From a peer, claiming this log's id (which every `Have` makes public): only what
+            // this log signed itself, say echoed back from a backup. hyperlog 4.x would sign
+            // whatever arrives under its id, letting any peer publish in the owner's name.
+            (Some(_), None, Some(kp)) if log == local => Verifier::for_keypair(kp)
+                .verify_node(&node)
+                .map_err(|error| LogError::InvalidSignature { key, error })?,
+            (Some(_), None, _) => {}
         }
         let entry = Entry {
             key,
@@ -757,6 +767,38 @@ mod tests {
         assert_eq!(b.changes(), 0);
         b.receive(&n1).unwrap();
         assert_eq!(b.changes(), 1);
+    }
+
+    #[test]
+    fn a_peer_cannot_write_into_a_signing_log_under_its_own_id() {
+        let kp = Keypair::from_seed(&[1; 32]);
+        let signing = || LogOptions {
+            keypair: Some(kp.clone()),
+            verifier: None,
+        };
+        let a = Log::memory_with_id("A", signing()).unwrap();
+        // A peer sends an unsigned node under A's (public) log id: hyperlog would sign it.
+        let mut sneaked = Node::new(vec![], b"not from A".to_vec(), "A".into(), 1, 1);
+        assert!(matches!(
+            a.receive(&sneaked),
+            Err(LogError::InvalidSignature { .. })
+        ));
+        // Signed by someone else, claiming A's log: refused too.
+        Keypair::from_seed(&[9; 32]).sign_node(&mut sneaked);
+        assert!(matches!(
+            a.receive(&sneaked),
+            Err(LogError::InvalidSignature { .. })
+        ));
+        assert_eq!(a.changes(), 0);
+
+        // What A signed itself comes back fine (a restored backup learning its later entries).
+        let original = Log::memory_with_id("A", signing()).unwrap();
+        let n1 = original.append("hello").unwrap();
+        let n2 = original.append("world").unwrap();
+        a.receive(&n1).unwrap();
+        a.receive(&n2).unwrap();
+        assert_eq!(a.changes(), 2);
+        assert_eq!(a.log_head("A").unwrap(), 2);
     }
 
     #[test]
