@@ -350,7 +350,11 @@ impl Log {
             identity,
             signature,
         };
-        match (ins.remote, &self.inner.options.verifier, &self.inner.options.keypair) {
+        match (
+            ins.remote,
+            &self.inner.options.verifier,
+            &self.inner.options.keypair,
+        ) {
             // A local append: signed when the log has a keypair.
             (None, _, keypair) => {
                 if let Some(kp) = keypair.as_ref().filter(|_| log == local) {
