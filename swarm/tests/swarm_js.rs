@@ -100,7 +100,14 @@ async fn rust_answers_a_node_webrtc_swarm_initiator() {
     let hub = start_hub().await;
     // Node is in the swarm first; the Rust peer's announce makes Node offer.
     let (mut node, node_id) = js_peer("swarm-peer.mjs", hub.url(), "node-offers").await;
-    let mut rust = Swarm::join([hub.url()], "node-offers", loopback_options())
+    // The Rust peer does not listen to Node's announces (else it might offer first).
+    let deaf_to_announces = swarm::SwarmOptions {
+        unwrap: Some(std::sync::Arc::new(|message: Value, channel: &str| {
+            (channel != "all").then_some(message)
+        })),
+        ..loopback_options()
+    };
+    let mut rust = Swarm::join([hub.url()], "node-offers", deaf_to_announces)
         .await
         .unwrap();
     let rust_id = rust.id().to_string();
@@ -123,8 +130,14 @@ async fn rust_answers_a_node_webrtc_swarm_initiator() {
 async fn rust_offers_to_a_node_webrtc_swarm_peer() {
     require_setup();
     let hub = start_hub().await;
-    // The Rust peer is in first; Node's announce makes the Rust peer offer.
-    let mut rust = Swarm::join([hub.url()], "rust-offers", loopback_options())
+    // The Rust peer is in first; Node's announce makes the Rust peer offer. The Rust peer
+    // announces once, before Node is there (else Node might offer first).
+    let announce_once = swarm::SwarmOptions {
+        announce_alone: Duration::from_secs(600),
+        announce_with_peers: Duration::from_secs(600),
+        ..loopback_options()
+    };
+    let mut rust = Swarm::join([hub.url()], "rust-offers", announce_once)
         .await
         .unwrap();
     let rust_id = rust.id().to_string();
