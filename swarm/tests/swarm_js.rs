@@ -182,37 +182,54 @@ async fn rust_and_chromium_meet_in_one_swarm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn glare_with_a_node_peer_resolves_without_waiting_for_a_timeout() {
+    require_setup();
+    let hub = start_hub().await;
+    // Glare needs each side to hear the other's announce before the other's offer arrives; when
+    // one offer still wins the race, that round was no glare, and it tries again.
+    for round in 0..8 {
+        if js_glare_round(hub.url(), &format!("js-glare-{round}")).await {
+            return;
+        }
+        println!("round {round}: one offer arrived first, no glare; again");
+    }
+    panic!("8 rounds without a glare");
+}
+
+/// One attempt at glare between a Rust peer and a Node peer: false if only one side offered.
+async fn js_glare_round(hub: &str, app: &str) -> bool {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    require_setup();
-    let hub = start_hub().await;
     // The Rust peer hears nothing on `all` until the test says so, and announces only once.
     let hearing = Arc::new(AtomicBool::new(false));
-    let offers = Arc::new(AtomicUsize::new(0));
-    let (gate, count) = (hearing.clone(), offers.clone());
+    let offers_out = Arc::new(AtomicUsize::new(0));
+    let offers_in = Arc::new(AtomicUsize::new(0));
+    let (gate, out, into) = (hearing.clone(), offers_out.clone(), offers_in.clone());
     let options = swarm::SwarmOptions {
         announce_alone: Duration::from_secs(600),
         announce_with_peers: Duration::from_secs(600),
         wrap: Some(Arc::new(move |message: Value, _: &str| {
             if message["signal"]["type"] == "offer" {
-                count.fetch_add(1, Ordering::SeqCst);
+                out.fetch_add(1, Ordering::SeqCst);
             }
             message
         })),
         unwrap: Some(Arc::new(move |message: Value, channel: &str| {
+            if channel != "all" && message["signal"]["type"] == "offer" {
+                into.fetch_add(1, Ordering::SeqCst);
+            }
             (channel != "all" || gate.load(Ordering::SeqCst)).then_some(message)
         })),
         ..loopback_options()
     };
-    let mut rust = Swarm::join([hub.url()], "js-glare", options).await.unwrap();
+    let mut rust = Swarm::join([hub], app, options).await.unwrap();
     let rust_id = rust.id().to_string();
     tokio::time::sleep(Duration::from_millis(500)).await; // its one announce is gone
-    let (mut node, node_id) = js_peer("swarm-peer.mjs", hub.url(), "js-glare").await;
+    let (mut node, node_id) = js_peer("swarm-peer.mjs", hub, app).await;
 
     // Both announce at the same instant: each hears the other and offers.
     hearing.store(true, Ordering::SeqCst);
-    let client = signalhub::client::Client::new("js-glare", [hub.url()]).unwrap();
+    let client = signalhub::client::Client::new(app, [hub]).unwrap();
     let (from_rust, from_node) = (
         json!({"type": "connect", "from": rust_id}),
         json!({"type": "connect", "from": node_id}),
@@ -227,19 +244,23 @@ async fn glare_with_a_node_peer_resolves_without_waiting_for_a_timeout() {
     let peer = connected(&mut rust, &node_id).await;
     js_connected(&mut node, &rust_id).await;
     let took = started.elapsed();
+    // Glare: the Rust side offered, and Node's first offer came in while ours was out.
+    let glare = offers_out.load(Ordering::SeqCst) >= 1 && offers_in.load(Ordering::SeqCst) >= 2;
+    if !glare {
+        node.close().await;
+        rust.close().await;
+        return false;
+    }
     println!("glare with Node resolved in {took:?}");
-    // It was glare: Node destroyed an attempt that never connected, and the Rust side offered.
+    // Node destroyed an attempt that never connected.
     node.wait_for("Node's failed attempt", |e| {
         e["event"] == "disconnect" && e["connected"] == false
     })
     .await;
-    assert!(
-        offers.load(Ordering::SeqCst) >= 1,
-        "the Rust peer offered too"
-    );
     // Without the JS rule the Rust side would wait out its 10 s handshake timeout.
     assert!(took < Duration::from_secs(8), "glare took {took:?}");
     exchange_messages(&peer, &rust_id, &mut node).await;
     node.close().await;
     rust.close().await;
+    true
 }
