@@ -574,35 +574,3 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rooms_map_to_chatwizard_apps() {
-        // From the chatwizard spec (§4.1).
-        assert_eq!(
-            room_app("#nodeconflondon"),
-            "a6c44484daaf399ebe248a572bd47a8049c55bc6"
-        );
-        assert_eq!(
-            room_app("#lobby"),
-            "6d9f316aaca909a094b952c298c283fda14189db"
-        );
-        assert_eq!(normalize_room("lobby"), "#lobby");
-    }
-
-    #[test]
-    fn input_lines() {
-        assert_eq!(
-            Input::parse("hi there"),
-            Some(Input::Say("hi there".into()))
-        );
-        assert_eq!(Input::parse("/j foo"), Some(Input::Join("#foo".into())));
-        assert_eq!(Input::parse("/part"), Some(Input::Part(None)));
-        assert_eq!(Input::parse("/nick bob"), Some(Input::Nick("bob".into())));
-        assert_eq!(Input::parse("   "), None);
-        assert!(matches!(Input::parse("/frob"), Some(Input::Unknown(_))));
-    }
-}

@@ -204,3 +204,43 @@ async fn with_data_the_history_survives_a_restart() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_chatwizard_rooms() {
+    // chatwizard's app for a room is the hex SHA-1 of "chatwizard." + room (values from the spec).
+    let hub = start_hub().await;
+    let url = hub.url().to_string();
+    tokio::task::spawn_blocking(move || {
+        for (room, app) in [
+            ("#nodeconflondon", "a6c44484daaf399ebe248a572bd47a8049c55bc6"),
+            ("lobby", "6d9f316aaca909a094b952c298c283fda14189db"), // `#` is added
+        ] {
+            let mut child = Command::new(exe())
+                .args([room, "--hub", &url, "--udp", "127.0.0.1:0"])
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run the chat example");
+            let stderr = BufReader::new(child.stderr.take().expect("piped"));
+            let mut joined = None;
+            for line in stderr.lines() {
+                let line = line.expect("stderr");
+                if line.contains("joined ") {
+                    joined = Some(line);
+                    break;
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let joined = joined.expect("a `joined` status line");
+            assert!(
+                joined.contains(&format!("(signalhub app {app})")),
+                "{room}: {joined}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+}
