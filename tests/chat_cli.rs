@@ -212,7 +212,10 @@ async fn rooms_are_chatwizard_rooms() {
     let url = hub.url().to_string();
     tokio::task::spawn_blocking(move || {
         for (room, app) in [
-            ("#nodeconflondon", "a6c44484daaf399ebe248a572bd47a8049c55bc6"),
+            (
+                "#nodeconflondon",
+                "a6c44484daaf399ebe248a572bd47a8049c55bc6",
+            ),
             ("lobby", "6d9f316aaca909a094b952c298c283fda14189db"), // `#` is added
         ] {
             let mut child = Command::new(exe())
