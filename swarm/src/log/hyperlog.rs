@@ -162,6 +162,73 @@ struct Insert<'n> {
     links: Vec<Key>,
     value: Vec<u8>,
     remote: Option<&'n Node>,
+    /// A local node's signature is left to the caller ([`Log::batch`] signs them all at once,
+    /// on every core).
+    defer_sign: bool,
+}
+
+/// Signs the local nodes a batch added (their keys are all known: a key never depends on a
+/// signature), on every core when there are enough of them, and updates every copy.
+fn sign_new_nodes(keypair: &Keypair, local: &str, ov: &mut Overlay<'_>, out: &mut [Node]) {
+    let pending: Vec<usize> = (0..ov.batch.nodes.len())
+        .filter(|&i| {
+            let node = &ov.batch.nodes[i];
+            node.log == local && node.signature.is_none()
+        })
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    let keys: Vec<Key> = pending.iter().map(|&i| ov.batch.nodes[i].key).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let signatures: Vec<[u8; 64]> = if threads < 2 || keys.len() < 64 {
+        keys.iter().map(|key| keypair.sign_key(key)).collect()
+    } else {
+        let per_thread = keys.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = keys
+                .chunks(per_thread)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|key| keypair.sign_key(key))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|part| {
+                    part.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    };
+    let identity = keypair.public_key().to_vec();
+    let mut signed: HashMap<Key, Vec<u8>> = HashMap::with_capacity(keys.len());
+    for (&i, signature) in pending.iter().zip(signatures) {
+        let node = &mut ov.batch.nodes[i];
+        node.signature = Some(signature.to_vec());
+        if node.identity.is_none() {
+            node.identity = Some(identity.clone());
+        }
+        if let Some(cached) = ov.nodes.get_mut(&node.key) {
+            cached.signature.clone_from(&node.signature);
+            cached.identity.clone_from(&node.identity);
+        }
+        signed.insert(node.key, signature.to_vec());
+    }
+    for node in out.iter_mut() {
+        if let Some(signature) = signed.get(&node.key) {
+            if node.signature.is_none() {
+                node.signature = Some(signature.clone());
+                if node.identity.is_none() {
+                    node.identity = Some(identity.clone());
+                }
+            }
+        }
+    }
 }
 
 impl Log {
@@ -244,8 +311,12 @@ impl Log {
                     links,
                     value,
                     remote: None,
+                    defer_sign: true,
                 },
             )?);
+        }
+        if let Some(keypair) = &self.inner.options.keypair {
+            sign_new_nodes(keypair, self.id(), &mut ov, &mut out);
         }
         self.commit(ov)?;
         Ok(out)
@@ -263,6 +334,7 @@ impl Log {
                 links: node.links.clone(),
                 value: node.value.clone(),
                 remote: Some(node),
+                defer_sign: false,
             },
         )?;
         self.commit(ov)?;
@@ -357,7 +429,7 @@ impl Log {
         ) {
             // A local append: signed when the log has a keypair.
             (None, _, keypair) => {
-                if let Some(kp) = keypair.as_ref().filter(|_| log == local) {
+                if let Some(kp) = keypair.as_ref().filter(|_| log == local && !ins.defer_sign) {
                     if node.signature.is_none() {
                         kp.sign_node(&mut node);
                     }
@@ -514,6 +586,7 @@ impl ReceiveBatch<'_> {
                 links: node.links.clone(),
                 value: node.value.clone(),
                 remote: Some(node),
+                defer_sign: false,
             },
         )
     }
@@ -803,6 +876,47 @@ mod tests {
         a.receive(&n2).unwrap();
         assert_eq!(a.changes(), 2);
         assert_eq!(a.log_head("A").unwrap(), 2);
+    }
+
+    #[test]
+    fn a_large_signed_batch_is_signed_on_every_core_and_verifies() {
+        let kp = Keypair::from_seed(&[3; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signed.redb");
+        let options = || LogOptions {
+            keypair: Some(kp.clone()),
+            verifier: None,
+        };
+        let log = Log::open(&path, options()).unwrap();
+        let items = (0..100)
+            .map(|i| BatchItem::Append(format!("entry {i}").into_bytes()))
+            .collect();
+        let returned = log.batch(items).unwrap();
+        let verifier = Verifier::for_keypair(&kp);
+        for node in &returned {
+            verifier
+                .verify_node(node)
+                .expect("returned nodes are signed");
+        }
+        drop(log);
+        // What was committed is signed too, and another log accepts all of it.
+        let log = Log::open(&path, options()).unwrap();
+        let reader = Log::memory_with_id(
+            "R",
+            LogOptions {
+                keypair: None,
+                verifier: Some(Verifier::for_keypair(&kp)),
+            },
+        )
+        .unwrap();
+        for node in log.changes_since(0) {
+            let node = node.unwrap();
+            verifier
+                .verify_node(&node)
+                .expect("stored nodes are signed");
+            reader.receive(&node).unwrap();
+        }
+        assert_eq!(reader.changes(), 100);
     }
 
     #[test]
