@@ -11,7 +11,7 @@
 //! Chromium (`apt-get install chromium`); without them the tests fail, they do not skip.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -20,15 +20,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use signalhub::{Hub, HubConfig, RunningHub};
 
+mod support;
+use support::{collect_stderr, example, js_dir, stdout_lines};
+
 /// Chromium can take a while to start on a loaded machine.
 const START: Duration = Duration::from_secs(120);
 /// How long one line may take to show up (a WebRTC handshake plus a replication round).
 const STEP: Duration = Duration::from_secs(60);
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
-}
 
 fn web_root() -> PathBuf {
     js_dir().join("dist/chat")
@@ -121,27 +120,8 @@ impl Page {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|err| panic!("cannot run `node js/chat-browser.mjs`: {err}"));
-        let stdout = child.stdout.take().expect("piped");
-        let (sender, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let events = stdout_lines(&mut child);
+        let stderr = collect_stderr(&mut child);
         let mut page = Page {
             nick: nick.to_string(),
             stdin: child.stdin.take(),
@@ -314,24 +294,6 @@ impl Drop for Page {
     }
 }
 
-/// The `chat` example, next to this test's executable (`target/<profile>/examples/chat`).
-fn chat_exe() -> PathBuf {
-    let me = std::env::current_exe().expect("the test executable");
-    let profile_dir = me
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
-    let exe = profile_dir
-        .join("examples")
-        .join(format!("chat{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        exe.exists(),
-        "{} is missing: `cargo test` builds it unless targets are filtered; run `cargo build --example chat` first",
-        exe.display()
-    );
-    exe
-}
-
 /// A `chat` process in plain-line mode (its stdin and stdout are pipes).
 struct ChatProcess {
     nick: String,
@@ -344,7 +306,7 @@ struct ChatProcess {
 
 impl ChatProcess {
     fn start(hub: &str, nick: &str, room: &str) -> ChatProcess {
-        let mut child = Command::new(chat_exe())
+        let mut child = Command::new(example("chat"))
             .args([room, "--hub", hub, "--nick", nick, "--udp", "127.0.0.1:0"])
             .env_remove("RUST_LOG")
             // UTC times, as the page shows them here.
@@ -354,27 +316,8 @@ impl ChatProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run the chat example");
-        let stdout = child.stdout.take().expect("piped");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let lines = stdout_lines(&mut child);
+        let stderr = collect_stderr(&mut child);
         ChatProcess {
             nick: nick.to_string(),
             stdin: child.stdin.take(),

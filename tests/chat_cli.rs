@@ -5,32 +5,18 @@
 //! The example's executable is the one `cargo test` builds next to the test binaries.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use signalhub::{Hub, HubConfig, RunningHub};
 
+mod support;
+use support::{example, stdout_lines};
+
 /// How long one line may take to show up (a WebRTC handshake plus a replication round).
 const STEP: Duration = Duration::from_secs(45);
-
-fn exe() -> PathBuf {
-    let me = std::env::current_exe().expect("the test executable");
-    let profile_dir = me
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
-    let exe = profile_dir
-        .join("examples")
-        .join(format!("chat{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        exe.exists(),
-        "{} is missing: `cargo test` builds it unless targets are filtered; run `cargo build --example chat` first",
-        exe.display()
-    );
-    exe
-}
 
 async fn start_hub() -> RunningHub {
     let config = HubConfig {
@@ -55,7 +41,7 @@ struct ChatProcess {
 
 impl ChatProcess {
     fn start(hub: &str, nick: &str, room: &str, data: Option<&Path>) -> ChatProcess {
-        let mut command = Command::new(exe());
+        let mut command = Command::new(example("chat"));
         command
             .args([room, "--hub", hub, "--nick", nick, "--udp", "127.0.0.1:0"])
             .env_remove("RUST_LOG")
@@ -66,16 +52,7 @@ impl ChatProcess {
             command.arg("--data").arg(data);
         }
         let mut child = command.spawn().expect("run the chat example");
-        let stdout = child.stdout.take().expect("piped");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = stdout_lines(&mut child);
         ChatProcess {
             nick: nick.to_string(),
             stdin: child.stdin.take(),
@@ -218,7 +195,7 @@ async fn rooms_are_chatwizard_rooms() {
             ),
             ("lobby", "6d9f316aaca909a094b952c298c283fda14189db"), // `#` is added
         ] {
-            let mut child = Command::new(exe())
+            let mut child = Command::new(example("chat"))
                 .args([room, "--hub", &url, "--udp", "127.0.0.1:0"])
                 .env_remove("RUST_LOG")
                 .stdin(Stdio::piped())

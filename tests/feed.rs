@@ -9,9 +9,9 @@
 //! `cargo build --example feed && cargo test --test feed`. The JS tests need
 //! `npm ci --prefix js`; they fail (never skip) without it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,43 +22,17 @@ use swarm::{
     Keypair, Log, LogOptions, Node, ReplicateOptions, Replication, Swarm, SwarmEvent, SwarmOptions,
 };
 
+mod support;
+use support::{collect_stderr, example, js_dir, stdout_lines};
+
 /// The longest wait for any one thing.
 const STEP: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Support
 
-/// The example's executable, next to this test's (`target/<profile>/deps/feed-*`).
-fn exe() -> PathBuf {
-    let me = std::env::current_exe().expect("the test executable");
-    let profile_dir = me
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
-    let exe = profile_dir
-        .join("examples")
-        .join(format!("feed{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        exe.exists(),
-        "{} is missing: a plain `cargo test` builds it; with a filter, run \
-         `cargo build --example feed` first",
-        exe.display()
-    );
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/feed.rs");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(src), Some(bin)) = (modified(&source), modified(&exe)) {
-        assert!(
-            bin >= src,
-            "{} is older than examples/feed.rs: run `cargo build --example feed` (or a plain \
-             `cargo test`)",
-            exe.display()
-        );
-    }
-    exe
-}
-
 fn feed(dir: &Path) -> Command {
-    let mut cmd = Command::new(exe());
+    let mut cmd = Command::new(example("feed"));
     cmd.current_dir(dir)
         .env_remove("RUST_LOG")
         .env_remove("RUST_BACKTRACE");
@@ -123,27 +97,8 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let out = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("piped stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let lines = stdout_lines(&mut child);
+        let stderr = collect_stderr(&mut child);
         Proc {
             name: name.to_string(),
             stdin: child.stdin.take(),
@@ -393,10 +348,6 @@ fn log_id(joined: &str) -> String {
         .and_then(|rest| rest.strip_suffix(')'))
         .unwrap_or_else(|| panic!("no log id in {joined:?}"))
         .to_string()
-}
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
 }
 
 /// Fails (never skips) when Node or the npm packages are missing, naming the setup command.

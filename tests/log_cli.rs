@@ -7,10 +7,13 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+mod support;
+use support::example;
 
 /// How long any one step may take before the test gives up.
 const STEP: Duration = Duration::from_secs(30);
@@ -18,37 +21,8 @@ const STEP: Duration = Duration::from_secs(30);
 /// `log append hello` on an empty log: the node with no links and value "hello".
 const HELLO: &str = "8c7efb22472592f561a7a7647f8c5ee93134880b4ca0c92889a61848cd5c4602";
 
-/// The example's executable, next to this test's (`target/<profile>/deps/log_cli-*`).
-fn exe() -> PathBuf {
-    let me = std::env::current_exe().expect("the test executable");
-    let profile_dir = me
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
-    let exe = profile_dir
-        .join("examples")
-        .join(format!("log{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        exe.exists(),
-        "{} is missing: `cargo test` builds it unless targets are filtered; \
-         run `cargo build --example log` first",
-        exe.display()
-    );
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/log.rs");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let (Some(src), Some(bin)) = (modified(&source), modified(&exe)) {
-        assert!(
-            bin >= src,
-            "{} is older than examples/log.rs: run `cargo build --example log` (or a plain \
-             `cargo test`)",
-            exe.display()
-        );
-    }
-    exe
-}
-
 fn log_cmd(dir: &Path) -> Command {
-    let mut cmd = Command::new(exe());
+    let mut cmd = Command::new(example("log"));
     cmd.arg("--dir").arg(dir);
     cmd.env_remove("RUST_LOG").env_remove("RUST_BACKTRACE");
     cmd
