@@ -35,8 +35,8 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import readline from 'node:readline'
+import { CHROMIUM, launchForWebRtc, relayConsole } from './chromium.mjs'
 
-const CHROMIUM = '/usr/bin/chromium'
 
 function out (obj) {
   process.stdout.write(JSON.stringify(obj) + '\n')
@@ -105,47 +105,19 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
 out({ event: 'browser', origin, userDataDir })
 
 try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
+  context = await launchForWebRtc(chromium, userDataDir, origin, {
     // The Rust chat prints UTC times when TZ is unset; so does the page then.
-    timezoneId: process.env.TZ ? undefined : 'UTC',
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      // Offer real host addresses (no mDNS names) and allow 127.0.0.1 / ::1 candidates.
-      '--disable-features=WebRtcHideLocalIpsWithMdns',
-      '--allow-loopback-in-peer-connection',
-      '--use-fake-ui-for-media-stream',
-      '--use-fake-device-for-media-stream'
-    ],
-    timeout: 60000,
-    // Our own handlers above close Chromium and remove the user-data dir.
-    handleSIGINT: false,
-    handleSIGTERM: false,
-    handleSIGHUP: false
+    timezoneId: process.env.TZ ? undefined : 'UTC'
   })
 } catch (err) {
   await fatal(`cannot start ${CHROMIUM}: ${err.message}`)
 }
-// Chromium gathers loopback (and non-mDNS host) candidates only for an origin holding media permission.
-await context.grantPermissions(['camera', 'microphone'], { origin })
 context.on('close', () => {
   if (!closing) fatal('Chromium went away')
 })
 
 const page = context.pages()[0] ?? await context.newPage()
-page.on('console', (message) => {
-  const type = message.type()
-  if (type === 'error' || type === 'warning') out({ event: 'console', type, text: message.text() })
-})
-page.on('pageerror', (err) => out({ event: 'console', type: 'pageerror', text: err.stack || err.message }))
+relayConsole(page, out)
 page.on('crash', () => fatal('the page crashed'))
 
 // The page's events and the replies to commands reach stdout through this one binding, in order.

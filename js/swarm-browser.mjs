@@ -26,8 +26,8 @@ import os from 'node:os'
 import path from 'node:path'
 import readline from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import { CHROMIUM, launchForWebRtc, relayConsole } from './chromium.mjs'
 
-const CHROMIUM = '/usr/bin/chromium'
 const here = path.dirname(fileURLToPath(import.meta.url))
 const BUNDLE = path.join(here, 'dist', 'swarm-page.js')
 
@@ -122,45 +122,16 @@ for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
 out({ event: 'browser', origin, userDataDir })
 
 try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      // Offer real host addresses (no mDNS names) and allow 127.0.0.1 / ::1 candidates.
-      '--disable-features=WebRtcHideLocalIpsWithMdns',
-      '--allow-loopback-in-peer-connection',
-      '--use-fake-ui-for-media-stream',
-      '--use-fake-device-for-media-stream'
-    ],
-    timeout: 60000,
-    // Our own handlers above close Chromium and remove the user-data dir.
-    handleSIGINT: false,
-    handleSIGTERM: false,
-    handleSIGHUP: false
-  })
+  context = await launchForWebRtc(chromium, userDataDir, origin)
 } catch (err) {
   await fatal(`cannot start ${CHROMIUM}: ${err.message}`)
 }
-// Chromium gathers loopback (and non-mDNS host) candidates only for an origin holding media permission.
-await context.grantPermissions(['camera', 'microphone'], { origin })
 context.on('close', () => {
   if (!closing) fatal('Chromium went away')
 })
 
 const page = context.pages()[0] ?? await context.newPage()
-page.on('console', (message) => {
-  const type = message.type()
-  if (type === 'error' || type === 'warning') out({ event: 'console', type, text: message.text() })
-})
-page.on('pageerror', (err) => out({ event: 'console', type: 'pageerror', text: err.stack || err.message }))
+relayConsole(page, out)
 page.on('crash', () => fatal('the page crashed'))
 
 // Every event and every reply reaches stdout through this one binding, so they keep the page's order.
