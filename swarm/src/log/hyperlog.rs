@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::node::{Key, Node};
-use super::sign::{Keypair, SignError, Verifier};
+use super::sign::{Keypair, SignError, SigningQueue, Verifier};
 use super::store::{Entry, MemoryStore, RedbStore, Store, StoreError, WriteBatch};
 
 /// Why an insertion failed.
@@ -119,7 +119,9 @@ struct Overlay<'a> {
     batch: WriteBatch,
     nodes: HashMap<Key, Node>,
     log_heads: HashMap<String, u64>,
-    heads: Option<BTreeSet<Key>>,
+    /// The head set as the batch leaves it, and as the store had it (loaded on first use); the
+    /// batch writes only the difference, however many heads came and went in between.
+    heads: Option<(BTreeSet<Key>, BTreeSet<Key>)>,
     changes: u64,
 }
 
@@ -151,9 +153,20 @@ impl<'a> Overlay<'a> {
 
     fn heads(&mut self) -> Result<&mut BTreeSet<Key>, StoreError> {
         if self.heads.is_none() {
-            self.heads = Some(self.store.heads()?.into_iter().collect());
+            let stored: BTreeSet<Key> = self.store.heads()?.into_iter().collect();
+            self.heads = Some((stored.clone(), stored));
         }
-        Ok(self.heads.get_or_insert_with(BTreeSet::new))
+        Ok(&mut self.heads.get_or_insert_with(Default::default).0)
+    }
+
+    /// The batch to commit, with the head changes worked out.
+    fn into_batch(self) -> WriteBatch {
+        let mut batch = self.batch;
+        if let Some((now, before)) = self.heads {
+            batch.remove_heads = before.difference(&now).copied().collect();
+            batch.add_heads = now.difference(&before).copied().collect();
+        }
+        batch
     }
 }
 
@@ -165,70 +178,6 @@ struct Insert<'n> {
     /// A local node's signature is left to the caller ([`Log::batch`] signs them all at once,
     /// on every core).
     defer_sign: bool,
-}
-
-/// Signs the local nodes a batch added (their keys are all known: a key never depends on a
-/// signature), on every core when there are enough of them, and updates every copy.
-fn sign_new_nodes(keypair: &Keypair, local: &str, ov: &mut Overlay<'_>, out: &mut [Node]) {
-    let pending: Vec<usize> = (0..ov.batch.nodes.len())
-        .filter(|&i| {
-            let node = &ov.batch.nodes[i];
-            node.log == local && node.signature.is_none()
-        })
-        .collect();
-    if pending.is_empty() {
-        return;
-    }
-    let keys: Vec<Key> = pending.iter().map(|&i| ov.batch.nodes[i].key).collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let signatures: Vec<[u8; 64]> = if threads < 2 || keys.len() < 64 {
-        keys.iter().map(|key| keypair.sign_key(key)).collect()
-    } else {
-        let per_thread = keys.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = keys
-                .chunks(per_thread)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|key| keypair.sign_key(key))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|part| {
-                    part.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        })
-    };
-    let identity = keypair.public_key().to_vec();
-    let mut signed: HashMap<Key, Vec<u8>> = HashMap::with_capacity(keys.len());
-    for (&i, signature) in pending.iter().zip(signatures) {
-        let node = &mut ov.batch.nodes[i];
-        node.signature = Some(signature.to_vec());
-        if node.identity.is_none() {
-            node.identity = Some(identity.clone());
-        }
-        if let Some(cached) = ov.nodes.get_mut(&node.key) {
-            cached.signature.clone_from(&node.signature);
-            cached.identity.clone_from(&node.identity);
-        }
-        signed.insert(node.key, signature.to_vec());
-    }
-    for node in out.iter_mut() {
-        if let Some(signature) = signed.get(&node.key) {
-            if node.signature.is_none() {
-                node.signature = Some(signature.clone());
-                if node.identity.is_none() {
-                    node.identity = Some(identity.clone());
-                }
-            }
-        }
-    }
 }
 
 impl Log {
@@ -315,10 +264,49 @@ impl Log {
                 },
             )?);
         }
-        if let Some(keypair) = &self.inner.options.keypair {
-            sign_new_nodes(keypair, self.id(), &mut ov, &mut out);
-        }
-        self.commit(ov)?;
+        let local = self.id();
+        let keypair = self.inner.options.keypair.as_ref();
+        let unsigned: Vec<Key> = ov
+            .batch
+            .nodes
+            .iter()
+            .filter(|n| keypair.is_some() && n.log == local && n.signature.is_none())
+            .map(|n| n.key)
+            .collect();
+        let Some(keypair) = keypair.filter(|_| !unsigned.is_empty()) else {
+            self.commit(ov, &mut |_| {})?;
+            return Ok(out);
+        };
+        // Keys never depend on signatures, so every key is known: helper threads sign ahead
+        // while the store writes, and the writer signs whatever they have not reached.
+        let queue = SigningQueue::new(keypair, &unsigned);
+        let index: HashMap<Key, usize> =
+            unsigned.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        let identity = keypair.public_key().to_vec();
+        let sign = |node: &mut Node| {
+            if node.signature.is_none() && node.log == local {
+                if let Some(&i) = index.get(&node.key) {
+                    node.signature = Some(queue.signature(i).to_vec());
+                    if node.identity.is_none() {
+                        node.identity = Some(identity.clone());
+                    }
+                }
+            }
+        };
+        std::thread::scope(|scope| {
+            for _ in 0..queue.helpers() {
+                scope.spawn(|| queue.help());
+            }
+            let mut sign_stored = sign;
+            let committed = self.commit(ov, &mut sign_stored);
+            if committed.is_err() {
+                queue.cancel();
+            }
+            committed
+        })?;
+        // What the caller gets back carries the same signatures (a batch that appends a value
+        // twice gets the first node back for the second item, also signed).
+        out.iter_mut().for_each(sign);
         Ok(out)
     }
 
@@ -337,7 +325,7 @@ impl Log {
                 defer_sign: false,
             },
         )?;
-        self.commit(ov)?;
+        self.commit(ov, &mut |_| {})?;
         Ok(stored)
     }
 
@@ -362,9 +350,10 @@ impl Log {
             .map_err(|_| LogError::Store(StoreError::Engine("log mutex poisoned".into())))
     }
 
-    fn commit(&self, ov: Overlay<'_>) -> Result<(), LogError> {
+    /// Commits the overlay's batch; `prepare` sees each new node just before it is stored.
+    fn commit(&self, ov: Overlay<'_>, prepare: &mut dyn FnMut(&mut Node)) -> Result<(), LogError> {
         let changes = ov.changes;
-        self.inner.store.commit(ov.batch)?;
+        self.inner.store.commit(ov.into_batch(), prepare)?;
         self.inner.changes.send_if_modified(|c| {
             let modified = *c != changes;
             *c = changes;
@@ -467,9 +456,6 @@ impl Log {
                     heads.remove(link);
                 }
                 heads.insert(key);
-                ov.batch.remove_heads.extend(node.links.iter().copied());
-                ov.batch.add_heads.retain(|k| !node.links.contains(k));
-                ov.batch.add_heads.push(key);
                 ov.changes = change;
                 ov.batch.changes = Some(change);
                 ov.nodes.insert(key, node.clone());
@@ -528,12 +514,7 @@ impl Log {
 
     /// The node inserted at `change`.
     pub fn at_change(&self, change: u64) -> Result<Option<Node>, LogError> {
-        match self.inner.store.key_at_change(change)? {
-            None => Ok(None),
-            Some(key) => Ok(Some(self.inner.store.node(&key)?.ok_or_else(|| {
-                StoreError::Corrupt(format!("change {change} names missing node {key}"))
-            })?)),
-        }
+        Ok(self.inner.store.node_at_change(change)?)
     }
 
     /// The nodes with change > `since`, in change order, as they are now.
@@ -614,7 +595,7 @@ impl ReceiveBatch<'_> {
     /// Writes everything received into this batch, in one transaction.
     pub fn commit(self) -> Result<(), LogError> {
         let ReceiveBatch { log, ov, _guard } = self;
-        log.commit(ov)
+        log.commit(ov, &mut |_| {})
     }
 }
 
