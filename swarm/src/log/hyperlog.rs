@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use super::node::{Key, Node};
-use super::sign::{Keypair, SignError, SigningQueue, Verifier};
-use super::store::{Entry, MemoryStore, RedbStore, Store, StoreError, WriteBatch};
+use super::sign::{Keypair, SignError, SigningQueue, Verifier, SIGNATURE_LEN};
+use super::store::{Entry, MemoryStore, RedbStore, Snapshot, Store, StoreError, WriteBatch};
 
 /// Why an insertion failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +115,7 @@ impl std::fmt::Debug for Log {
 
 /// Reads through to the store, with the writes of the batch being built on top.
 struct Overlay<'a> {
-    store: &'a dyn Store,
+    store: Box<dyn Snapshot + 'a>,
     batch: WriteBatch,
     nodes: HashMap<Key, Node>,
     log_heads: HashMap<String, u64>,
@@ -127,13 +127,14 @@ struct Overlay<'a> {
 
 impl<'a> Overlay<'a> {
     fn new(store: &'a dyn Store) -> Result<Overlay<'a>, StoreError> {
+        let store = store.snapshot()?;
         Ok(Overlay {
+            changes: store.changes()?,
             store,
             batch: WriteBatch::default(),
             nodes: HashMap::new(),
             log_heads: HashMap::new(),
             heads: None,
-            changes: store.changes()?,
         })
     }
 
@@ -167,6 +168,15 @@ impl<'a> Overlay<'a> {
             batch.add_heads = now.difference(&before).copied().collect();
         }
         batch
+    }
+}
+
+/// Cancels a signing queue when a batch ends, whichever way.
+struct CancelOnDrop<'q, 'k>(&'q SigningQueue<'k>);
+
+impl Drop for CancelOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 
@@ -248,14 +258,75 @@ impl Log {
     pub fn batch(&self, items: Vec<BatchItem>) -> Result<Vec<Node>, LogError> {
         let _guard = self.lock()?;
         let mut ov = Overlay::new(self.inner.store.as_ref())?;
+        let Some(keypair) = self.inner.options.keypair.as_ref() else {
+            let out = self.add_items(&mut ov, items, &mut |_| {})?;
+            self.commit(ov, &mut |_| {})?;
+            return Ok(out);
+        };
+        // Keys never depend on signatures: helper threads sign each key as soon as the batch
+        // has worked it out, and go on while the store writes; the writer signs whatever they
+        // have not reached when it needs it.
+        let local = self.id();
+        let identity = keypair.public_key().to_vec();
+        let queue = SigningQueue::new(keypair, items.len());
+        let mut index: HashMap<Key, usize> = HashMap::with_capacity(items.len());
+        std::thread::scope(|scope| {
+            for _ in 0..queue.helpers() {
+                scope.spawn(|| queue.help());
+            }
+            // However this ends (an error, a panic), helpers must not wait for more keys.
+            let _stop = CancelOnDrop(&queue);
+            let mut out = self.add_items(&mut ov, items, &mut |key| {
+                if let Some(i) = queue.push(key) {
+                    index.insert(key, i);
+                }
+            })?;
+            queue.seal();
+            let signed = |node: &Node| {
+                if node.signature.is_some() || node.log != local {
+                    return None;
+                }
+                index.get(&node.key).map(|&i| queue.signature(i))
+            };
+            let set = |node: &mut Node, signature: [u8; SIGNATURE_LEN]| {
+                node.signature = Some(signature.to_vec());
+                if node.identity.is_none() {
+                    node.identity = Some(identity.clone());
+                }
+            };
+            self.commit(ov, &mut |node| {
+                if node.signature.is_none() && node.log == local {
+                    let signature = signed(node).unwrap_or_else(|| keypair.sign_key(&node.key));
+                    set(node, signature);
+                }
+            })?;
+            // What the caller gets back carries the same signatures (a batch that appends a
+            // value twice gets the first node back for the second item, also signed).
+            for node in &mut out {
+                if let Some(signature) = signed(node) {
+                    set(node, signature);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Inserts local items into the overlay; `new_key` hears the key of each new node.
+    fn add_items(
+        &self,
+        ov: &mut Overlay<'_>,
+        items: Vec<BatchItem>,
+        new_key: &mut dyn FnMut(Key),
+    ) -> Result<Vec<Node>, LogError> {
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             let (links, value) = match item {
                 BatchItem::Append(value) => (ov.heads()?.iter().copied().collect(), value),
                 BatchItem::Add { links, value } => (links, value),
             };
+            let before = ov.batch.nodes.len();
             out.push(self.insert(
-                &mut ov,
+                ov,
                 Insert {
                     links,
                     value,
@@ -263,50 +334,10 @@ impl Log {
                     defer_sign: true,
                 },
             )?);
+            if let Some(node) = ov.batch.nodes.get(before) {
+                new_key(node.key);
+            }
         }
-        let local = self.id();
-        let keypair = self.inner.options.keypair.as_ref();
-        let unsigned: Vec<Key> = ov
-            .batch
-            .nodes
-            .iter()
-            .filter(|n| keypair.is_some() && n.log == local && n.signature.is_none())
-            .map(|n| n.key)
-            .collect();
-        let Some(keypair) = keypair.filter(|_| !unsigned.is_empty()) else {
-            self.commit(ov, &mut |_| {})?;
-            return Ok(out);
-        };
-        // Keys never depend on signatures, so every key is known: helper threads sign ahead
-        // while the store writes, and the writer signs whatever they have not reached.
-        let queue = SigningQueue::new(keypair, &unsigned);
-        let index: HashMap<Key, usize> =
-            unsigned.iter().enumerate().map(|(i, k)| (*k, i)).collect();
-        let identity = keypair.public_key().to_vec();
-        let sign = |node: &mut Node| {
-            if node.signature.is_none() && node.log == local {
-                if let Some(&i) = index.get(&node.key) {
-                    node.signature = Some(queue.signature(i).to_vec());
-                    if node.identity.is_none() {
-                        node.identity = Some(identity.clone());
-                    }
-                }
-            }
-        };
-        std::thread::scope(|scope| {
-            for _ in 0..queue.helpers() {
-                scope.spawn(|| queue.help());
-            }
-            let mut sign_stored = sign;
-            let committed = self.commit(ov, &mut sign_stored);
-            if committed.is_err() {
-                queue.cancel();
-            }
-            committed
-        })?;
-        // What the caller gets back carries the same signatures (a batch that appends a value
-        // twice gets the first node back for the second item, also signed).
-        out.iter_mut().for_each(sign);
         Ok(out)
     }
 
@@ -869,9 +900,16 @@ mod tests {
             verifier: None,
         };
         let log = Log::open(&path, options()).unwrap();
-        let items = (0..100)
+        let mut items: Vec<BatchItem> = (0..100)
             .map(|i| BatchItem::Append(format!("entry {i}").into_bytes()))
             .collect();
+        // The same node twice: the second item is a dedup of the first, within the batch.
+        for _ in 0..2 {
+            items.push(BatchItem::Add {
+                links: vec![],
+                value: b"twice".to_vec(),
+            });
+        }
         let returned = log.batch(items).unwrap();
         let verifier = Verifier::for_keypair(&kp);
         for node in &returned {
@@ -879,6 +917,8 @@ mod tests {
                 .verify_node(node)
                 .expect("returned nodes are signed");
         }
+        assert_eq!(returned[100].key, returned[101].key);
+        assert_eq!(returned[101].seq, 102, "the dedup has its own entry");
         drop(log);
         // What was committed is signed too, and another log accepts all of it.
         let log = Log::open(&path, options()).unwrap();
@@ -897,7 +937,7 @@ mod tests {
                 .expect("stored nodes are signed");
             reader.receive(&node).unwrap();
         }
-        assert_eq!(reader.changes(), 100);
+        assert_eq!(reader.changes(), 101);
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! [`Verifier::accept_v1_combined`] optionally accepts that form too; it is off by default.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
@@ -290,15 +290,22 @@ impl fmt::Debug for Verifier {
 /// helper's chunk, large enough that claiming costs nothing next to 16 signatures (~0.5 ms).
 const SIGNING_CHUNK: usize = 16;
 
-/// The signatures of a list of keys, made by helper threads ahead of one consumer that takes
-/// them in order, and signs itself whatever no helper has started yet.
+/// The signatures of a list of keys, made by helper threads as the keys come, ahead of one
+/// consumer that takes them in order and signs itself whatever no helper has started yet.
 ///
-/// A log batch uses it to sign on every core *while* the store writes the nodes: signing and
-/// writing overlap, instead of writing waiting for the last signature. Nothing but the
-/// signatures crosses threads; each is made exactly once, in chunks claimed in order.
+/// A log batch uses it to sign on every core while it works out the batch (keys are pushed as
+/// they are computed: a key never depends on a signature) and while the store writes the
+/// nodes, so that neither waits for the other. Each signature is made exactly once, in chunks
+/// claimed in order.
 pub(crate) struct SigningQueue<'a> {
     keypair: &'a Keypair,
-    keys: &'a [Key],
+    /// Room for as many keys as the batch can add; the first `pushed` are set.
+    keys: Vec<OnceLock<Key>>,
+    pushed: AtomicUsize,
+    /// Set once no more keys come ([`Self::seal`]): a partial last chunk may then be claimed.
+    sealed: AtomicBool,
+    /// Helpers waiting for a chunk's keys sleep here.
+    arrivals: (Mutex<()>, Condvar),
     chunks: Vec<SignedChunk>,
     /// The first chunk nobody has claimed.
     next: AtomicUsize,
@@ -311,19 +318,23 @@ struct SignedChunk {
 }
 
 impl<'a> SigningQueue<'a> {
-    pub(crate) fn new(keypair: &'a Keypair, keys: &'a [Key]) -> SigningQueue<'a> {
+    /// A queue for at most `capacity` keys.
+    pub(crate) fn new(keypair: &'a Keypair, capacity: usize) -> SigningQueue<'a> {
         SigningQueue {
             keypair,
-            keys,
-            chunks: (0..keys.len().div_ceil(SIGNING_CHUNK))
+            keys: (0..capacity).map(|_| OnceLock::new()).collect(),
+            pushed: AtomicUsize::new(0),
+            sealed: AtomicBool::new(false),
+            arrivals: (Mutex::new(()), Condvar::new()),
+            chunks: (0..capacity.div_ceil(SIGNING_CHUNK))
                 .map(|_| SignedChunk::default())
                 .collect(),
             next: AtomicUsize::new(0),
         }
     }
 
-    /// How many helper threads are worth starting for this many keys on this machine: none for
-    /// a small batch (a thread costs more than it saves), else one per core but the consumer's.
+    /// How many helper threads are worth starting on this machine: none for a small batch (a
+    /// thread costs more than it saves), else one per core but the consumer's.
     pub(crate) fn helpers(&self) -> usize {
         if self.keys.len() < 4 * SIGNING_CHUNK {
             return 0;
@@ -331,18 +342,39 @@ impl<'a> SigningQueue<'a> {
         std::thread::available_parallelism().map_or(0, |n| n.get().saturating_sub(1))
     }
 
-    /// A helper's loop: signs unclaimed chunks until none are left (or [`Self::cancel`]).
+    /// Adds the next key (from the one producing thread); returns its index, or `None` when the
+    /// queue is full or sealed (the caller then signs that key itself).
+    pub(crate) fn push(&self, key: Key) -> Option<usize> {
+        let i = self.pushed.load(Ordering::Relaxed);
+        if self.sealed.load(Ordering::Relaxed) || self.keys.get(i)?.set(key).is_err() {
+            return None;
+        }
+        self.pushed.store(i + 1, Ordering::Release);
+        if (i + 1) % SIGNING_CHUNK == 0 {
+            self.wake_helpers();
+        }
+        Some(i)
+    }
+
+    /// No more keys: helpers finish what was pushed, then stop.
+    pub(crate) fn seal(&self) {
+        self.sealed.store(true, Ordering::Release);
+        self.wake_helpers();
+    }
+
+    /// Stops helpers after the chunk each is signing (the consumer gave up), and seals.
+    pub(crate) fn cancel(&self) {
+        self.next.store(self.chunks.len(), Ordering::Relaxed);
+        self.seal();
+    }
+
+    /// A helper's loop: signs chunks as their keys arrive, until none are left.
     pub(crate) fn help(&self) {
         while self.sign_next_chunk() {}
     }
 
-    /// Stops helpers after the chunk each is signing (the consumer gave up).
-    pub(crate) fn cancel(&self) {
-        self.next.store(self.chunks.len(), Ordering::Relaxed);
-    }
-
-    /// The signature of key `i`. While its chunk is not done, the caller signs unclaimed chunks
-    /// itself, and waits only for a chunk a helper is in the middle of.
+    /// The signature of key `i` (after [`Self::seal`]). While its chunk is not done, the caller
+    /// signs unclaimed chunks itself, and waits only for a chunk a helper is in the middle of.
     pub(crate) fn signature(&self, i: usize) -> [u8; SIGNATURE_LEN] {
         let chunk = &self.chunks[i / SIGNING_CHUNK];
         loop {
@@ -365,16 +397,45 @@ impl<'a> SigningQueue<'a> {
         }
     }
 
-    /// Claims and signs the next chunk; false when none was left.
+    fn wake_helpers(&self) {
+        // Taken so that a helper between its check and its wait cannot miss this.
+        let _guard = lock(&self.arrivals.0);
+        self.arrivals.1.notify_all();
+    }
+
+    /// Claims the next chunk, waits until its keys are pushed (or the queue is sealed), and
+    /// signs them; false when no chunk with keys was left.
     fn sign_next_chunk(&self) -> bool {
         let c = self.next.fetch_add(1, Ordering::Relaxed);
         let Some(chunk) = self.chunks.get(c) else {
             return false;
         };
         let start = c * SIGNING_CHUNK;
-        let end = (start + SIGNING_CHUNK).min(self.keys.len());
+        let full = start + SIGNING_CHUNK;
+        let mut guard = lock(&self.arrivals.0);
+        let end = loop {
+            let pushed = self.pushed.load(Ordering::Acquire);
+            if pushed >= full {
+                break full;
+            }
+            if self.sealed.load(Ordering::Acquire) {
+                break self.pushed.load(Ordering::Acquire);
+            }
+            guard = self
+                .arrivals
+                .1
+                .wait(guard)
+                .unwrap_or_else(PoisonError::into_inner);
+        };
+        drop(guard);
+        if end <= start {
+            // Sealed before this chunk got a key: every later one is empty too.
+            self.next.store(self.chunks.len(), Ordering::Relaxed);
+            return false;
+        }
         let signed = self.keys[start..end]
             .iter()
+            .filter_map(OnceLock::get)
             .map(|key| self.keypair.sign_key(key))
             .collect();
         *lock(&chunk.signatures) = Some(signed);
@@ -396,6 +457,49 @@ mod tests {
         (0..s.len() / 2)
             .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0))
             .collect()
+    }
+
+    /// Keys pushed one by one while helpers sign: every signature is the one direct signing
+    /// gives, including the partial last chunk, whether a helper or the consumer made it.
+    #[test]
+    fn a_signing_queue_signs_every_key_once_whoever_signs_it() {
+        let kp = Keypair::from_seed(&[5; 32]);
+        let keys: Vec<Key> = (0..1000u32)
+            .map(|i| Key::compute(&[], &i.to_le_bytes()))
+            .collect();
+        for helpers in [0, 1, 3] {
+            let queue = SigningQueue::new(&kp, keys.len() + 7);
+            std::thread::scope(|scope| {
+                for _ in 0..helpers {
+                    scope.spawn(|| queue.help());
+                }
+                for (i, key) in keys.iter().enumerate() {
+                    assert_eq!(queue.push(*key), Some(i));
+                }
+                queue.seal();
+                assert_eq!(queue.push(keys[0]), None, "sealed");
+                for (i, key) in keys.iter().enumerate() {
+                    assert_eq!(queue.signature(i), kp.sign_key(key), "key {i}");
+                }
+            });
+        }
+    }
+
+    /// A batch that fails midway cancels its queue: a helper waiting for keys that will never
+    /// come stops, and the scope ends.
+    #[test]
+    fn a_cancelled_signing_queue_releases_its_helpers() {
+        let kp = Keypair::from_seed(&[5; 32]);
+        let queue = SigningQueue::new(&kp, 1000);
+        std::thread::scope(|scope| {
+            scope.spawn(|| queue.help());
+            scope.spawn(|| queue.help());
+            for i in 0..40u32 {
+                queue.push(Key::compute(&[], &i.to_le_bytes()));
+            }
+            queue.cancel();
+        });
+        assert_eq!(queue.push(Key::compute(&[], b"late")), None);
     }
 
     const PK: &str = "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c";

@@ -79,8 +79,24 @@ impl WriteBatch {
 /// Rows of a view: `(row key, row value)`, kept sorted by key.
 pub type ViewRows = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Reads of one consistent state of a store, for the many lookups of a batch being built (one
+/// read transaction for all of them, in the durable store).
+pub trait Snapshot: Send {
+    /// As [`Store::node`].
+    fn node(&self, key: &Key) -> Result<Option<Node>, StoreError>;
+    /// As [`Store::log_head`].
+    fn log_head(&self, log: &str) -> Result<u64, StoreError>;
+    /// As [`Store::heads`].
+    fn heads(&self) -> Result<Vec<Key>, StoreError>;
+    /// As [`Store::changes`].
+    fn changes(&self) -> Result<u64, StoreError>;
+}
+
 /// The storage behind a [`super::hyperlog::Log`]. Reads see every committed batch.
 pub trait Store: Send + Sync {
+    /// The committed state as it is now, for many reads. The log takes one while it holds its
+    /// insertion lock, so nothing commits while a batch reads through it.
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, StoreError>;
     /// The local log id (generated and persisted on first open).
     fn local_id(&self) -> &str;
     /// A node by key, as first stored (its own log and seq).
@@ -187,7 +203,30 @@ impl MemoryStore {
     }
 }
 
+/// The memory store reads under its lock call by call: each read is cheap, and holding the lock
+/// for a whole batch would block the commit that ends it.
+struct MemorySnapshot<'a>(&'a MemoryStore);
+
+impl Snapshot for MemorySnapshot<'_> {
+    fn node(&self, key: &Key) -> Result<Option<Node>, StoreError> {
+        self.0.node(key)
+    }
+    fn log_head(&self, log: &str) -> Result<u64, StoreError> {
+        self.0.log_head(log)
+    }
+    fn heads(&self) -> Result<Vec<Key>, StoreError> {
+        self.0.heads()
+    }
+    fn changes(&self) -> Result<u64, StoreError> {
+        self.0.changes()
+    }
+}
+
 impl Store for MemoryStore {
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, StoreError> {
+        Ok(Box::new(MemorySnapshot(self)))
+    }
+
     fn local_id(&self) -> &str {
         &self.id
     }
@@ -416,19 +455,38 @@ impl RedbStore {
         Ok(RedbStore { id, db })
     }
 
-    /// The node stored under `key`, reading the key index and node table of `txn`.
-    fn find(
-        index: &impl ReadableTable<(u64, u64), ()>,
-        nodes: &impl ReadableTable<u64, &'static [u8]>,
-        key: &Key,
-    ) -> Result<Option<Node>, StoreError> {
+    /// A read transaction with the tables a batch reads.
+    fn read(&self) -> Result<RedbSnapshot, StoreError> {
+        let txn = self.db.begin_read().map_err(engine)?;
+        Ok(RedbSnapshot {
+            index: txn.open_table(KEY_INDEX).map_err(engine)?,
+            nodes: txn.open_table(NODES_BY_CHANGE).map_err(engine)?,
+            entries: txn.open_table(ENTRIES).map_err(engine)?,
+            heads: txn.open_table(HEADS).map_err(engine)?,
+            meta: txn.open_table(META).map_err(engine)?,
+        })
+    }
+}
+
+/// One redb read transaction's view (the tables keep the transaction alive).
+struct RedbSnapshot {
+    index: redb::ReadOnlyTable<(u64, u64), ()>,
+    nodes: redb::ReadOnlyTable<u64, &'static [u8]>,
+    entries: redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
+    heads: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    meta: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+}
+
+impl Snapshot for RedbSnapshot {
+    fn node(&self, key: &Key) -> Result<Option<Node>, StoreError> {
         let prefix = key_prefix(key);
-        for item in index
+        for item in self
+            .index
             .range((prefix, 0)..=(prefix, u64::MAX))
             .map_err(engine)?
         {
             let change = item.map_err(engine)?.0.value().1;
-            let bytes = nodes.get(change).map_err(engine)?.ok_or_else(|| {
+            let bytes = self.nodes.get(change).map_err(engine)?.ok_or_else(|| {
                 StoreError::Corrupt(format!(
                     "key index names change {change}, which has no node"
                 ))
@@ -439,6 +497,32 @@ impl RedbStore {
             }
         }
         Ok(None)
+    }
+
+    fn log_head(&self, log: &str) -> Result<u64, StoreError> {
+        let mut range = self
+            .entries
+            .range((log, 0)..=(log, u64::MAX))
+            .map_err(engine)?;
+        match range.next_back() {
+            Some(item) => Ok(item.map_err(engine)?.0.value().1),
+            None => Ok(0),
+        }
+    }
+
+    fn heads(&self) -> Result<Vec<Key>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.heads.iter().map_err(engine)? {
+            out.push(decode_key(item.map_err(engine)?.0.value())?);
+        }
+        Ok(out)
+    }
+
+    fn changes(&self) -> Result<u64, StoreError> {
+        match self.meta.get("changes").map_err(engine)? {
+            None => Ok(0),
+            Some(v) => read_u64(v.value(), "change counter"),
+        }
     }
 }
 
@@ -547,11 +631,12 @@ impl Store for RedbStore {
         &self.id
     }
 
+    fn snapshot(&self) -> Result<Box<dyn Snapshot + '_>, StoreError> {
+        Ok(Box::new(self.read()?))
+    }
+
     fn node(&self, key: &Key) -> Result<Option<Node>, StoreError> {
-        let txn = self.db.begin_read().map_err(engine)?;
-        let index = txn.open_table(KEY_INDEX).map_err(engine)?;
-        let nodes = txn.open_table(NODES_BY_CHANGE).map_err(engine)?;
-        RedbStore::find(&index, &nodes, key)
+        self.read()?.node(key)
     }
 
     fn entry(&self, log: &str, seq: u64) -> Result<Option<Entry>, StoreError> {
@@ -562,33 +647,15 @@ impl Store for RedbStore {
     }
 
     fn log_head(&self, log: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(engine)?;
-        let table = txn.open_table(ENTRIES).map_err(engine)?;
-        let mut range = table.range((log, 0)..=(log, u64::MAX)).map_err(engine)?;
-        match range.next_back() {
-            Some(item) => Ok(item.map_err(engine)?.0.value().1),
-            None => Ok(0),
-        }
+        self.read()?.log_head(log)
     }
 
     fn heads(&self) -> Result<Vec<Key>, StoreError> {
-        let txn = self.db.begin_read().map_err(engine)?;
-        let table = txn.open_table(HEADS).map_err(engine)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(engine)? {
-            out.push(decode_key(item.map_err(engine)?.0.value())?);
-        }
-        Ok(out)
+        self.read()?.heads()
     }
 
     fn changes(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(engine)?;
-        let table = txn.open_table(META).map_err(engine)?;
-        let value = table.get("changes").map_err(engine)?;
-        match value {
-            None => Ok(0),
-            Some(v) => read_u64(v.value(), "change counter"),
-        }
+        self.read()?.changes()
     }
 
     fn node_at_change(&self, change: u64) -> Result<Option<Node>, StoreError> {
