@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-use super::wire::NodeMessage;
+use super::wire::{put_bytes_field, put_varint_field, NodeMessage};
 
 /// Length of a key in bytes (SHA-256).
 pub const KEY_LEN: usize = 32;
@@ -80,7 +80,9 @@ impl Key {
 
     /// The key as a 64-character lowercase hex string.
     pub fn to_hex(&self) -> String {
-        self.to_hex_bytes().iter().map(|&b| char::from(b)).collect()
+        let mut s = String::with_capacity(KEY_HEX_LEN);
+        s.extend(self.to_hex_bytes().iter().map(|&b| char::from(b)));
+        s
     }
 
     /// Computes the key of a node with these links (in this order) and this value.
@@ -261,6 +263,25 @@ impl Node {
             identity: msg.identity,
             signature: msg.signature,
         })
+    }
+
+    /// Appends exactly what `self.to_message().encode(out)` appends, without building the
+    /// message (no copies of the value, no hex strings on the heap): how a store writes nodes.
+    pub fn encode_message(&self, out: &mut Vec<u8>) {
+        put_varint_field(out, 1, self.change);
+        put_bytes_field(out, 2, &self.key.to_hex_bytes());
+        put_bytes_field(out, 3, self.log.as_bytes());
+        put_varint_field(out, 4, self.seq);
+        if let Some(identity) = &self.identity {
+            put_bytes_field(out, 7, identity);
+        }
+        if let Some(signature) = &self.signature {
+            put_bytes_field(out, 8, signature);
+        }
+        put_bytes_field(out, 5, &self.value);
+        for link in &self.links {
+            put_bytes_field(out, 6, &link.to_hex_bytes());
+        }
     }
 
     /// The node as a wire message (`seq` is always sent, as JS does).
@@ -451,6 +472,26 @@ mod tests {
             bad.check_key(),
             Err(NodeError::ChecksumMismatch { claimed, .. }) if claimed == key(WORLD)
         ));
+    }
+
+    #[test]
+    fn encode_message_writes_what_the_message_encodes() {
+        let n1 = Node::new(vec![], Vec::new(), "A".into(), 1, 1);
+        let mut n2 = Node::new(
+            vec![key(HELLO), n1.key],
+            b"world".to_vec(),
+            "log".into(),
+            2,
+            300,
+        );
+        n2.identity = Some(vec![1; 32]);
+        n2.signature = Some(vec![2; 64]);
+        for node in [n1, n2] {
+            let (mut direct, mut via) = (Vec::new(), Vec::new());
+            node.encode_message(&mut direct);
+            node.to_message().encode(&mut via);
+            assert_eq!(direct, via);
+        }
     }
 
     #[test]

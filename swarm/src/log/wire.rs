@@ -661,7 +661,7 @@ fn tag_len(field: u32) -> usize {
     varint_len(u64::from(field) << 3)
 }
 
-fn put_varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
+pub(crate) fn put_varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
     put_tag(out, field, WT_VARINT);
     put_varint(out, value);
 }
@@ -670,7 +670,7 @@ fn varint_field_len(field: u32, value: u64) -> usize {
     tag_len(field) + varint_len(value)
 }
 
-fn put_bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+pub(crate) fn put_bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     put_tag(out, field, WT_LEN);
     put_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
