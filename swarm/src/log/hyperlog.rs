@@ -117,7 +117,8 @@ impl std::fmt::Debug for Log {
 struct Overlay<'a> {
     store: Box<dyn Snapshot + 'a>,
     batch: WriteBatch,
-    nodes: HashMap<Key, Node>,
+    /// Where each new node of the batch is in `batch.nodes`.
+    nodes: HashMap<Key, usize>,
     log_heads: HashMap<String, u64>,
     /// The head set as the batch leaves it, and as the store had it (loaded on first use); the
     /// batch writes only the difference, however many heads came and went in between.
@@ -140,8 +141,16 @@ impl<'a> Overlay<'a> {
 
     fn node(&self, key: &Key) -> Result<Option<Node>, StoreError> {
         match self.nodes.get(key) {
-            Some(n) => Ok(Some(n.clone())),
+            Some(&i) => Ok(Some(self.batch.nodes[i].clone())),
             None => self.store.node(key),
+        }
+    }
+
+    /// `f` of a node, without copying it when the batch has it.
+    fn with_node<T>(&self, key: &Key, f: impl FnOnce(&Node) -> T) -> Result<Option<T>, StoreError> {
+        match self.nodes.get(key) {
+            Some(&i) => Ok(Some(f(&self.batch.nodes[i]))),
+            None => Ok(self.store.node(key)?.map(|node| f(&node))),
         }
     }
 
@@ -406,10 +415,13 @@ impl Log {
         let key = Key::compute(&ins.links, &ins.value);
         let mut link_logs: Vec<String> = Vec::new();
         for link in &ins.links {
-            let linked = ov.node(link)?.ok_or(LogError::MissingLink(*link))?;
-            if linked.log != log && !link_logs.contains(&linked.log) {
-                link_logs.push(linked.log);
-            }
+            let other_log = ov
+                .with_node(link, |linked| {
+                    (linked.log != log && !link_logs.contains(&linked.log))
+                        .then(|| linked.log.clone())
+                })?
+                .ok_or(LogError::MissingLink(*link))?;
+            link_logs.extend(other_log);
         }
         let existing = ov.node(&key)?;
         let seq = seq0 + 1;
@@ -489,7 +501,7 @@ impl Log {
                 heads.insert(key);
                 ov.changes = change;
                 ov.batch.changes = Some(change);
-                ov.nodes.insert(key, node.clone());
+                ov.nodes.insert(key, ov.batch.nodes.len());
                 ov.batch.nodes.push(node.clone());
                 Ok(node)
             }
