@@ -34,7 +34,8 @@ use clap::Parser;
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 use swarm::{
-    Log, LogOptions, ReplicateOptions, Replication, Swarm, SwarmEvent, SwarmOptions, SwarmPeer,
+    Log, LogOptions, PeerReplication, PeerReplicationError, PeerReplicationOptions, Swarm,
+    SwarmEvent, SwarmOptions, SwarmPeer,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -45,15 +46,6 @@ mod tui;
 
 /// The hub used when none is given, and where one is started if nothing answers.
 const DEFAULT_HUB: &str = "127.0.0.1:8080";
-
-/// Wait after a data channel opens before replicating: @roamhq/wrtc (Node peers) may reorder
-/// a channel's very first messages, which breaks a JS replication that starts at once.
-const REPLICATION_DELAY: Duration = Duration::from_millis(250);
-
-/// A connection whose replication has not even exchanged handshakes by then is dropped, so the
-/// next announce retries it (after a glare, a JS pair can end up "connected" with nothing
-/// flowing).
-const REPLICATION_STALL: Duration = Duration::from_secs(10);
 
 #[derive(Parser, Debug)]
 #[command(about = "Peer-to-peer IRC over WebRTC, in chatwizard's rooms", version)]
@@ -281,41 +273,18 @@ async fn replicate_with(
     peer: SwarmPeer,
     updates: mpsc::UnboundedSender<Update>,
 ) {
-    tokio::time::sleep(REPLICATION_DELAY).await;
-    let replication = Replication::new(
-        &log,
-        ReplicateOptions {
-            live: Some(true),
-            ..ReplicateOptions::default()
-        },
-    );
-    let mut progress = replication.progress();
-    let watchdog_peer = peer.clone();
-    let watchdog = tokio::spawn(async move {
-        let synced = tokio::time::timeout(
-            REPLICATION_STALL,
-            progress.wait_for(|p| p.synced || p.nodes_received > 0),
-        )
-        .await
-        .is_ok_and(|changed| changed.is_ok());
-        if !synced {
-            tracing::info!(
-                peer = watchdog_peer.id(),
-                "no replication traffic; dropping the peer"
-            );
-            watchdog_peer.close().await;
+    let replication = PeerReplication::new(&log, PeerReplicationOptions::default());
+    match replication.run(&peer).await {
+        Ok(_) | Err(PeerReplicationError::Closed) => {}
+        Err(error @ PeerReplicationError::Stalled(_)) => {
+            tracing::info!(peer = peer.id(), "{error}");
         }
-    });
-    let result = replication.run(peer.stream()).await;
-    watchdog.abort();
-    if let Err(error) = result {
-        if !peer.is_closed() {
+        Err(PeerReplicationError::Replicate(error)) => {
             let _ = updates.send(Update::Status(format!(
                 "{room}: replication with {} ended: {error}",
                 peer.id()
             )));
         }
-        peer.close().await;
     }
 }
 

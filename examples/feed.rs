@@ -27,10 +27,10 @@
 //! Both sides refuse what hyperlog would let through: a node from a peer that claims this
 //! process's own log id without this log's signature (hyperlog would even sign it with the
 //! publisher's key; the `swarm` log refuses it); the publisher also accepts only its own key's
-//! nodes from peers, as `hsodium(sodium, keypair)` does. With each peer,
-//! replication starts 250 ms after the data channel opens (Node's wrtc can reorder a channel's
-//! first messages), and a connection that carries nothing for 5 s is closed so that the next
-//! announce retries it.
+//! nodes from peers, as `hsodium(sodium, keypair)` does. With each peer, replication follows
+//! `swarm::PeerReplication`: it starts 250 ms after the data channel opens (Node's wrtc can
+//! reorder a channel's first messages), and a connection that carries nothing for 5 s is closed so
+//! that the next announce retries it.
 //!
 //! Hubs default to `http://127.0.0.1:8080` (`--hub` repeats). Without `--data` the log lives in
 //! memory; with it, in `DIR/feed.redb`, and `DIR/public-key` records whose feed it is (a
@@ -52,19 +52,17 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use swarm::{
-    Keypair, Log, LogOptions, ReplicateOptions, Replication, Swarm, SwarmEvent, SwarmOptions,
-    SwarmPeer, Verifier,
+    Keypair, Log, LogOptions, PeerReplication, PeerReplicationError, PeerReplicationOptions, Swarm,
+    SwarmEvent, SwarmOptions, SwarmPeer, Verifier,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 /// The hub when no `--hub` is given.
 const DEFAULT_HUB: &str = "http://127.0.0.1:8080";
-/// Wait this long after a data channel opens before replicating: `@roamhq/wrtc` sometimes
-/// reorders a channel's first messages, which breaks the JS side's hyperlog decoder.
-const START_DELAY: Duration = Duration::from_millis(250);
 /// A connection with no replication traffic from the other side this long after replication
-/// started is closed, so that the next announce retries it (JS pairs can wedge after a glare).
+/// started is closed, so that the next announce retries it (half the swarm crate's default: a
+/// feed's followers should not wait long for a retry).
 const FIRST_TRAFFIC: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
@@ -490,53 +488,35 @@ async fn shutdown_signal() -> Result<()> {
 /// Replicates `log` live with one peer, then closes the connection (so that a later announce can
 /// bring the peer back).
 async fn serve_peer(log: Log, id: String, peer: SwarmPeer) {
-    tokio::time::sleep(START_DELAY).await;
-    if peer.is_closed() {
-        return;
-    }
-    let options = ReplicateOptions {
-        live: Some(true),
-        ..ReplicateOptions::default()
-    };
-    let replication = Replication::new(&log, options);
+    let replication = PeerReplication::new(
+        &log,
+        PeerReplicationOptions {
+            first_traffic: FIRST_TRAFFIC,
+            ..PeerReplicationOptions::default()
+        },
+    );
     let mut progress = replication.progress();
-    let mut synced = false;
-    let run = replication.run(peer.stream());
-    tokio::pin!(run);
-    let first_traffic = tokio::time::sleep(FIRST_TRAFFIC);
-    tokio::pin!(first_traffic);
-    loop {
-        tokio::select! {
-            changed = progress.changed(), if !synced => {
-                let now = *progress.borrow_and_update();
-                if changed.is_err() || now.synced {
-                    synced = true;
-                }
-                if now.synced {
-                    eprintln!(
-                        "peer {id}: synced (sent {} received {}); following live",
-                        now.nodes_sent, now.nodes_received
-                    );
-                }
-            }
-            result = &mut run => {
-                match result {
-                    Ok(summary) => eprintln!(
-                        "peer {id}: replication ended (sent {} received {})",
-                        summary.progress.nodes_sent, summary.progress.nodes_received
-                    ),
-                    Err(error) => eprintln!("peer {id}: replication failed: {error}"),
-                }
-                break;
-            }
-            () = &mut first_traffic, if !synced => {
-                eprintln!(
-                    "peer {id}: replication did not get going in {FIRST_TRAFFIC:?}; dropping the \
-                     connection so that it can be retried"
-                );
-                break;
-            }
+    let report_sync = async {
+        if let Ok(now) = progress.wait_for(|p| p.synced).await {
+            eprintln!(
+                "peer {id}: synced (sent {} received {}); following live",
+                now.nodes_sent, now.nodes_received
+            );
         }
+        std::future::pending::<()>().await
+    };
+    let outcome = tokio::select! {
+        outcome = replication.run(&peer) => outcome,
+        () = report_sync => unreachable!("pending"),
+    };
+    match outcome {
+        Ok(summary) => eprintln!(
+            "peer {id}: replication ended (sent {} received {})",
+            summary.progress.nodes_sent, summary.progress.nodes_received
+        ),
+        Err(PeerReplicationError::Replicate(error)) => {
+            eprintln!("peer {id}: replication failed: {error}")
+        }
+        Err(error) => eprintln!("peer {id}: {error}"),
     }
-    peer.close().await;
 }

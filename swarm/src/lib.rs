@@ -4,7 +4,8 @@
 //! With the default `webrtc` feature it holds the swarm: [`Swarm::join`] meets the other peers of
 //! a topic through one or more signalhubs, speaking JS `webrtc-swarm` 2.9 / `simple-peer`
 //! signalling ([`swarm`], [`signal`]), and connects to each over a WebRTC data channel ([`peer`]),
-//! which a program uses as messages or as a tokio byte stream ([`PeerStream`]).
+//! which a program uses as messages or as a tokio byte stream ([`PeerStream`]), or to replicate a
+//! log with ([`PeerReplication`]).
 //!
 //! Without it, the crate is [`log`]: a hyperlog-compatible signed append-only log, namely the node model
 //! and its content keys ([`Key`], [`Node`]), hyperlog-sodium 2.x signatures ([`Keypair`],
@@ -39,6 +40,8 @@
 pub mod log;
 #[cfg(feature = "webrtc")]
 pub mod peer;
+#[cfg(feature = "webrtc")]
+pub mod peer_replication;
 pub mod signal;
 #[cfg(feature = "webrtc")]
 pub mod stream;
@@ -59,6 +62,8 @@ pub use log::wire::{
 };
 #[cfg(feature = "webrtc")]
 pub use peer::{CloseReason, IceServer, Peer, PeerConfig, PeerError, PeerEvent};
+#[cfg(feature = "webrtc")]
+pub use peer_replication::{PeerReplication, PeerReplicationError, PeerReplicationOptions};
 #[cfg(feature = "webrtc")]
 pub use stream::PeerStream;
 #[cfg(feature = "webrtc")]
