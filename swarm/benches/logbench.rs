@@ -328,8 +328,8 @@ fn main() {
         let d = rt.block_on(replicate_tcp(&src, &dst));
         repl.push(rate(n, d));
     }
-    // Replication, redb to redb (unsigned and signed): the receiver commits one transaction per
-    // read from the socket (the nodes in it).
+    // Replication, redb to redb (unsigned and signed): the receiver commits one transaction for
+    // what has arrived each time it reads (up to 256 KiB).
     let n_redb = n;
     let mut repl_redb = Vec::new();
     for signed in [false, true] {
@@ -411,7 +411,8 @@ fn main() {
         jsv.map(|j| j.repl_signed),
         &format!("JS: {} nodes (tweetnacl)", jn(|j| j.nodes_signed)),
     );
-    let redb_note = format!("{n_redb} nodes; 1 durable txn per socket read");
+    let redb_note =
+        format!("{n_redb} nodes; 1 durable txn per gathering of arrived input (<= 256 KiB)");
     row(
         "replicate unsigned, redb -> redb",
         Some(repl_redb[0]),
