@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-use super::wire::{put_bytes_field, put_varint_field, NodeMessage};
+use super::wire::{encode_node_fields, NodeFields, NodeMessage};
 
 /// Length of a key in bytes (SHA-256).
 pub const KEY_LEN: usize = 32;
@@ -268,20 +268,19 @@ impl Node {
     /// Appends exactly what `self.to_message().encode(out)` appends, without building the
     /// message (no copies of the value, no hex strings on the heap): how a store writes nodes.
     pub fn encode_message(&self, out: &mut Vec<u8>) {
-        put_varint_field(out, 1, self.change);
-        put_bytes_field(out, 2, &self.key.to_hex_bytes());
-        put_bytes_field(out, 3, self.log.as_bytes());
-        put_varint_field(out, 4, self.seq);
-        if let Some(identity) = &self.identity {
-            put_bytes_field(out, 7, identity);
-        }
-        if let Some(signature) = &self.signature {
-            put_bytes_field(out, 8, signature);
-        }
-        put_bytes_field(out, 5, &self.value);
-        for link in &self.links {
-            put_bytes_field(out, 6, &link.to_hex_bytes());
-        }
+        encode_node_fields(
+            out,
+            NodeFields {
+                change: self.change,
+                key: &self.key.to_hex_bytes(),
+                log: &self.log,
+                seq: Some(self.seq),
+                identity: self.identity.as_deref(),
+                signature: self.signature.as_deref(),
+                value: &self.value,
+            },
+            self.links.iter().map(Key::to_hex_bytes),
+        );
     }
 
     /// The node as a wire message (`seq` is always sent, as JS does).

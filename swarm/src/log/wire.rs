@@ -294,22 +294,19 @@ pub struct NodeMessage {
 impl NodeMessage {
     /// Appends the protobuf encoding, fields in declaration order 1,2,3,4,7,8,5,6.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        put_varint_field(out, 1, self.change);
-        put_bytes_field(out, 2, self.key.as_bytes());
-        put_bytes_field(out, 3, self.log.as_bytes());
-        if let Some(seq) = self.seq {
-            put_varint_field(out, 4, seq);
-        }
-        if let Some(identity) = &self.identity {
-            put_bytes_field(out, 7, identity);
-        }
-        if let Some(signature) = &self.signature {
-            put_bytes_field(out, 8, signature);
-        }
-        put_bytes_field(out, 5, &self.value);
-        for link in &self.links {
-            put_bytes_field(out, 6, link.as_bytes());
-        }
+        encode_node_fields(
+            out,
+            NodeFields {
+                change: self.change,
+                key: self.key.as_bytes(),
+                log: &self.log,
+                seq: self.seq,
+                identity: self.identity.as_deref(),
+                signature: self.signature.as_deref(),
+                value: &self.value,
+            },
+            self.links.iter().map(String::as_bytes),
+        );
     }
 
     /// Length of [`NodeMessage::encode`]'s output.
@@ -661,7 +658,7 @@ fn tag_len(field: u32) -> usize {
     varint_len(u64::from(field) << 3)
 }
 
-pub(crate) fn put_varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
+fn put_varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
     put_tag(out, field, WT_VARINT);
     put_varint(out, value);
 }
@@ -670,7 +667,7 @@ fn varint_field_len(field: u32, value: u64) -> usize {
     tag_len(field) + varint_len(value)
 }
 
-pub(crate) fn put_bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+fn put_bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
     put_tag(out, field, WT_LEN);
     put_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
@@ -678,6 +675,43 @@ pub(crate) fn put_bytes_field(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
 
 fn bytes_field_len(field: u32, len: usize) -> usize {
     tag_len(field) + varint_len(len as u64) + len
+}
+
+/// The fields of a Node message but its links, borrowed from wherever they are kept.
+pub(crate) struct NodeFields<'a> {
+    pub(crate) change: u64,
+    /// The key as hex.
+    pub(crate) key: &'a [u8],
+    pub(crate) log: &'a str,
+    pub(crate) seq: Option<u64>,
+    pub(crate) identity: Option<&'a [u8]>,
+    pub(crate) signature: Option<&'a [u8]>,
+    pub(crate) value: &'a [u8],
+}
+
+/// Appends a Node message: the one place that decides its field order (1,2,3,4,7,8,5,6, as
+/// protocol-buffers 3 writes hyperlog's schema) and which fields are always present.
+pub(crate) fn encode_node_fields<L: AsRef<[u8]>>(
+    out: &mut Vec<u8>,
+    fields: NodeFields<'_>,
+    links: impl Iterator<Item = L>,
+) {
+    put_varint_field(out, 1, fields.change);
+    put_bytes_field(out, 2, fields.key);
+    put_bytes_field(out, 3, fields.log.as_bytes());
+    if let Some(seq) = fields.seq {
+        put_varint_field(out, 4, seq);
+    }
+    if let Some(identity) = fields.identity {
+        put_bytes_field(out, 7, identity);
+    }
+    if let Some(signature) = fields.signature {
+        put_bytes_field(out, 8, signature);
+    }
+    put_bytes_field(out, 5, fields.value);
+    for link in links {
+        put_bytes_field(out, 6, link.as_ref());
+    }
 }
 
 /// A cursor over one protobuf message.
