@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 
@@ -465,39 +465,59 @@ impl RedbStore {
         Ok(RedbStore { id, db })
     }
 
-    /// A read transaction with the tables a batch reads.
+    /// A read transaction; its tables open as they are first read.
     fn read(&self) -> Result<RedbSnapshot, StoreError> {
-        let txn = self.db.begin_read().map_err(engine)?;
         Ok(RedbSnapshot {
-            index: txn.open_table(KEY_INDEX).map_err(engine)?,
-            recent: txn.open_table(KEY_INDEX_RECENT).map_err(engine)?,
-            nodes: txn.open_table(NODES_BY_CHANGE).map_err(engine)?,
-            entries: txn.open_table(ENTRIES).map_err(engine)?,
-            heads: txn.open_table(HEADS).map_err(engine)?,
-            meta: txn.open_table(META).map_err(engine)?,
+            txn: self.db.begin_read().map_err(engine)?,
+            index: OnceLock::new(),
+            recent: OnceLock::new(),
+            nodes: OnceLock::new(),
+            entries: OnceLock::new(),
+            heads: OnceLock::new(),
+            meta: OnceLock::new(),
         })
     }
 }
 
-/// One redb read transaction's view (the tables keep the transaction alive).
+/// One redb read transaction's view. A single lookup opens only the tables it reads; a batch's
+/// many lookups open each once.
 struct RedbSnapshot {
-    index: redb::ReadOnlyTable<(u64, u64), ()>,
-    recent: redb::ReadOnlyTable<(u64, u64), ()>,
-    nodes: redb::ReadOnlyTable<u64, &'static [u8]>,
-    entries: redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>,
-    heads: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    meta: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    txn: redb::ReadTransaction,
+    index: OnceLock<redb::ReadOnlyTable<(u64, u64), ()>>,
+    recent: OnceLock<redb::ReadOnlyTable<(u64, u64), ()>>,
+    nodes: OnceLock<redb::ReadOnlyTable<u64, &'static [u8]>>,
+    entries: OnceLock<redb::ReadOnlyTable<(&'static str, u64), &'static [u8]>>,
+    heads: OnceLock<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    meta: OnceLock<redb::ReadOnlyTable<&'static str, &'static [u8]>>,
+}
+
+/// `table` of `txn`, opened on first use.
+fn opened<'t, K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    cell: &'t OnceLock<redb::ReadOnlyTable<K, V>>,
+    table: TableDefinition<K, V>,
+) -> Result<&'t redb::ReadOnlyTable<K, V>, StoreError> {
+    if let Some(open) = cell.get() {
+        return Ok(open);
+    }
+    let open = txn.open_table(table).map_err(engine)?;
+    Ok(cell.get_or_init(|| open))
 }
 
 impl Snapshot for RedbSnapshot {
     fn node(&self, key: &Key) -> Result<Option<Node>, StoreError> {
         let prefix = key_prefix(key);
         let candidates = (prefix, 0)..=(prefix, u64::MAX);
-        let recent = self.recent.range(candidates.clone()).map_err(engine)?;
-        let older = self.index.range(candidates).map_err(engine)?;
+        let nodes = opened(&self.txn, &self.nodes, NODES_BY_CHANGE)?;
+        let recent = opened(&self.txn, &self.recent, KEY_INDEX_RECENT)?
+            .range(candidates.clone())
+            .map_err(engine)?;
+        let older = opened(&self.txn, &self.index, KEY_INDEX)?
+            .range(candidates)
+            .map_err(engine)?;
         for item in recent.chain(older) {
             let change = item.map_err(engine)?.0.value().1;
-            let bytes = self.nodes.get(change).map_err(engine)?.ok_or_else(|| {
+            let bytes = nodes.get(change).map_err(engine)?.ok_or_else(|| {
                 StoreError::Corrupt(format!(
                     "key index names change {change}, which has no node"
                 ))
@@ -511,8 +531,7 @@ impl Snapshot for RedbSnapshot {
     }
 
     fn log_head(&self, log: &str) -> Result<u64, StoreError> {
-        let mut range = self
-            .entries
+        let mut range = opened(&self.txn, &self.entries, ENTRIES)?
             .range((log, 0)..=(log, u64::MAX))
             .map_err(engine)?;
         match range.next_back() {
@@ -523,14 +542,20 @@ impl Snapshot for RedbSnapshot {
 
     fn heads(&self) -> Result<Vec<Key>, StoreError> {
         let mut out = Vec::new();
-        for item in self.heads.iter().map_err(engine)? {
+        for item in opened(&self.txn, &self.heads, HEADS)?
+            .iter()
+            .map_err(engine)?
+        {
             out.push(decode_key(item.map_err(engine)?.0.value())?);
         }
         Ok(out)
     }
 
     fn changes(&self) -> Result<u64, StoreError> {
-        match self.meta.get("changes").map_err(engine)? {
+        match opened(&self.txn, &self.meta, META)?
+            .get("changes")
+            .map_err(engine)?
+        {
             None => Ok(0),
             Some(v) => read_u64(v.value(), "change counter"),
         }
