@@ -119,6 +119,9 @@ struct Overlay<'a> {
     batch: WriteBatch,
     /// Where each new node of the batch is in `batch.nodes`.
     nodes: HashMap<Key, usize>,
+    /// Per log, the first seq the batch gives it and where each of its entries is in
+    /// `batch.entries` (a batch gives a log consecutive seqs).
+    entry_positions: HashMap<String, (u64, Vec<usize>)>,
     log_heads: HashMap<String, u64>,
     /// The head set as the batch leaves it, and as the store had it (loaded on first use); the
     /// batch writes only the difference, however many heads came and went in between.
@@ -134,6 +137,7 @@ impl<'a> Overlay<'a> {
             store,
             batch: WriteBatch::default(),
             nodes: HashMap::new(),
+            entry_positions: HashMap::new(),
             log_heads: HashMap::new(),
             heads: None,
         })
@@ -143,6 +147,16 @@ impl<'a> Overlay<'a> {
         match self.nodes.get(key) {
             Some(&i) => Ok(Some(self.batch.nodes[i].clone())),
             None => self.store.node(key),
+        }
+    }
+
+    /// Entry `seq` of `log` if this batch wrote it.
+    fn batch_entry(&self, log: &str, seq: u64) -> Option<&Entry> {
+        let (first, positions) = self.entry_positions.get(log)?;
+        let at = *positions.get(usize::try_from(seq.checked_sub(*first)?).ok()?)?;
+        match self.batch.entries.get(at) {
+            Some((l, s, entry)) if l == log && *s == seq => Some(entry),
+            _ => None,
         }
     }
 
@@ -484,6 +498,11 @@ impl Log {
             change,
             log_links: link_logs,
         };
+        ov.entry_positions
+            .entry(log.clone())
+            .or_insert_with(|| (seq, Vec::new()))
+            .1
+            .push(ov.batch.entries.len());
         ov.batch.entries.push((log.clone(), seq, entry));
         ov.log_heads.insert(log.clone(), seq);
         match existing {
@@ -617,15 +636,8 @@ impl ReceiveBatch<'_> {
 
     /// As [`Log::entry`], including the entries of this batch.
     pub fn entry(&self, log: &str, seq: u64) -> Result<Option<Entry>, LogError> {
-        let pending = self
-            .ov
-            .batch
-            .entries
-            .iter()
-            .rev()
-            .find(|(l, s, _)| l == log && *s == seq);
-        match pending {
-            Some((_, _, entry)) => Ok(Some(entry.clone())),
+        match self.ov.batch_entry(log, seq) {
+            Some(entry) => Ok(Some(entry.clone())),
             None => self.log.entry(log, seq),
         }
     }
