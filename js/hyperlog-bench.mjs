@@ -8,9 +8,14 @@
 // - append_*: M sequential appends (each waits for the previous) to a memdb log;
 // - repl_*: an N-node log (built by appends, not timed) replicated, default sync and not live,
 //   to an empty memdb log over loopback TCP; timed from the connection to both streams' end.
-// Signing goes through sodium-signatures 1.4.1, i.e. tweetnacl in pure JS (what the JS stack
-// ships), so the signed counts must stay small.
+// Signing: with "signer": "native" (the default), hyperlog-sodium signs and verifies with the
+// Ed25519 of Node's own crypto (OpenSSL): native speed, as the JS stack had when
+// sodium-signatures still found its native libsodium (sodium-prebuilt, which no longer builds).
+// With "signer": "tweetnacl", it goes through sodium-signatures 1.4.1 as installed today, which
+// falls back to tweetnacl in pure JS: ~100x slower, so keep the signed counts small. Both make
+// the same signatures (Ed25519 is deterministic).
 import { createRequire } from 'node:module'
+import crypto from 'node:crypto'
 import net from 'node:net'
 
 const require = createRequire(import.meta.url)
@@ -20,6 +25,7 @@ const hsodium = require('hyperlog-sodium')
 const signatures = require('sodium-signatures')
 
 const config = JSON.parse(process.argv[2] || '{}')
+const signer = config.signer || 'native'
 const counts = {
   nodes_unsigned: config.nodes_unsigned || 2000,
   nodes_signed: config.nodes_signed || 300,
@@ -30,11 +36,39 @@ const counts = {
 const seed = Buffer.alloc(32, 1)
 const keypair = signatures.keyPair(seed)
 
+// hyperlog-sodium calls `sodium.sign(message, secretKey)` and `sodium.verify(message, signature,
+// publicKey)` on an object that has those and no `crypto_sign`.
+const PKCS8_ED25519 = Buffer.from('302e020100300506032b657004220420', 'hex')
+const SPKI_ED25519 = Buffer.from('302a300506032b6570032100', 'hex')
+const keyObjects = new Map()
+function keyObject (kind, raw) {
+  const id = kind + Buffer.from(raw).toString('hex')
+  let key = keyObjects.get(id)
+  if (!key) {
+    key = kind === 'private'
+      ? crypto.createPrivateKey({ key: Buffer.concat([PKCS8_ED25519, Buffer.from(raw).subarray(0, 32)]), format: 'der', type: 'pkcs8' })
+      : crypto.createPublicKey({ key: Buffer.concat([SPKI_ED25519, Buffer.from(raw)]), format: 'der', type: 'spki' })
+    keyObjects.set(id, key)
+  }
+  return key
+}
+const nativeEd25519 = {
+  sign: (message, secretKey) => crypto.sign(null, message, keyObject('private', secretKey)),
+  verify: (message, signature, publicKey) => {
+    try {
+      return crypto.verify(null, message, keyObject('public', publicKey), signature)
+    } catch (err) {
+      return false
+    }
+  }
+}
+const sodium = signer === 'tweetnacl' ? signatures : nativeEd25519
+
 function makeLog (signed, role) {
   const opts = { valueEncoding: 'binary' }
   if (signed) {
-    if (role === 'writer') Object.assign(opts, hsodium(signatures, keypair))
-    else Object.assign(opts, hsodium(signatures, {}, { publicKey: [keypair.publicKey] }))
+    if (role === 'writer') Object.assign(opts, hsodium(sodium, keypair))
+    else Object.assign(opts, hsodium(sodium, {}, { publicKey: [keypair.publicKey] }))
   }
   return hyperlog(memdb(), opts)
 }
@@ -101,7 +135,16 @@ async function replRate (signed, N) {
   return N / secs
 }
 
-const result = { ...counts }
+// The two signers agree byte for byte, or the comparison means nothing.
+{
+  const message = Buffer.alloc(32, 7)
+  const native = nativeEd25519.sign(message, keypair.secretKey)
+  const nacl = signatures.sign(message, keypair.secretKey)
+  if (!Buffer.from(native).equals(Buffer.from(nacl))) throw new Error('node:crypto and tweetnacl signatures differ')
+  if (!nativeEd25519.verify(message, nacl, keypair.publicKey)) throw new Error('node:crypto does not verify tweetnacl')
+}
+
+const result = { ...counts, signer }
 result.append_unsigned = await appendRate(false, counts.appends_unsigned)
 result.append_signed = await appendRate(true, counts.appends_signed)
 result.repl_unsigned = await replRate(false, counts.nodes_unsigned)
