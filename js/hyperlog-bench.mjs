@@ -10,7 +10,8 @@
 //   to an empty memdb log over loopback TCP; timed from the connection to both streams' end.
 // Signing: with "signer": "native" (the default), hyperlog-sodium signs and verifies with the
 // Ed25519 of Node's own crypto (OpenSSL): native speed, as the JS stack had when
-// sodium-signatures still found its native libsodium (sodium-prebuilt, which no longer builds).
+// sodium-signatures still found its native libsodium (its optional sodium-prebuilt 1.1.0, which
+// npm leaves out here: its install script fails).
 // With "signer": "tweetnacl", it goes through sodium-signatures 1.4.1 as installed today, which
 // falls back to tweetnacl in pure JS: ~100x slower, so keep the signed counts small. Both make
 // the same signatures (Ed25519 is deterministic).
