@@ -18,7 +18,9 @@
 //!   the other side answers it: one round trip instead of two teardowns and an announce period.
 //!   A JS peer destroys its attempt when our offer reaches it, so with one we drop ours too and
 //!   announce again at once ([`ANNOUNCE_SOON`]); it then offers, alone. An own offer older than
-//!   [`GLARE_WINDOW`] always yields to a new incoming offer.
+//!   [`GLARE_WINDOW`] always yields to a new incoming offer. Within the window, an offer that
+//!   arrives after the other side already answered ours is the late half of a glare it resolved,
+//!   and is ignored (answering it would tear down the connection it just accepted).
 //! - **Several hubs**: the hub client delivers each message once; a repeated offer or answer is
 //!   ignored by the peer. Redundancy instead of broken handshakes.
 //! - **Stalls**: a handshake not connected after [`SwarmOptions::handshake_timeout`] is
@@ -589,6 +591,17 @@ impl SwarmLoop {
                 if ours_is_fresh && self.id > from {
                     debug!(%from, "glare: keeping our offer, ignoring theirs");
                     remote.dropping_candidates = true;
+                    return;
+                }
+                if remote.started.elapsed() < GLARE_WINDOW
+                    && remote.peer.has_remote_description().await
+                {
+                    // They answered our offer: this offer of theirs is the other half of a glare,
+                    // sent before ours reached them and delivered late (their two POSTs can
+                    // cross). Answering it would tear down the connection they just accepted.
+                    // (Its candidates are not dropped: they cannot be told from those of the
+                    // answer, and a stray one only fails its own connectivity checks.)
+                    debug!(%from, "ignoring a late offer from a glare they resolved by answering ours");
                     return;
                 }
                 debug!(%from, "glare or restart: answering their offer instead");
