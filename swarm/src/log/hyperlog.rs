@@ -120,9 +120,8 @@ struct Overlay<'a> {
     /// Where each new node of the batch is in `batch.nodes`.
     nodes: HashMap<Key, usize>,
     /// Per log, the first seq the batch gives it and where each of its entries is in
-    /// `batch.entries` (a batch gives a log consecutive seqs).
+    /// `batch.entries` (a batch gives a log consecutive seqs, so this also gives its head).
     entry_positions: HashMap<String, (u64, Vec<usize>)>,
-    log_heads: HashMap<String, u64>,
     /// The head set as the batch leaves it, and as the store had it (loaded on first use); the
     /// batch writes only the difference, however many heads came and went in between.
     heads: Option<(BTreeSet<Key>, BTreeSet<Key>)>,
@@ -138,7 +137,6 @@ impl<'a> Overlay<'a> {
             batch: WriteBatch::default(),
             nodes: HashMap::new(),
             entry_positions: HashMap::new(),
-            log_heads: HashMap::new(),
             heads: None,
         })
     }
@@ -168,9 +166,10 @@ impl<'a> Overlay<'a> {
         }
     }
 
+    /// The highest seq of `log`, counting the entries this batch gave it.
     fn log_head(&self, log: &str) -> Result<u64, StoreError> {
-        match self.log_heads.get(log) {
-            Some(&h) => Ok(h),
+        match self.entry_positions.get(log) {
+            Some((first, positions)) => Ok(first + positions.len() as u64 - 1),
             None => self.store.log_head(log),
         }
     }
@@ -208,9 +207,6 @@ struct Insert<'n> {
     links: Vec<Key>,
     value: Vec<u8>,
     remote: Option<&'n Node>,
-    /// A local node's signature is left to the caller ([`Log::batch`] signs them all at once,
-    /// on every core).
-    defer_sign: bool,
 }
 
 impl Log {
@@ -354,7 +350,6 @@ impl Log {
                     links,
                     value,
                     remote: None,
-                    defer_sign: true,
                 },
             )?);
             if let Some(node) = ov.batch.nodes.get(before) {
@@ -376,7 +371,6 @@ impl Log {
                 links: node.links.clone(),
                 value: node.value.clone(),
                 remote: Some(node),
-                defer_sign: false,
             },
         )?;
         self.commit(ov, &mut |_| {})?;
@@ -458,7 +452,7 @@ impl Log {
                 });
             }
         }
-        let mut node = Node {
+        let node = Node {
             key,
             links: ins.links,
             value: ins.value,
@@ -473,14 +467,8 @@ impl Log {
             &self.inner.options.verifier,
             &self.inner.options.keypair,
         ) {
-            // A local append: signed when the log has a keypair.
-            (None, _, keypair) => {
-                if let Some(kp) = keypair.as_ref().filter(|_| log == local && !ins.defer_sign) {
-                    if node.signature.is_none() {
-                        kp.sign_node(&mut node);
-                    }
-                }
-            }
+            // A local append: `Log::batch` signs it as the store writes it (with a keypair).
+            (None, _, _) => {}
             // From a peer, whatever log it claims: the verifier decides.
             (Some(_), Some(verifier), _) => verifier
                 .verify_node(&node)
@@ -504,7 +492,6 @@ impl Log {
             .1
             .push(ov.batch.entries.len());
         ov.batch.entries.push((log.clone(), seq, entry));
-        ov.log_heads.insert(log.clone(), seq);
         match existing {
             Some(mut old) => {
                 // A dedup: only the entry is written; the node keeps its first author.
@@ -629,7 +616,6 @@ impl ReceiveBatch<'_> {
                 links: node.links.clone(),
                 value: node.value.clone(),
                 remote: Some(node),
-                defer_sign: false,
             },
         )
     }
