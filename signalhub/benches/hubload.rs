@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo bench -p signalhub --bench hubload -- [--quick] [--only rust|js]
-//!     [--scenario fanout,channels,inflight,idle,post] [--duration SECS] [--max-idle N]
+//!     [--scenario fanout,channels,inflight,idle,idle-kinds,post] [--duration SECS] [--max-idle N]
 //!     [--hub http://127.0.0.1:8080 [--hub-pid PID]]
 //! ```
 //!
@@ -22,6 +22,9 @@
 //! - `idle`: 10 000 idle subscribers, each on its own channel: hub RSS per subscriber; then a ramp up
 //!   to `--max-idle` (default 100 000 for the Rust hub, 10 000 for the JS hub) that reports how many
 //!   the hub held, and checks a sample of them still gets messages.
+//! - `idle-kinds`: the Rust hub's RSS per idle connection of each kind: an SSE subscriber on the
+//!   direct path (a fresh connection's first request), an SSE subscriber served by hyper (after
+//!   a POST on the same connection), and an idle WebSocket. `--idle` of each (default 10 000).
 //! - `post`: POSTs at concurrency 64 to a channel nobody subscribes to: requests/s, hub CPU per request.
 //!
 //! The generator is a tokio multi-thread runtime with hand-written HTTP/1.1 on raw TCP streams:
@@ -117,6 +120,9 @@ enum Scenario {
     Channels,
     Inflight,
     Idle,
+    /// Idle connections of each kind (SSE served directly, SSE served by hyper, WebSocket): hub
+    /// RSS per connection. Rust hub only.
+    IdleKinds,
     Post,
 }
 
@@ -1640,6 +1646,126 @@ struct IdleResult {
     problems: Vec<String>,
 }
 
+/// The kinds of idle connection `idle-kinds` measures.
+#[derive(Clone, Copy, Debug)]
+enum IdleKind {
+    SseDirect,
+    SseViaHyper,
+    WebSocket,
+}
+
+impl IdleKind {
+    const ALL: [IdleKind; 3] = [
+        IdleKind::SseDirect,
+        IdleKind::SseViaHyper,
+        IdleKind::WebSocket,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            IdleKind::SseDirect => "SSE subscriber (direct path)",
+            IdleKind::SseViaHyper => "SSE subscriber (via hyper)",
+            IdleKind::WebSocket => "idle WebSocket",
+        }
+    }
+}
+
+/// Reads one response head, failing unless its status is `expect`.
+async fn read_head_expect(stream: &mut TcpStream, expect: u16) -> Result<()> {
+    let mut buf = Vec::with_capacity(512);
+    let mut byte = [0u8; 256];
+    loop {
+        let n = stream.read(&mut byte).await?;
+        if n == 0 {
+            bail!("connection closed before the response head");
+        }
+        buf.extend_from_slice(&byte[..n]);
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let status = parse_status(&buf[..end])?;
+            if status != expect {
+                bail!("answered {status}, expected {expect}");
+            }
+            return Ok(());
+        }
+        if buf.len() > 16 * 1024 {
+            bail!("response head too long");
+        }
+    }
+}
+
+/// Opens one idle connection of a kind and leaves it open.
+async fn open_idle(
+    hub: &HubAddr,
+    src: Option<Ipv4Addr>,
+    kind: IdleKind,
+    i: usize,
+) -> Result<TcpStream> {
+    let mut stream = connect(hub, src).await?;
+    let host = &hub.host;
+    match kind {
+        IdleKind::SseDirect => {
+            let request = format!("GET /v1/kinds/sse{i} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            stream.write_all(request.as_bytes()).await?;
+            read_head_expect(&mut stream, 200).await?;
+        }
+        IdleKind::SseViaHyper => {
+            // The POST's answer is `200` with an empty body: the connection is then hyper's.
+            let post = format!(
+                "POST /v1/kinds/nobody HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\n{{}}"
+            );
+            stream.write_all(post.as_bytes()).await?;
+            read_head_expect(&mut stream, 200).await?;
+            let request = format!("GET /v1/kinds/hyper{i} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            stream.write_all(request.as_bytes()).await?;
+            read_head_expect(&mut stream, 200).await?;
+        }
+        IdleKind::WebSocket => {
+            let request = format!(
+                "GET /kinds{i} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).await?;
+            read_head_expect(&mut stream, 101).await?;
+        }
+    }
+    Ok(stream)
+}
+
+/// Opens `count` idle connections of one kind and returns the hub's RSS growth per connection
+/// (KiB), measured after 1 s of quiet.
+async fn run_idle_kind(hub: &HubProc, kind: IdleKind, count: usize) -> Result<Option<f64>> {
+    let count = count.min(fd_budget());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = hub.rss();
+    let sources = Arc::new(Sources::new(count + 1, &hub.addr));
+    let opening = Arc::new(Semaphore::new(OPENING));
+    let tasks: Vec<JoinHandle<Result<TcpStream>>> = (0..count)
+        .map(|i| {
+            let addr = hub.addr.clone();
+            let sources = sources.clone();
+            let opening = opening.clone();
+            tokio::spawn(async move {
+                let _permit = opening.acquire_owned().await?;
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    open_idle(&addr, sources.get(i), kind, i),
+                )
+                .await
+                .context("opening timed out")?
+            })
+        })
+        .collect();
+    let mut held = Vec::with_capacity(count);
+    for task in tasks {
+        held.push(task.await??);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown = base
+        .zip(hub.rss())
+        .map(|(a, b)| (b as f64 - a as f64) / count.max(1) as f64);
+    drop(held);
+    Ok(grown)
+}
+
 async fn run_idle(hub: &HubProc, cfg: &Cfg, asked: usize, label: &str) -> Result<IdleResult> {
     let run = RUN.fetch_add(1, Relaxed);
     let shared = Arc::new(Shared::default());
@@ -2208,6 +2334,7 @@ async fn run(opts: Opts, cfg: Cfg, limit_note: String) -> Result<()> {
             Scenario::Channels,
             Scenario::Inflight,
             Scenario::Idle,
+            Scenario::IdleKinds,
             Scenario::Post,
         ]
     } else {
@@ -2280,7 +2407,7 @@ async fn run(opts: Opts, cfg: Cfg, limit_note: String) -> Result<()> {
                 },
                 "≤ 0.25",
             )],
-            Scenario::Idle | Scenario::Post => Vec::new(),
+            Scenario::Idle | Scenario::IdleKinds | Scenario::Post => Vec::new(),
         };
         for (label, spec, p99_goal) in &cases {
             for target in &targets {
@@ -2311,6 +2438,53 @@ async fn run(opts: Opts, cfg: Cfg, limit_note: String) -> Result<()> {
                     }
                 }
                 finish_hub(&mut hub, target, label, &mut report).await;
+            }
+        }
+        if scenario == Scenario::IdleKinds {
+            for target in targets.iter().filter(|t| !matches!(t.kind, Kind::Js)) {
+                let label = "idle connections by kind".to_string();
+                for kind in IdleKind::ALL {
+                    eprintln!(
+                        "[{}] {label}: {} {} ...",
+                        target.name,
+                        cfg.idle,
+                        kind.name()
+                    );
+                    let mut hub = match HubProc::start(target, &opts, "idle-kinds").await {
+                        Ok(hub) => hub,
+                        Err(err) => {
+                            report
+                                .problems
+                                .push(format!("{}: {label}: {err:#}", target.name));
+                            continue;
+                        }
+                    };
+                    match run_idle_kind(&hub, kind, cfg.idle).await {
+                        Ok(per_connection) => {
+                            let metric = format!("hub RSS / {}", kind.name());
+                            report.set(
+                                &label,
+                                &metric,
+                                Unit::KiB,
+                                "",
+                                &target.name,
+                                per_connection,
+                            );
+                            report.no_ratio(&label, &metric);
+                            eprintln!(
+                                "    {}",
+                                per_connection.map_or("n/a".into(), |v| fmt_value(v, Unit::KiB))
+                            );
+                        }
+                        Err(err) => {
+                            eprintln!("    error: {err:#}");
+                            report
+                                .problems
+                                .push(format!("{}: {label}: {err:#}", target.name));
+                        }
+                    }
+                    finish_hub(&mut hub, target, &label, &mut report).await;
+                }
             }
         }
         if scenario == Scenario::Idle {

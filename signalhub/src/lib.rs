@@ -19,4 +19,6 @@
 pub mod client;
 mod server;
 
-pub use server::{Hub, HubConfig, HubError, Metrics, Rejection, RunningHub};
+pub use server::{
+    default_max_connections, Hub, HubConfig, HubError, Metrics, Rejection, RunningHub, MAX_REFUSALS,
+};

@@ -105,9 +105,11 @@ struct ListenArgs {
     /// Bytes queued across all subscribers, past which subscribers that are behind are dropped.
     #[arg(long, default_value_t = HubConfig::default().queued_bytes_budget)]
     queued_bytes_budget: usize,
-    /// Open connections in all (0: no limit); past it, 503.
-    #[arg(long, default_value_t = HubConfig::default().max_connections)]
-    max_connections: usize,
+    /// Open connections in all (0: no limit); past it, 503 (GET /health and /metrics are still
+    /// answered). Default: the open-file limit (raised to its hard limit at start) less a
+    /// sixteenth of it, and at least 512, for the hub's other files.
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Open connections from one address, IPv6 by /64 (0: no limit); past it, 429.
     #[arg(long, default_value_t = HubConfig::default().max_connections_per_ip)]
     max_connections_per_ip: usize,
@@ -120,6 +122,10 @@ struct ListenArgs {
     /// Seconds a client gets to send a request's headers or body.
     #[arg(long, default_value_t = HubConfig::default().request_timeout.as_secs_f64())]
     request_timeout_secs: f64,
+    /// Seconds a write to a client may wait for the client to read before the connection is
+    /// closed.
+    #[arg(long, default_value_t = HubConfig::default().write_timeout.as_secs_f64())]
+    write_timeout_secs: f64,
     /// Behind one reverse proxy that appends the client address to X-Forwarded-For: rate-limit by
     /// that address, and drop the per-address connection limit (all connections come from the proxy).
     #[arg(long)]
@@ -129,7 +135,8 @@ struct ListenArgs {
     shutdown_grace_secs: f64,
     /// Also serve the static files of DIR to browsers (e.g. the chat page, js/dist/chat): GET /
     /// answers DIR/index.html when the Accept header prefers HTML, and the info JSON otherwise;
-    /// GET /<file> answers DIR/<file> (at most 16 MiB). /v1/..., /health and /metrics stay the API.
+    /// GET /<file> answers DIR/<file> (streamed; HEAD and Range requests too). /v1/..., /health and
+    /// /metrics stay the API.
     #[arg(long, value_name = "DIR", env = "SIGNALHUB_WEB")]
     web: Option<PathBuf>,
 }
@@ -169,11 +176,14 @@ impl ListenArgs {
             queue_max_messages: self.queue_messages,
             queue_max_bytes: self.queue_bytes,
             queued_bytes_budget: self.queued_bytes_budget,
-            max_connections: self.max_connections,
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(signalhub::default_max_connections),
             max_connections_per_ip: self.max_connections_per_ip,
             broadcasts_per_sec: self.rate,
             broadcast_burst: self.burst,
             request_timeout: seconds(self.request_timeout_secs, "request-timeout-secs")?,
+            write_timeout: seconds(self.write_timeout_secs, "write-timeout-secs")?,
             shutdown_grace: seconds(self.shutdown_grace_secs, "shutdown-grace-secs")?,
             quiet: self.quiet,
             trust_forwarded_for: self.trust_forwarded_for,
@@ -212,12 +222,14 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn listen(args: ListenArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
-    // Each subscriber is a socket: allow as many as the system lets this process have.
+    // Each subscriber is a socket: allow as many as the system lets this process have (before
+    // the configuration, whose default connection limit is derived from it).
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!("open file limit: {limit}"),
         Err(err) => tracing::warn!("could not raise the open file limit: {err}"),
     }
+    let config = args.config()?;
+    tracing::debug!("at most {} connections", config.max_connections);
     let addr = format!("{}:{}", args.host, args.port);
     let mut hub = Hub::bind(addr.as_str(), config).await?;
     if let (Some(key), Some(cert)) = (&args.key, &args.cert) {

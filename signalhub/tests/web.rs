@@ -287,29 +287,6 @@ async fn missing_files_are_404_and_the_api_is_never_shadowed() {
 }
 
 #[tokio::test]
-async fn files_over_the_cap_are_refused_with_a_message() {
-    let dir = web_dir();
-    let root = dir.path().join("web");
-    let big = std::fs::File::create(root.join("big.js")).unwrap();
-    big.set_len(16 * 1024 * 1024 + 1).unwrap();
-    let fits = std::fs::File::create(root.join("fits.js")).unwrap();
-    fits.set_len(16 * 1024 * 1024).unwrap();
-    let hub = start_hub(config(&root)).await;
-    let addr = hub.local_addr();
-    let response = get(addr, "/big.js", None).await;
-    assert_eq!(response.status, 500);
-    assert_eq!(
-        response.text(),
-        "big.js is too large to serve: the hub serves files of at most 16 MiB\n"
-    );
-    assert_cors(&response.headers);
-    let response = get(addr, "/fits.js", None).await;
-    assert_eq!(response.status, 200);
-    assert_eq!(response.body.len(), 16 * 1024 * 1024);
-    hub.shutdown().await.unwrap();
-}
-
-#[tokio::test]
 async fn without_a_web_root_nothing_changes() {
     let dir = web_dir();
     let hub = start_hub(unlimited()).await;

@@ -6,8 +6,9 @@
 //! it pushes one shared, already-framed `Bytes` into each outbox, and a subscriber whose outbox is
 //! full is dropped (its connection is killed and the drop counted), so one reader that stops
 //! cannot slow the others or grow the hub's memory. A global budget on queued bytes bounds the
-//! sum over all outboxes as well: past it, only subscribers that have nothing queued still get
-//! new messages.
+//! sum over all outboxes as well, fairly: past it, the subscribers that are behind are dropped
+//! (at their next message, and by a sweep for those that get none), while those that keep up are
+//! still served.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -65,6 +66,21 @@ impl fmt::Display for ChannelKey {
 pub(crate) struct QueueLimits {
     pub max_messages: usize,
     pub max_bytes: usize,
+    /// A subscriber holding more than this many bytes is behind: when the hub's queued bytes are
+    /// over budget, subscribers that are behind are dropped, and the others still served.
+    pub behind_bytes: usize,
+}
+
+impl QueueLimits {
+    pub(crate) fn new(max_messages: usize, max_bytes: usize) -> Self {
+        let max_bytes = max_bytes.max(1);
+        QueueLimits {
+            max_messages: max_messages.max(1),
+            max_bytes,
+            // One eighth of a queue: 64 KiB by default, one full write of the fast path.
+            behind_bytes: max_bytes / 8,
+        }
+    }
 }
 
 /// What a push into an outbox did.
@@ -155,21 +171,14 @@ impl Outbox {
         }
         let over_own_limit = state.queue.len() >= self.limits.max_messages
             || state.bytes + message.len() > self.limits.max_bytes;
-        let over_budget = !state.queue.is_empty()
+        // Past the hub's budget only those that are behind pay: a reader that keeps up holds at
+        // most a burst, and is never dropped for what the others left unread.
+        let over_budget = state.bytes > self.limits.behind_bytes
             && self.queued_total.load(Ordering::Relaxed) + message.len() > self.queued_budget;
         if over_own_limit || over_budget {
-            let lost = state.queue.len() + 1;
-            self.queued_total.fetch_sub(state.bytes, Ordering::Relaxed);
-            state.queue = VecDeque::new();
-            state.bytes = 0;
-            state.status = Status::Dropped;
-            let waker = state.waker.take();
-            drop(state);
-            self.kill.cancel();
-            if let Some(waker) = waker {
-                waker.wake();
-            }
-            return Push::Overflowed { lost };
+            return Push::Overflowed {
+                lost: self.overflow(state) + 1,
+            };
         }
         state.queue.push_back(message.clone());
         state.bytes += message.len();
@@ -181,6 +190,30 @@ impl Outbox {
             waker.wake();
         }
         Push::Queued
+    }
+
+    /// Drops the subscriber, throwing its queue away; returns how many messages were in it.
+    fn overflow(&self, mut state: MutexGuard<'_, OutboxState>) -> usize {
+        let lost = state.queue.len();
+        self.queued_total.fetch_sub(state.bytes, Ordering::Relaxed);
+        state.queue = VecDeque::new();
+        state.bytes = 0;
+        state.status = Status::Dropped;
+        let waker = state.waker.take();
+        drop(state);
+        self.kill.cancel();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        lost
+    }
+
+    /// Drops the subscriber if it is behind (holds more than [`QueueLimits::behind_bytes`]);
+    /// returns how many messages it lost, if it was dropped.
+    fn drop_if_behind(&self) -> Option<usize> {
+        let state = self.lock();
+        (state.status == Status::Open && state.bytes > self.limits.behind_bytes)
+            .then(|| self.overflow(state))
     }
 
     /// Asks the writer to end cleanly once the queue is empty (hub shutdown).
@@ -505,6 +538,29 @@ impl Registry {
         }
     }
 
+    /// When the queued bytes are over the budget, drops every subscriber that is behind, so that
+    /// those who stopped reading pay for the budget even when no new message comes their way.
+    /// Returns how many were dropped.
+    pub(crate) fn enforce_budget(&self) -> usize {
+        if self.queued_total.load(Ordering::Relaxed) <= self.queued_budget {
+            return 0;
+        }
+        let mut dropped = 0;
+        for index in 0..self.shards.len() {
+            let shard = self.shard_at(index);
+            for subscribers in shard.channels.values().chain(shard.apps.values()) {
+                for (_, outbox) in subscribers.iter() {
+                    if let Some(lost) = outbox.drop_if_behind() {
+                        dropped += 1;
+                        self.metrics.subscribers_dropped.inc();
+                        self.metrics.messages_dropped.inc_by(lost as u64);
+                    }
+                }
+            }
+        }
+        dropped
+    }
+
     /// Asks every subscriber to finish cleanly (hub shutdown).
     pub(crate) fn close_all(&self) {
         for index in 0..self.shards.len() {
@@ -602,10 +658,7 @@ mod tests {
 
     fn outbox(max_messages: usize, max_bytes: usize) -> Outbox {
         Outbox::new(
-            QueueLimits {
-                max_messages,
-                max_bytes,
-            },
+            QueueLimits::new(max_messages, max_bytes),
             CancellationToken::new(),
             Arc::new(AtomicUsize::new(0)),
             usize::MAX,
@@ -701,21 +754,68 @@ mod tests {
     }
 
     #[test]
-    fn global_budget_drops_only_subscribers_that_are_behind() {
+    fn over_the_budget_only_subscribers_that_are_behind_are_dropped() {
         let total = Arc::new(AtomicUsize::new(0));
-        let limits = QueueLimits {
-            max_messages: 100,
-            max_bytes: 1000,
-        };
-        let behind = Outbox::new(limits, CancellationToken::new(), total.clone(), 4);
-        let current = Outbox::new(limits, CancellationToken::new(), total.clone(), 4);
-        assert_eq!(behind.push(&Bytes::from("abc")), Push::Queued);
-        assert_eq!(
-            behind.push(&Bytes::from("abc")),
-            Push::Overflowed { lost: 2 }
+        // Behind: more than 100 bytes queued. Budget: 150 bytes in all.
+        let limits = QueueLimits::new(100, 800);
+        assert_eq!(limits.behind_bytes, 100);
+        let behind = Outbox::new(limits, CancellationToken::new(), total.clone(), 150);
+        let current = Outbox::new(limits, CancellationToken::new(), total.clone(), 150);
+        let message = Bytes::from(vec![b'x'; 60]);
+        // The non-reader fills the budget...
+        assert_eq!(behind.push(&message), Push::Queued);
+        assert_eq!(behind.push(&message), Push::Queued);
+        assert_eq!(total.load(Ordering::Relaxed), 120);
+        // ...a reader that keeps up still gets a burst of two back to back (it used to be
+        // dropped at its second message)...
+        assert_eq!(current.push(&message), Push::Queued);
+        assert_eq!(current.push(&message), Push::Queued);
+        // ...and the one that is behind pays at its next message.
+        assert_eq!(behind.push(&message), Push::Overflowed { lost: 3 });
+        assert_eq!(behind.push(&message), Push::Closed);
+        assert_eq!(total.load(Ordering::Relaxed), 120);
+    }
+
+    #[test]
+    fn a_non_reader_that_gets_nothing_more_is_dropped_by_the_budget_sweep() {
+        let registry = Registry::new(
+            Arc::new(Metrics::new()),
+            FanOut {
+                max_broadcasts: None,
+            },
+            QueueLimits::new(100, 800),
+            150,
         );
-        assert_eq!(behind.push(&Bytes::from("abc")), Push::Closed);
-        assert_eq!(current.push(&Bytes::from("abc")), Push::Queued);
+        let kill = CancellationToken::new();
+        let behind = Arc::new(Outbox::new(
+            registry.queue_limits,
+            kill.clone(),
+            registry.queued_total.clone(),
+            registry.queued_budget,
+        ));
+        let current = Arc::new(Outbox::new(
+            registry.queue_limits,
+            CancellationToken::new(),
+            registry.queued_total.clone(),
+            registry.queued_budget,
+        ));
+        let quiet = ChannelKey::new("app", "quiet");
+        let busy = ChannelKey::new("app", "busy");
+        registry.add(&quiet, &behind);
+        registry.add(&busy, &current);
+        let message = Bytes::from(vec![b'x'; 60]);
+        behind.push(&message);
+        behind.push(&message);
+        assert_eq!(
+            registry.enforce_budget(),
+            0,
+            "under the budget: nobody pays"
+        );
+        current.push(&message);
+        assert_eq!(registry.enforce_budget(), 1);
+        assert!(kill.is_cancelled());
+        assert_eq!(registry.queued_total.load(Ordering::Relaxed), 60);
+        assert_eq!(current.push(&message), Push::Queued);
     }
 
     #[test]

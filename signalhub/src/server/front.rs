@@ -94,6 +94,7 @@ fn subscription_keys(state: &HubState, buf: &[u8]) -> Option<Vec<ChannelKey>> {
     if head_len != buf.len() || request.method? != "GET" || request.version? != 1 {
         return None;
     }
+    // A body (which hyper refuses for a subscription) or an upgrade: hyper's to answer.
     let expects_more = request.headers.iter().any(|h| {
         h.name.eq_ignore_ascii_case("upgrade")
             || h.name.eq_ignore_ascii_case("transfer-encoding")
@@ -144,12 +145,15 @@ pub(crate) async fn serve_subscription<S>(
 {
     let subscription = Subscription::open(&state, &conn, keys);
     let (mut reader, mut writer) = tokio::io::split(io);
-    // The client sends nothing more; reading only notices that it has gone.
+    // The client has nothing more to send: reading only notices that it has gone. A client that
+    // sends anyway is closed at its first bytes rather than read and discarded for as long as it
+    // cares to send.
     let client_gone = async {
-        let mut sink = [0u8; 64];
-        while let Ok(n) = reader.read(&mut sink).await {
-            if n == 0 {
-                break;
+        let mut sink = [0u8; 512];
+        if let Ok(n) = reader.read(&mut sink).await {
+            if n > 0 {
+                state.metrics.reject(super::Rejection::UnexpectedBytes);
+                tracing::debug!(peer = %conn.peer, "closed a subscription whose client sent {n} bytes up it");
             }
         }
     };
@@ -182,6 +186,9 @@ pub(crate) async fn serve_subscription<S>(
         _ = client_gone => {}
         result = stream => {
             if let Err(err) = result {
+                if err.kind() == io::ErrorKind::TimedOut {
+                    state.metrics.reject(super::Rejection::WriteTimeout);
+                }
                 tracing::debug!(peer = %conn.peer, "subscriber connection ended: {err}");
             }
         }
@@ -230,6 +237,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // An emptied `Bytes` still holds its whole buffer: let it go for the connection's
+                // lifetime (a subscriber served by hyper may live for hours).
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

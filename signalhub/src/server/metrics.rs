@@ -44,11 +44,20 @@ pub enum Rejection {
     BadWebSocket,
     /// A WebSocket frame that is not a signalhubws message.
     BadFrame,
+    /// A subscribe request that declares a body (400): a subscription carries none.
+    BodyOnSubscribe,
+    /// Bytes sent up a subscription stream, where the client has nothing to send: the connection
+    /// is closed.
+    UnexpectedBytes,
+    /// A request whose framing is ambiguous, such as `Transfer-Encoding` given twice (400).
+    AmbiguousFraming,
+    /// A client that read nothing for the write timeout: the connection is closed.
+    WriteTimeout,
 }
 
 impl Rejection {
     /// Every reason, so that each is exported (at zero) from the start.
-    pub const ALL: [Rejection; 15] = [
+    pub const ALL: [Rejection; 19] = [
         Rejection::BodyTooLarge,
         Rejection::BodyHasNewline,
         Rejection::EmptyBody,
@@ -64,6 +73,10 @@ impl Rejection {
         Rejection::Timeout,
         Rejection::BadWebSocket,
         Rejection::BadFrame,
+        Rejection::BodyOnSubscribe,
+        Rejection::UnexpectedBytes,
+        Rejection::AmbiguousFraming,
+        Rejection::WriteTimeout,
     ];
 
     /// The label value, in snake case.
@@ -84,6 +97,10 @@ impl Rejection {
             Rejection::Timeout => "timeout",
             Rejection::BadWebSocket => "bad_websocket",
             Rejection::BadFrame => "bad_frame",
+            Rejection::BodyOnSubscribe => "body_on_subscribe",
+            Rejection::UnexpectedBytes => "unexpected_bytes",
+            Rejection::AmbiguousFraming => "ambiguous_framing",
+            Rejection::WriteTimeout => "write_timeout",
         }
     }
 }
@@ -131,6 +148,8 @@ pub struct Metrics {
     pub(crate) messages_dropped: Counter,
     pub(crate) subscribers_dropped: Counter,
     pub(crate) queued_bytes: Gauge,
+    /// Failed accepts (above all, the process out of file descriptors).
+    pub(crate) accept_errors: Counter,
     rejected: Family<RejectionLabels, Counter>,
 }
 
@@ -196,6 +215,12 @@ impl Metrics {
             "Bytes waiting in subscribers' outgoing queues (shared messages counted once per subscriber)",
             queued_bytes.clone(),
         );
+        let accept_errors = Counter::default();
+        registry.register(
+            "accept_errors",
+            "Connections the hub failed to accept (e.g. out of file descriptors: lower --max-connections or raise the limit)",
+            accept_errors.clone(),
+        );
         let rejected = Family::<RejectionLabels, Counter>::default();
         registry.register(
             "rejected",
@@ -227,6 +252,7 @@ impl Metrics {
             messages_dropped,
             subscribers_dropped,
             queued_bytes,
+            accept_errors,
             rejected,
             registry,
         }

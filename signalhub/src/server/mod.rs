@@ -10,6 +10,7 @@ mod front;
 mod limits;
 mod metrics;
 mod routes;
+mod socket;
 mod sse;
 mod web;
 mod ws;
@@ -40,6 +41,7 @@ use channels::{FanOut, QueueLimits, Registry, SHARDS};
 use limits::{ConnectionGuard, Limits, Refusal};
 pub use metrics::{Metrics, Rejection};
 use routes::PathLimits;
+use socket::ClientSocket;
 
 /// How the hub behaves. `Default` gives the values the `signalhub listen` flags default to.
 #[derive(Debug, Clone)]
@@ -62,10 +64,13 @@ pub struct HubConfig {
     pub queue_max_messages: usize,
     /// ...or this many bytes.
     pub queue_max_bytes: usize,
-    /// Bytes queued across all subscribers, past which only those with an empty queue get new
-    /// messages (the others are dropped as they fall behind).
+    /// Bytes queued across all subscribers. Past it, subscribers that are behind (holding more
+    /// than an eighth of their own queue limit) are dropped, at their next message or within a
+    /// second; subscribers that keep up are still served.
     pub queued_bytes_budget: usize,
-    /// Open connections in all; `0` for no limit. Past it, new connections get `503`.
+    /// Open connections in all; `0` for no limit. Past it, new connections get `503` (and
+    /// `GET /health` and `GET /metrics` are still answered). The default, from
+    /// [`default_max_connections`], fits the process's open-file limit with room to spare.
     pub max_connections: usize,
     /// Open connections from one address (IPv6: one /64); `0` for no limit. Past it, `429`.
     pub max_connections_per_ip: usize,
@@ -76,6 +81,9 @@ pub struct HubConfig {
     pub broadcast_burst: u32,
     /// How long a client may take to send a request's headers, or a POST's body.
     pub request_timeout: Duration,
+    /// How long a write to a client may wait for the client to read before the connection is
+    /// closed (every path: streams, responses, files, WebSockets).
+    pub write_timeout: Duration,
     /// On shutdown, how long open connections get to finish before they are closed.
     pub shutdown_grace: Duration,
     /// No per-message logs (subscribe, broadcast).
@@ -103,11 +111,12 @@ impl Default for HubConfig {
             queue_max_messages: 1024,
             queue_max_bytes: 512 * 1024,
             queued_bytes_budget: 256 * 1024 * 1024,
-            max_connections: 100_000,
+            max_connections: default_max_connections(),
             max_connections_per_ip: 1024,
             broadcasts_per_sec: 500,
             broadcast_burst: 1000,
             request_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             quiet: false,
             trust_forwarded_for: false,
@@ -115,6 +124,26 @@ impl Default for HubConfig {
         }
     }
 }
+
+/// Connections the hub may hold at most, given this process's open-file limit (its soft limit,
+/// as it stands when called: `signalhub listen` raises it to the hard limit first). Each
+/// connection is one file; the rest is kept for what the hub opens besides: refusals answered
+/// while full (up to [`MAX_REFUSALS`] at once), `/health` and `/metrics` probes, files served with
+/// `--web`, a broker connection, the runtime's own descriptors. 100 000 when the limit cannot be read.
+pub fn default_max_connections() -> usize {
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, _)) if soft != rlimit::INFINITY => {
+            let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+            let reserve = (MAX_REFUSALS + 256).max(soft / 16);
+            soft.saturating_sub(reserve).max(16)
+        }
+        Ok(_) => 1_000_000,
+        Err(_) => 100_000,
+    }
+}
+
+/// Connections past a limit answered at once at most; beyond that they are closed unanswered.
+pub const MAX_REFUSALS: usize = 256;
 
 /// Why the hub could not start.
 #[derive(Debug, thiserror::Error)]
@@ -200,10 +229,7 @@ impl Hub {
             FanOut {
                 max_broadcasts: config.max_broadcasts,
             },
-            QueueLimits {
-                max_messages: config.queue_max_messages.max(1),
-                max_bytes: config.queue_max_bytes.max(1),
-            },
+            QueueLimits::new(config.queue_max_messages, config.queue_max_bytes),
             config.queued_bytes_budget,
         );
         let limits = Arc::new(Limits::new(
@@ -267,7 +293,8 @@ impl Hub {
         } = self;
         let maintenance = tokio::spawn(maintain(state.clone()));
         // Refusing a connection politely takes a task; this many at a time at most.
-        let refusals = Arc::new(Semaphore::new(256));
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+        let mut accept_errors = RateLimitedLog::new(Duration::from_secs(10));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -278,7 +305,14 @@ impl Hub {
                     Err(err) => {
                         // Out of file descriptors or a connection reset before accept: keep serving
                         // the connections there are, and try again shortly.
-                        tracing::warn!("accept failed: {err}");
+                        state.metrics.accept_errors.inc();
+                        if let Some(suppressed) = accept_errors.should_log() {
+                            tracing::warn!(
+                                "accept failed: {err} ({} open connections, limit {}; {suppressed} more such failures since the last warning)",
+                                state.limits.open_connections(),
+                                state.config.max_connections,
+                            );
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -291,7 +325,6 @@ impl Hub {
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
             state.metrics.tcp_connections.inc();
             let conn = Arc::new(ConnectionContext {
                 peer,
@@ -300,6 +333,7 @@ impl Hub {
                 _guard: guard,
                 _task: state.tracker.token(),
             });
+            let stream = ClientSocket::new(stream, conn.kill.clone(), state.config.write_timeout);
             let state = state.clone();
             match &tls {
                 None => {
@@ -424,6 +458,7 @@ async fn maintain(state: Arc<HubState>) {
     loop {
         tick.tick().await;
         state.registry.heartbeat_shard(shard);
+        state.registry.enforce_budget();
         shard = (shard + 1) % SHARDS;
         if shard == 0 {
             state.limits.sweep();
@@ -478,6 +513,11 @@ where
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
+                    if err.is_timeout() {
+                        state.metrics.reject(Rejection::Timeout);
+                    } else if is_write_timeout(&err) {
+                        state.metrics.reject(Rejection::WriteTimeout);
+                    }
                     tracing::debug!(peer = %conn.peer, "connection ended: {err}");
                 }
                 break;
@@ -491,7 +531,21 @@ where
     }
 }
 
-/// Answers a connection over a limit with a plain HTTP error, without serving it.
+/// True when an error of hyper's comes from the socket's write timeout.
+fn is_write_timeout(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return io.kind() == io::ErrorKind::TimedOut;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Answers a connection over a limit with a plain HTTP error, without serving it. A hub that is
+/// full still answers `GET /health` (200, saying it is full) and `GET /metrics`, so that operators
+/// and load balancers can see it.
 fn refuse(
     state: &Arc<HubState>,
     refusals: &Arc<Semaphore>,
@@ -518,35 +572,142 @@ fn refuse(
             ),
         ),
     };
-    state.metrics.reject(reason);
-    tracing::debug!(%peer, "refused a connection: {message}");
     let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        state.metrics.reject(reason);
         return;
     };
     if tls {
         // A plain-text answer means nothing inside TLS: closing is the answer.
+        state.metrics.reject(reason);
         return;
     }
+    let state = state.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let body = format!("{message}\n");
-        let mut response = format!("HTTP/1.1 {status}\r\n");
-        for (name, value) in routes::CORS_HEADERS {
-            response.push_str(&format!("{}: {value}\r\n", routes::title_case(name)));
-        }
-        response.push_str(&format!(
-            "Content-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             // Read the request first, so that closing does not reset it before the answer is read.
             let mut buf = [0u8; 4096];
-            let _ = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await;
+            let read = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
+            let probe = match refusal {
+                Refusal::Total => probe_path(&buf[..read]),
+                Refusal::PerIp => None,
+            };
+            let response = match probe {
+                Some(Probe::Health) => {
+                    let body = format!(
+                        "ok: full, new connections get 503 ({} open, limit {})\n",
+                        state.limits.open_connections(),
+                        state.config.max_connections
+                    );
+                    raw_response("200 OK", "text/plain; charset=utf-8", &body, None)
+                }
+                Some(Probe::Metrics) => {
+                    state.metrics.queued_bytes.set(
+                        state
+                            .registry
+                            .queued_total
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            as i64,
+                    );
+                    raw_response(
+                        "200 OK",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        &state.metrics.encode(),
+                        None,
+                    )
+                }
+                None => {
+                    state.metrics.reject(reason);
+                    tracing::debug!(%peer, "refused a connection: {message}");
+                    raw_response(
+                        status,
+                        "text/plain; charset=utf-8",
+                        &format!("{message}\n"),
+                        Some(1),
+                    )
+                }
+            };
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
         })
         .await;
     });
+}
+
+/// The probes a full hub still answers.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    Health,
+    Metrics,
+}
+
+/// `GET /health` or `GET /metrics` at the start of a request, if that is what it is.
+fn probe_path(request: &[u8]) -> Option<Probe> {
+    let line = request.split(|&b| b == b'\r' || b == b'\n').next()?;
+    let mut parts = line.split(|&b| b == b' ');
+    if parts.next()? != b"GET" {
+        return None;
+    }
+    let target = parts.next()?;
+    let path = target.split(|&b| b == b'?').next()?;
+    match path {
+        b"/health" => Some(Probe::Health),
+        b"/metrics" => Some(Probe::Metrics),
+        _ => None,
+    }
+}
+
+/// A complete `Connection: close` response with the CORS headers, written without hyper.
+fn raw_response(status: &str, content_type: &str, body: &str, retry_after: Option<u32>) -> String {
+    let mut response = format!("HTTP/1.1 {status}\r\n");
+    for (name, value) in routes::CORS_HEADERS {
+        response.push_str(&format!("{}: {value}\r\n", routes::title_case(name)));
+    }
+    response.push_str(&format!("Content-Type: {content_type}\r\n"));
+    if let Some(secs) = retry_after {
+        response.push_str(&format!("Retry-After: {secs}\r\n"));
+    }
+    response.push_str(&format!(
+        "Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    response
+}
+
+/// A warning that repeats at most once a period, counting what it held back.
+struct RateLimitedLog {
+    period: Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn new(period: Duration) -> Self {
+        RateLimitedLog {
+            period,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(held back since the last time)` when the event should be logged now.
+    fn should_log(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < self.period => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
 }
 
 fn tls_acceptor(key: &Path, cert: &Path) -> Result<TlsAcceptor, HubError> {
@@ -577,4 +738,41 @@ fn tls_acceptor(key: &Path, cert: &Path) -> Result<TlsAcceptor, HubError> {
         .map_err(|e| HubError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_are_recognised_from_the_request_line() {
+        assert_eq!(probe_path(b"GET /health HTTP/1.1\r\n"), Some(Probe::Health));
+        assert_eq!(
+            probe_path(b"GET /metrics?x HTTP/1.1\r\n"),
+            Some(Probe::Metrics)
+        );
+        assert_eq!(probe_path(b"POST /health HTTP/1.1\r\n"), None);
+        assert_eq!(probe_path(b"GET /v1/a/b HTTP/1.1\r\n"), None);
+        assert_eq!(probe_path(b""), None);
+    }
+
+    #[test]
+    fn the_default_connection_limit_fits_the_open_file_limit() {
+        let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+        let max = default_max_connections() as u64;
+        if soft != rlimit::INFINITY {
+            assert!(max + MAX_REFUSALS as u64 + 64 <= soft, "{max} of {soft}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_warning_is_logged_once_a_period() {
+        let mut log = RateLimitedLog::new(Duration::from_secs(3600));
+        assert_eq!(log.should_log(), Some(0));
+        for _ in 0..100 {
+            assert_eq!(log.should_log(), None);
+        }
+        log.last = Some(std::time::Instant::now() - Duration::from_secs(3601));
+        assert_eq!(log.should_log(), Some(100));
+    }
 }

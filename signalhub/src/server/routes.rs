@@ -242,6 +242,10 @@ pub(crate) async fn handle(
     conn: Arc<ConnectionContext>,
     request: Request<Body>,
 ) -> Response<Body> {
+    if let Some(message) = ambiguous_framing(request.headers()) {
+        state.metrics.reject(Rejection::AmbiguousFraming);
+        return closing(error(StatusCode::BAD_REQUEST, message));
+    }
     if is_websocket_upgrade(request.headers()) {
         return websocket(state, conn, request).await;
     }
@@ -256,7 +260,7 @@ pub(crate) async fn handle(
             // With a web root, `GET /` is the page for browsers and the info JSON for the rest.
             Some(root) if request.method() == Method::GET || request.method() == Method::HEAD => {
                 let mut response = if web::prefers_html(request.headers()) {
-                    web::index(root).await
+                    web::index(root, file_request(&request)).await
                 } else {
                     info(&state)
                 };
@@ -286,9 +290,9 @@ pub(crate) async fn handle(
                 if web::may_serve(request.method(), path) {
                     // `/?hub=…` is the page's own address.
                     if path == "/" {
-                        web::index(root).await
+                        web::index(root, file_request(&request)).await
                     } else {
-                        web::serve(root, path).await
+                        web::serve(root, path, file_request(&request)).await
                     }
                 } else {
                     empty(StatusCode::NOT_FOUND)
@@ -299,6 +303,15 @@ pub(crate) async fn handle(
         Route::Invalid(reason, status, message) => {
             state.metrics.reject(reason);
             error(status, message)
+        }
+        Route::Subscribe { .. } if declares_body(request.headers()) => {
+            // Its body would sit unread under a stream that never ends, and hyper would then
+            // never read far enough to notice that the client has gone.
+            state.metrics.reject(Rejection::BodyOnSubscribe);
+            closing(error(
+                StatusCode::BAD_REQUEST,
+                "a subscribe request carries no body: send GET without Content-Length or Transfer-Encoding",
+            ))
         }
         Route::Subscribe { app, channels } => {
             let keys: Vec<ChannelKey> = channels
@@ -317,6 +330,13 @@ pub(crate) async fn handle(
             );
             broadcast(state, conn, client, key, request.into_body()).await
         }
+    }
+}
+
+fn file_request(request: &Request<Body>) -> web::FileRequest<'_> {
+    web::FileRequest {
+        method: request.method(),
+        headers: request.headers(),
     }
 }
 
@@ -481,6 +501,37 @@ pub(crate) fn validate_message(
 /// exception (signalhubws), so one such message would cut every subscriber off.
 pub(crate) fn is_json_null(message: &[u8]) -> bool {
     message.trim_ascii() == b"null"
+}
+
+/// True when a request says a body follows (a non-zero `Content-Length`, or any
+/// `Transfer-Encoding`).
+fn declares_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|value| value.as_bytes() != b"0")
+}
+
+/// Why a request's framing is ambiguous, if it is: `chunked` named more than once across its
+/// `Transfer-Encoding` headers, which RFC 9112 §6.1 asks a server to refuse rather than guess.
+fn ambiguous_framing(headers: &HeaderMap) -> Option<&'static str> {
+    let chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .filter(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .count();
+    (chunked > 1)
+        .then_some("ambiguous request framing: Transfer-Encoding names chunked more than once")
+}
+
+/// Marks a response as the last on its connection.
+fn closing(mut response: Response<Body>) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {

@@ -13,19 +13,20 @@
 //!
 //! A path is refused (`404`) when a segment is empty, `.`, `..` or hidden (starts with `.`), holds
 //! a `\` or a NUL, or is not UTF-8 once percent-decoded; and when the file it names, symlinks
-//! resolved, lies outside the root. Files over [`MAX_FILE_BYTES`] are refused with `500` and a
-//! message.
+//! resolved, lies outside the root. Files are streamed [`FILE_CHUNK`] bytes at a time, `HEAD` is
+//! answered without reading, and `Range` requests get their part (`206`), as browsers and
+//! `curl -C` expect.
 
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use tokio::io::AsyncReadExt;
+use tower_http::services::ServeFile;
 
-use super::routes::{error, respond};
+use super::routes::{add_cors, error};
 
-/// The largest file served.
-pub(crate) const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// The most bytes of a file read at a time: what one slow reader can hold of it in the hub.
+const FILE_CHUNK: usize = 64 * 1024;
 
 /// True when the `Accept` header ranks HTML (`text/html` or `application/xhtml+xml`) above zero
 /// and at least as high as `application/json`. `*/*` alone (`curl`) and no header at all do not
@@ -139,25 +140,32 @@ pub(crate) fn content_type(name: &Path) -> &'static str {
     }
 }
 
-/// Answers a request path from the web root: the file, `404`, or `500` for a file too large or
-/// unreadable.
-pub(crate) async fn serve(root: &Path, path: &str) -> Response<Body> {
+/// What a file request carries that the answer depends on: its method (`HEAD` gets no body) and
+/// its headers (`Range`, `If-Modified-Since`…).
+pub(crate) struct FileRequest<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+}
+
+/// Answers a request path from the web root: the file (or the part of it a `Range` asks for),
+/// `404`, or `500` for a file that cannot be read.
+pub(crate) async fn serve(root: &Path, path: &str, request: FileRequest<'_>) -> Response<Body> {
     match relative_path(path) {
-        Some(relative) => serve_file(root, &relative).await,
+        Some(relative) => serve_file(root, &relative, request).await,
         None => not_found(),
     }
 }
 
 /// Answers `index.html` of the web root.
-pub(crate) async fn index(root: &Path) -> Response<Body> {
-    serve_file(root, Path::new("index.html")).await
+pub(crate) async fn index(root: &Path, request: FileRequest<'_>) -> Response<Body> {
+    serve_file(root, Path::new("index.html"), request).await
 }
 
 fn not_found() -> Response<Body> {
     error(StatusCode::NOT_FOUND, "not found")
 }
 
-async fn serve_file(root: &Path, relative: &Path) -> Response<Body> {
+async fn serve_file(root: &Path, relative: &Path, request: FileRequest<'_>) -> Response<Body> {
     let Ok(root) = tokio::fs::canonicalize(root).await else {
         tracing::warn!("the web root {} is gone", root.display());
         return not_found();
@@ -174,31 +182,33 @@ async fn serve_file(root: &Path, relative: &Path) -> Response<Body> {
         Ok(meta) if meta.is_file() => (file, relative.to_path_buf()),
         _ => return not_found(),
     };
-    match read_capped(&file).await {
-        Ok(Some(bytes)) => {
-            let mut response =
-                respond(StatusCode::OK, Some(content_type(&name)), Body::from(bytes));
-            let headers = response.headers_mut();
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            headers.insert(
+    // tower-http streams the file in chunks (so a slow reader holds one chunk, not the file),
+    // answers HEAD from the file's metadata, and serves `Range` and conditional requests.
+    let mut probe = axum::http::Request::new(());
+    *probe.method_mut() = request.method.clone();
+    *probe.headers_mut() = request.headers.clone();
+    let served = ServeFile::new(&file)
+        .with_buf_chunk_size(FILE_CHUNK)
+        .try_call(probe)
+        .await;
+    match served {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            add_cors(&mut parts.headers);
+            if parts.status.is_success() {
+                parts.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(content_type(&name)),
+                );
+            }
+            parts
+                .headers
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            parts.headers.insert(
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             );
-            response
-        }
-        Ok(None) => {
-            tracing::warn!(
-                "not serving {}: larger than {MAX_FILE_BYTES} bytes",
-                file.display()
-            );
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "{} is too large to serve: the hub serves files of at most {} MiB",
-                    name.display(),
-                    MAX_FILE_BYTES / (1024 * 1024)
-                ),
-            )
+            Response::from_parts(parts, Body::new(body))
         }
         Err(err) => {
             tracing::warn!("cannot read {}: {err}", file.display());
@@ -214,24 +224,6 @@ async fn serve_file(root: &Path, relative: &Path) -> Response<Body> {
 async fn resolve(root: &Path, path: &Path) -> Option<PathBuf> {
     let canonical = tokio::fs::canonicalize(path).await.ok()?;
     canonical.starts_with(root).then_some(canonical)
-}
-
-/// The whole file, or `None` when it holds more than [`MAX_FILE_BYTES`] (read no further).
-async fn read_capped(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    let file = tokio::fs::File::open(path).await?;
-    let len = file.metadata().await?.len();
-    if len > MAX_FILE_BYTES {
-        return Ok(None);
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    // The file may grow after the size check: read one byte past the cap at most.
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .await?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Ok(None);
-    }
-    Ok(Some(bytes))
 }
 
 #[cfg(test)]

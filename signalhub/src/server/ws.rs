@@ -22,6 +22,11 @@ use super::channels::{Next, Outbox};
 use super::metrics::Rejection;
 use super::{ConnectionContext, HubState};
 
+/// The WebSocket read buffer's starting size.
+const WS_READ_BUFFER: usize = 2 * 1024;
+/// Frames are gathered up to this many bytes before a write (a flush writes them anyway).
+const WS_WRITE_BUFFER: usize = 16 * 1024;
+
 /// Close code 1001, "going away": the hub is shutting down.
 const GOING_AWAY: u16 = 1001;
 
@@ -49,6 +54,10 @@ pub(crate) fn accept(
     upgrade
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
+        // tungstenite allocates its whole read buffer up front (128 KiB by default), which made an
+        // idle WebSocket cost 137 KiB; a small one grows only while a large frame arrives.
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let kill = conn.kill.clone();
             tokio::select! {
