@@ -209,6 +209,25 @@ struct Insert<'n> {
     remote: Option<&'n Node>,
 }
 
+/// Where a checked insertion goes (see `Log::plan`).
+struct Plan {
+    key: Key,
+    log: String,
+    seq: u64,
+    change: u64,
+    link_logs: Vec<String>,
+    /// The node already stored under this key (the insertion is then a dedup entry).
+    existing: Option<Node>,
+}
+
+/// What `Log::apply` did.
+enum Inserted {
+    /// A new node, at this index of the batch's nodes.
+    New(usize),
+    /// A dedup entry for this node (relabelled with the new entry's log and seq).
+    Dedup(Node),
+}
+
 impl Log {
     /// A log on any store.
     pub fn with_store(store: Box<dyn Store>, options: LogOptions) -> Result<Log, LogError> {
@@ -410,19 +429,37 @@ impl Log {
         Ok(())
     }
 
-    /// hyperlog's per-node insertion (spec §1.7), into the overlay.
+    /// hyperlog's per-node insertion (spec §1.7), into the overlay; the node as inserted.
     fn insert(&self, ov: &mut Overlay<'_>, ins: Insert<'_>) -> Result<Node, LogError> {
+        let plan = self.plan(ov, &ins.links, &ins.value, ins.remote)?;
+        let identity = ins.remote.and_then(|r| r.identity.clone());
+        let signature = ins.remote.and_then(|r| r.signature.clone());
+        Ok(
+            match Log::apply(ov, plan, ins.links, ins.value, identity, signature) {
+                Inserted::New(i) => ov.batch.nodes[i].clone(),
+                Inserted::Dedup(node) => node,
+            },
+        )
+    }
+
+    /// The checks of an insertion (links present, and for a received node: key, seq, signature),
+    /// and where it goes; nothing is written.
+    fn plan(
+        &self,
+        ov: &mut Overlay<'_>,
+        links: &[Key],
+        value: &[u8],
+        remote: Option<&Node>,
+    ) -> Result<Plan, LogError> {
         let local = self.id();
-        let log = match ins.remote {
+        let log = match remote {
             Some(r) if !r.log.is_empty() => r.log.clone(),
             _ => local.to_string(),
         };
-        let identity = ins.remote.and_then(|r| r.identity.clone());
-        let signature = ins.remote.and_then(|r| r.signature.clone());
         let seq0 = ov.log_head(&log)?;
-        let key = Key::compute(&ins.links, &ins.value);
+        let key = Key::compute(links, value);
         let mut link_logs: Vec<String> = Vec::new();
-        for link in &ins.links {
+        for link in links {
             let other_log = ov
                 .with_node(link, |linked| {
                     (linked.log != log && !link_logs.contains(&linked.log))
@@ -437,7 +474,7 @@ impl Log {
             Some(n) => n.change,
             None => ov.changes + 1,
         };
-        if let Some(remote) = ins.remote {
+        if let Some(remote) = remote {
             if remote.key != key {
                 return Err(LogError::ChecksumMismatch {
                     claimed: remote.key,
@@ -451,36 +488,56 @@ impl Log {
                     got: remote.seq,
                 });
             }
+            // The verifier reads the key (checked equal above), identity and signature: the
+            // remote node's are the ones the node is stored with.
+            match (&self.inner.options.verifier, &self.inner.options.keypair) {
+                // From a peer, whatever log it claims: the verifier decides.
+                (Some(verifier), _) => verifier
+                    .verify_node(remote)
+                    .map_err(|error| LogError::InvalidSignature { key, error })?,
+                // From a peer, claiming this log's id (which every `Have` makes public): only
+                // what this log signed itself, say echoed back from a backup. hyperlog 4.x would
+                // sign whatever arrives under its id, letting any peer publish in the owner's name.
+                (None, Some(kp)) if log == local => {
+                    Verifier::for_keypair(kp)
+                        .verify_node(remote)
+                        .map_err(|error| LogError::InvalidSignature { key, error })?
+                }
+                (None, _) => {}
+            }
         }
-        let node = Node {
+        // (A local append: `Log::batch` signs it as the store writes it, with a keypair.)
+        if existing.is_none() {
+            // A new node changes the heads: have them loaded for `apply`.
+            ov.heads()?;
+        }
+        Ok(Plan {
             key,
-            links: ins.links,
-            value: ins.value,
-            log: log.clone(),
+            log,
             seq,
             change,
-            identity,
-            signature,
-        };
-        match (
-            ins.remote,
-            &self.inner.options.verifier,
-            &self.inner.options.keypair,
-        ) {
-            // A local append: `Log::batch` signs it as the store writes it (with a keypair).
-            (None, _, _) => {}
-            // From a peer, whatever log it claims: the verifier decides.
-            (Some(_), Some(verifier), _) => verifier
-                .verify_node(&node)
-                .map_err(|error| LogError::InvalidSignature { key, error })?,
-            // From a peer, claiming this log's id (which every `Have` makes public): only what
-            // this log signed itself, say echoed back from a backup. hyperlog 4.x would sign
-            // whatever arrives under its id, letting any peer publish in the owner's name.
-            (Some(_), None, Some(kp)) if log == local => Verifier::for_keypair(kp)
-                .verify_node(&node)
-                .map_err(|error| LogError::InvalidSignature { key, error })?,
-            (Some(_), None, _) => {}
-        }
+            link_logs,
+            existing,
+        })
+    }
+
+    /// Writes a planned insertion into the overlay, taking the node's parts.
+    fn apply(
+        ov: &mut Overlay<'_>,
+        plan: Plan,
+        links: Vec<Key>,
+        value: Vec<u8>,
+        identity: Option<Vec<u8>>,
+        signature: Option<Vec<u8>>,
+    ) -> Inserted {
+        let Plan {
+            key,
+            log,
+            seq,
+            change,
+            link_logs,
+            existing,
+        } = plan;
         let entry = Entry {
             key,
             change,
@@ -497,19 +554,32 @@ impl Log {
                 // A dedup: only the entry is written; the node keeps its first author.
                 old.log = log;
                 old.seq = seq;
-                Ok(old)
+                Inserted::Dedup(old)
             }
             None => {
-                let heads = ov.heads()?;
-                for link in &node.links {
-                    heads.remove(link);
+                // `plan` loaded the heads for a new node.
+                let node = Node {
+                    key,
+                    links,
+                    value,
+                    log,
+                    seq,
+                    change,
+                    identity,
+                    signature,
+                };
+                if let Some((heads, _)) = ov.heads.as_mut() {
+                    for link in &node.links {
+                        heads.remove(link);
+                    }
+                    heads.insert(key);
                 }
-                heads.insert(key);
                 ov.changes = change;
                 ov.batch.changes = Some(change);
-                ov.nodes.insert(key, ov.batch.nodes.len());
-                ov.batch.nodes.push(node.clone());
-                Ok(node)
+                let i = ov.batch.nodes.len();
+                ov.nodes.insert(key, i);
+                ov.batch.nodes.push(node);
+                Inserted::New(i)
             }
         }
     }
@@ -591,6 +661,15 @@ impl Log {
     }
 }
 
+/// A node [`ReceiveBatch::receive_owned`] did not insert, and why.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub error: LogError,
+    /// The node, as it was given.
+    pub node: Node,
+}
+
 /// Received nodes being inserted in one transaction (see [`Log::begin_receive`]).
 pub struct ReceiveBatch<'a> {
     log: &'a Log,
@@ -618,6 +697,28 @@ impl ReceiveBatch<'_> {
                 remote: Some(node),
             },
         )
+    }
+
+    /// As [`ReceiveBatch::receive`], taking the node: its value and links are stored as they
+    /// are, not copied (a large value arrives once and stays where it is). A refused node is
+    /// handed back with the error, the batch as it was.
+    pub fn receive_owned(&mut self, node: Node) -> Result<(), Box<Refused>> {
+        let plan = match self
+            .log
+            .plan(&mut self.ov, &node.links, &node.value, Some(&node))
+        {
+            Ok(plan) => plan,
+            Err(error) => return Err(Box::new(Refused { error, node })),
+        };
+        let Node {
+            links,
+            value,
+            identity,
+            signature,
+            ..
+        } = node;
+        Log::apply(&mut self.ov, plan, links, value, identity, signature);
+        Ok(())
     }
 
     /// As [`Log::entry`], including the entries of this batch.

@@ -11,7 +11,10 @@ use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-use super::wire::{encode_node_fields, NodeFields, NodeMessage};
+use super::wire::{
+    encode_node_fields, encode_node_head, encode_node_links, node_fields_len, put_varint,
+    NodeFields, NodeMessage, TYPE_NODE,
+};
 
 /// Length of a key in bytes (SHA-256).
 pub const KEY_LEN: usize = 32;
@@ -265,22 +268,56 @@ impl Node {
         })
     }
 
+    /// The fields of its Node message but the links; `key` is the key as hex.
+    fn fields<'a>(&'a self, key: &'a [u8; KEY_HEX_LEN]) -> NodeFields<'a> {
+        NodeFields {
+            change: self.change,
+            key,
+            log: &self.log,
+            seq: Some(self.seq),
+            identity: self.identity.as_deref(),
+            signature: self.signature.as_deref(),
+            value: &self.value,
+        }
+    }
+
     /// Appends exactly what `self.to_message().encode(out)` appends, without building the
     /// message (no copies of the value, no hex strings on the heap): how a store writes nodes.
     pub fn encode_message(&self, out: &mut Vec<u8>) {
         encode_node_fields(
             out,
-            NodeFields {
-                change: self.change,
-                key: &self.key.to_hex_bytes(),
-                log: &self.log,
-                seq: Some(self.seq),
-                identity: self.identity.as_deref(),
-                signature: self.signature.as_deref(),
-                value: &self.value,
-            },
+            self.fields(&self.key.to_hex_bytes()),
             self.links.iter().map(Key::to_hex_bytes),
         );
+    }
+
+    /// Length of [`Node::encode_message`]'s output.
+    pub fn message_len(&self) -> usize {
+        node_fields_len(
+            &self.fields(&self.key.to_hex_bytes()),
+            self.links.iter().map(|_| KEY_HEX_LEN),
+        )
+    }
+
+    /// What [`Node::encode_message`] appends, in three parts: the bytes before the value, the
+    /// value itself (borrowed) and the bytes after it; so that a store can write the value
+    /// straight into its own buffer.
+    pub(crate) fn message_parts(&self) -> (Vec<u8>, &[u8], Vec<u8>) {
+        let mut head = Vec::with_capacity(256);
+        encode_node_head(&mut head, self.fields(&self.key.to_hex_bytes()));
+        let mut tail = Vec::with_capacity(self.links.len() * (KEY_HEX_LEN + 2));
+        encode_node_links(&mut tail, self.links.iter().map(Key::to_hex_bytes));
+        (head, &self.value, tail)
+    }
+
+    /// Appends the node's whole replication frame, exactly what
+    /// `Message::Node(self.to_message()).encode_frame(out)` appends, copying the value once.
+    pub fn encode_frame(&self, out: &mut Vec<u8>) {
+        let body = 1 + self.message_len();
+        out.reserve(body + 10);
+        put_varint(out, body as u64);
+        out.push(TYPE_NODE);
+        self.encode_message(out);
     }
 
     /// The node as a wire message (`seq` is always sent, as JS does).
@@ -490,6 +527,13 @@ mod tests {
             node.encode_message(&mut direct);
             node.to_message().encode(&mut via);
             assert_eq!(direct, via);
+            assert_eq!(node.message_len(), direct.len());
+            let (head, value, tail) = node.message_parts();
+            assert_eq!([head.as_slice(), value, tail.as_slice()].concat(), direct);
+            let (mut frame, mut via) = (Vec::new(), Vec::new());
+            node.encode_frame(&mut frame);
+            crate::log::wire::Message::Node(node.to_message()).encode_frame(&mut via);
+            assert_eq!(frame, via);
         }
     }
 

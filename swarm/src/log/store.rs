@@ -733,12 +733,26 @@ impl Store for RedbStore {
         {
             let mut nodes = txn.open_table(NODES_BY_CHANGE).map_err(engine)?;
             let mut index = txn.open_table(KEY_INDEX_RECENT).map_err(engine)?;
-            let mut buf = Vec::new();
-            for node in &mut batch.nodes {
-                prepare(node);
-                buf.clear();
-                node.encode_message(&mut buf);
-                nodes.insert(node.change, buf.as_slice()).map_err(engine)?;
+            // Each node's message is written straight into its place in the table (no encoded
+            // copy of a large value on the side), and the node dropped once it is written.
+            for mut node in std::mem::take(&mut batch.nodes) {
+                prepare(&mut node);
+                let (head, value, tail) = node.message_parts();
+                let len = head.len() + value.len() + tail.len();
+                let len = u32::try_from(len).map_err(|_| {
+                    StoreError::Engine(format!(
+                        "node {} is {len} bytes encoded, more than the store can hold in a row",
+                        node.key
+                    ))
+                })?;
+                let mut row = nodes.insert_reserve(node.change, len).map_err(engine)?;
+                let out: &mut [u8] = row.as_mut();
+                let (out_head, rest) = out.split_at_mut(head.len());
+                let (out_value, out_tail) = rest.split_at_mut(value.len());
+                out_head.copy_from_slice(&head);
+                out_value.copy_from_slice(value);
+                out_tail.copy_from_slice(&tail);
+                drop(row);
                 index
                     .insert((key_prefix(&node.key), node.change), ())
                     .map_err(engine)?;

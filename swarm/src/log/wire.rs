@@ -333,6 +333,30 @@ impl NodeMessage {
 
     /// Decodes a protobuf-encoded `Node`.
     pub fn decode(buf: &[u8]) -> Result<NodeMessage, WireError> {
+        let (mut msg, value) = NodeMessage::decode_fields(buf)?;
+        msg.value = buf[value].to_vec();
+        Ok(msg)
+    }
+
+    /// Decodes a `Node` whose protobuf encoding is `payload[offset..]`, taking the value out of
+    /// `payload` without copying it when `payload` is the only handle on its buffer (as a large
+    /// frame from [`FrameDecoder`] is): the value then keeps that buffer's allocation.
+    pub fn decode_owned(payload: Bytes, offset: usize) -> Result<NodeMessage, WireError> {
+        let rest = payload
+            .get(offset..)
+            .ok_or(WireError::Truncated { message: "Node" })?;
+        let (mut msg, value) = NodeMessage::decode_fields(rest)?;
+        let mut payload = payload;
+        payload.advance(offset + value.start);
+        payload.truncate(value.len());
+        // A unique `Bytes` becomes a `Vec` in place (its bytes moved to the front); a shared one
+        // is copied.
+        msg.value = Vec::from(payload);
+        Ok(msg)
+    }
+
+    /// Every field but the value, which is left empty; and where the value is in `buf`.
+    fn decode_fields(buf: &[u8]) -> Result<(NodeMessage, std::ops::Range<usize>), WireError> {
         const M: &str = "Node";
         let mut r = Reader::new(buf, M);
         let mut change = None;
@@ -349,7 +373,10 @@ impl NodeMessage {
                 2 => key = Some(r.string_field(wt, "key")?),
                 3 => log = Some(r.string_field(wt, "log")?),
                 4 => seq = Some(r.varint_field(wt, "seq")?),
-                5 => value = Some(r.bytes_field(wt, "value")?.to_vec()),
+                5 => {
+                    let bytes = r.bytes_field(wt, "value")?;
+                    value = Some(r.pos - bytes.len()..r.pos);
+                }
                 6 => links.push(r.string_field(wt, "links")?),
                 7 => identity = Some(r.bytes_field(wt, "identity")?.to_vec()),
                 8 => signature = Some(r.bytes_field(wt, "signature")?.to_vec()),
@@ -357,16 +384,17 @@ impl NodeMessage {
             }
         }
         let missing = |field| WireError::MissingField { message: M, field };
-        Ok(NodeMessage {
+        let msg = NodeMessage {
             change: change.ok_or_else(|| missing("change"))?,
             key: key.ok_or_else(|| missing("key"))?,
             log: log.ok_or_else(|| missing("log"))?,
             seq,
             identity,
             signature,
-            value: value.ok_or_else(|| missing("value"))?,
+            value: Vec::new(),
             links,
-        })
+        };
+        Ok((msg, value.ok_or_else(|| missing("value"))?))
     }
 }
 
@@ -461,6 +489,15 @@ impl Message {
         varint_len(len as u64) + len
     }
 
+    /// Decodes a frame body, as [`Message::decode_body`], taking a Node's value out of `body`
+    /// without a copy when `body` is the only handle on its buffer.
+    pub fn decode_owned_body(body: Bytes) -> Result<Message, WireError> {
+        match body.first() {
+            Some(&TYPE_NODE) => Ok(Message::Node(NodeMessage::decode_owned(body, 1)?)),
+            _ => Message::decode_body(&body),
+        }
+    }
+
     /// Decodes a frame body (type byte and payload).
     pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
         let (&type_byte, payload) = body.split_first().ok_or(WireError::EmptyBody)?;
@@ -490,7 +527,13 @@ pub struct FrameDecoder {
     buf: BytesMut,
     max_frame_size: usize,
     failed: Option<WireError>,
+    empty_frames: u64,
 }
+
+/// A frame body at least this long is handed out as the sole owner of its buffer (the bytes
+/// after it are copied to a new one), so that a node's value can keep that buffer without a copy
+/// and the decoder does not keep a large buffer after a large frame.
+const OWNED_FRAME: usize = 1024 * 1024;
 
 impl FrameDecoder {
     /// A decoder with the default limit ([`DEFAULT_MAX_FRAME_SIZE`]).
@@ -504,6 +547,7 @@ impl FrameDecoder {
             buf: BytesMut::new(),
             max_frame_size,
             failed: None,
+            empty_frames: 0,
         }
     }
 
@@ -515,6 +559,11 @@ impl FrameDecoder {
     /// Bytes received and not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// How many zero-length frames were skipped (a replication sends one as a keep-alive).
+    pub fn empty_frames(&self) -> u64 {
+        self.empty_frames
     }
 
     /// Whether a stream ending now would end cleanly (on a frame boundary).
@@ -548,17 +597,24 @@ impl FrameDecoder {
             }
             self.buf.advance(prefix_len);
             if len == 0 {
+                self.empty_frames += 1;
                 continue;
+            }
+            if len >= OWNED_FRAME {
+                let rest = BytesMut::from(&self.buf[len..]);
+                self.buf.truncate(len);
+                return Ok(Some(std::mem::replace(&mut self.buf, rest).freeze()));
             }
             return Ok(Some(self.buf.split_to(len).freeze()));
         }
     }
 
-    /// The next complete frame, decoded.
+    /// The next complete frame, decoded (a large node's value without a copy: see
+    /// [`Message::decode_owned_body`]).
     pub fn next_message(&mut self) -> Result<Option<Message>, WireError> {
         match self.next_frame()? {
             None => Ok(None),
-            Some(body) => Message::decode_body(&body)
+            Some(body) => Message::decode_owned_body(body)
                 .map(Some)
                 .map_err(|err| self.fail(err)),
         }
@@ -696,6 +752,30 @@ pub(crate) fn encode_node_fields<L: AsRef<[u8]>>(
     fields: NodeFields<'_>,
     links: impl Iterator<Item = L>,
 ) {
+    let value = fields.value;
+    encode_node_head(out, fields);
+    out.extend_from_slice(value);
+    encode_node_links(out, links);
+}
+
+/// The length of what [`encode_node_fields`] appends.
+pub(crate) fn node_fields_len(
+    fields: &NodeFields<'_>,
+    link_lens: impl Iterator<Item = usize>,
+) -> usize {
+    varint_field_len(1, fields.change)
+        + bytes_field_len(2, fields.key.len())
+        + bytes_field_len(3, fields.log.len())
+        + fields.seq.map_or(0, |s| varint_field_len(4, s))
+        + fields.identity.map_or(0, |i| bytes_field_len(7, i.len()))
+        + fields.signature.map_or(0, |s| bytes_field_len(8, s.len()))
+        + bytes_field_len(5, fields.value.len())
+        + link_lens.map(|l| bytes_field_len(6, l)).sum::<usize>()
+}
+
+/// What [`encode_node_fields`] writes before the value's bytes (up to the value's tag and
+/// length), so that a writer can put the value itself straight where it goes.
+pub(crate) fn encode_node_head(out: &mut Vec<u8>, fields: NodeFields<'_>) {
     put_varint_field(out, 1, fields.change);
     put_bytes_field(out, 2, fields.key);
     put_bytes_field(out, 3, fields.log.as_bytes());
@@ -708,7 +788,12 @@ pub(crate) fn encode_node_fields<L: AsRef<[u8]>>(
     if let Some(signature) = fields.signature {
         put_bytes_field(out, 8, signature);
     }
-    put_bytes_field(out, 5, fields.value);
+    put_tag(out, 5, WT_LEN);
+    put_varint(out, fields.value.len() as u64);
+}
+
+/// What [`encode_node_fields`] writes after the value's bytes: the links.
+pub(crate) fn encode_node_links<L: AsRef<[u8]>>(out: &mut Vec<u8>, links: impl Iterator<Item = L>) {
     for link in links {
         put_bytes_field(out, 6, link.as_ref());
     }
@@ -1258,6 +1343,53 @@ mod tests {
         dec.push(&[0x00]);
         assert_eq!(dec.next_frame(), Ok(None));
         assert!(dec.is_at_boundary());
+    }
+
+    #[test]
+    fn a_node_value_is_taken_from_a_unique_body_without_a_copy() {
+        let msg = NodeMessage {
+            value: vec![9; 4096],
+            ..n1()
+        };
+        let body = Message::Node(msg.clone()).to_body();
+        let start = body.as_ptr();
+        let Ok(Message::Node(got)) = Message::decode_owned_body(Bytes::from(body)) else {
+            panic!("a node");
+        };
+        assert_eq!(got, msg);
+        // The value now owns the body's allocation (its bytes moved to the front).
+        assert_eq!(got.value.as_ptr(), start);
+        // A shared body is copied, and stays whole.
+        let body = Bytes::from(Message::Node(msg.clone()).to_body());
+        let keep = body.clone();
+        let Ok(Message::Node(got)) = Message::decode_owned_body(body) else {
+            panic!("a node");
+        };
+        assert_eq!(got, msg);
+        assert_eq!(Message::decode_body(&keep), Ok(Message::Node(msg)));
+    }
+
+    #[test]
+    fn a_large_frame_is_handed_out_alone_and_the_rest_kept() {
+        let big = Message::Node(NodeMessage {
+            value: vec![3; OWNED_FRAME + 10],
+            ..n1()
+        });
+        let mut stream = big.to_frame();
+        stream.extend_from_slice(&Message::SentHeads.to_frame());
+        stream.extend_from_slice(&[0]);
+        stream.extend_from_slice(&Message::SentWants.to_frame()[..1]);
+        let mut decoder = FrameDecoder::with_max_frame_size(2 * OWNED_FRAME);
+        for chunk in stream.chunks(16 * 1024) {
+            decoder.push(chunk);
+        }
+        assert_eq!(decoder.next_message(), Ok(Some(big)));
+        assert_eq!(decoder.next_message(), Ok(Some(Message::SentHeads)));
+        assert_eq!(decoder.next_message(), Ok(None));
+        assert_eq!(decoder.empty_frames(), 1);
+        assert_eq!(decoder.buffered(), 1);
+        decoder.push(&[TYPE_SENT_WANTS]);
+        assert_eq!(decoder.next_message(), Ok(Some(Message::SentWants)));
     }
 
     #[test]
