@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
-use swarm::{Log, LogOptions, Mode, Node, Progress, ReplicateOptions, Replication};
+use swarm::{Log, LogOptions, Mode, Node, Progress, ReplicateOptions, Replication, Summary};
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Parser)]
@@ -148,12 +148,16 @@ fn run(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            let progress = runtime.block_on(replicate(&log, listen, connect, options))?;
+            let summary = runtime.block_on(replicate(&log, listen, connect, options))?;
             writeln!(
                 out,
                 "sent {} received {}",
-                progress.nodes_sent, progress.nodes_received
+                summary.progress.nodes_sent, summary.progress.nodes_received
             )?;
+            if let Some(early) = summary.ended_early {
+                // Not a failure (JS hyperlog ends this way when it gives up): say what is missing.
+                eprintln!("note: {early}; what arrived is stored");
+            }
         }
     }
     out.flush()?;
@@ -185,13 +189,13 @@ fn print_node(out: &mut impl Write, node: &Node) -> std::io::Result<()> {
     )
 }
 
-/// Connects (or accepts one connection) and replicates over it; the final counters.
+/// Connects (or accepts one connection) and replicates over it; how it went.
 async fn replicate(
     log: &Log,
     listen: Option<String>,
     connect: Option<String>,
     options: ReplicateOptions,
-) -> Result<Progress> {
+) -> Result<Summary> {
     let stream = match (listen, connect) {
         (Some(addr), None) => {
             let listener = TcpListener::bind(&addr)
@@ -253,7 +257,7 @@ async fn replicate(
     if summary.progress != printed {
         report(&summary.progress);
     }
-    Ok(summary.progress)
+    Ok(summary)
 }
 
 fn report(p: &Progress) {

@@ -52,7 +52,8 @@ pub use log::hyperlog::{BatchItem, Log, LogError, LogOptions, Subscription};
 pub use log::json::{is_js_canonical, stringify as js_stringify};
 pub use log::node::{Key, KeyError, Node, NodeError};
 pub use log::replicate::{
-    replicate, Mode, Progress, ReplicateError, ReplicateOptions, Replication, StopHandle, Summary,
+    replicate, EarlyEnd, Mode, Phase, Progress, ReplicateError, ReplicateOptions, Replication,
+    Stall, StopHandle, Summary,
 };
 pub use log::sign::{verify_key_signature, verify_signature, Keypair, SignError, Verifier};
 pub use log::store::{MemoryStore, RedbStore, Store, StoreError};

@@ -10,11 +10,24 @@
 //! let replication = PeerReplication::new(&log, PeerReplicationOptions::default());
 //! let mut progress = replication.progress(); // counts, as the replication goes
 //! match replication.run(&peer).await {
-//!     Ok(summary) => println!("sent {} received {}", summary.progress.nodes_sent, summary.progress.nodes_received),
+//!     Ok(summary) => {
+//!         println!("sent {} received {}", summary.progress.nodes_sent, summary.progress.nodes_received);
+//!         // The peer left (or gave up) before the exchange completed: not an error.
+//!         if let Some(early) = summary.ended_early {
+//!             println!("{early}");
+//!         }
+//!     }
 //!     Err(error) => eprintln!("{error}"),
 //! }
 //! # }
 //! ```
+//!
+//! A peer that ends its side before the exchange completes (a JS peer that refused one of our
+//! nodes, or left) ends the replication with a summary whose
+//! [`Summary::ended_early`](crate::log::replicate::Summary::ended_early) says where it stood, as
+//! [`replicate`](crate::log::replicate::replicate) does. A peer that stalls is dropped after
+//! [`ReplicateOptions::idle_timeout`] (60 s by default; a live peer that sends no keep-alives, as
+//! JS peers do not, may stay quiet).
 
 use std::time::Duration;
 
@@ -112,7 +125,12 @@ impl PeerReplication {
         };
         let outcome = tokio::select! {
             result = self.replication.run(peer.stream()) => match result {
-                Ok(summary) => Ok(summary),
+                Ok(summary) => {
+                    if let Some(early) = summary.ended_early {
+                        tracing::debug!(peer = peer.id(), "replication: {early}");
+                    }
+                    Ok(summary)
+                }
                 Err(_) if peer.is_closed() => Err(PeerReplicationError::Closed),
                 Err(error) => Err(PeerReplicationError::Replicate(error)),
             },

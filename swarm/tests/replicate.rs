@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use swarm::{
-    replicate, FrameDecoder, Handshake, Key, Keypair, Log, LogError, LogOptions, LogSeq, Message,
-    Mode, Node, ReplicateError, ReplicateOptions, Replication, Verifier,
+    replicate, EarlyEnd, FrameDecoder, Handshake, Key, Keypair, Log, LogError, LogOptions, LogSeq,
+    Message, Mode, Node, Phase, ReplicateError, ReplicateOptions, Replication, Stall, Summary,
+    Verifier,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::timeout;
@@ -402,14 +403,23 @@ async fn push_pull_handshakes_of_spec_2_9() {
     timeout(T, task).await.unwrap().unwrap().unwrap();
 }
 
-async fn hostile(log: &Log, o: ReplicateOptions, input: Vec<u8>) -> ReplicateError {
+/// Feeds `input` and ends; how the replication ended.
+async fn scripted_run(
+    log: &Log,
+    o: ReplicateOptions,
+    input: Vec<u8>,
+) -> Result<Summary, ReplicateError> {
     let (mut b, rep, io) = scripted(log, o);
     let task = tokio::spawn(rep.run(io));
     b.io.write_all(&input).await.unwrap();
     b.io.shutdown().await.unwrap();
     // Drain what A writes until it stops.
     while b.recv().await.is_some() {}
-    timeout(T, task).await.unwrap().unwrap().unwrap_err()
+    timeout(T, task).await.unwrap().unwrap()
+}
+
+async fn hostile(log: &Log, o: ReplicateOptions, input: Vec<u8>) -> ReplicateError {
+    scripted_run(log, o, input).await.unwrap_err()
 }
 
 fn handshake() -> Vec<u8> {
@@ -427,9 +437,6 @@ async fn truncated_and_garbage_streams_fail() {
         matches!(err, ReplicateError::TruncatedFrame { .. }),
         "{err}"
     );
-    // End before completion.
-    let err = hostile(&a, ReplicateOptions::default(), handshake()).await;
-    assert!(matches!(err, ReplicateError::UnexpectedEof), "{err}");
     // A Log message without its required seq.
     let mut input = handshake();
     input.extend_from_slice(&hex("04 01 0a 01 41"));
@@ -682,4 +689,278 @@ async fn random_gossip_converges() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A remote that ends early (issue 10, item 13)
+
+#[tokio::test]
+async fn a_remote_that_ends_before_completion_ends_early_not_in_error() {
+    let a = mem("A");
+    // Nothing at all.
+    let s = scripted_run(&a, ReplicateOptions::default(), Vec::new())
+        .await
+        .unwrap();
+    assert!(s.remote.is_none());
+    assert_eq!(
+        s.ended_early,
+        Some(EarlyEnd {
+            phase: Phase::Handshake,
+            missing: 0
+        })
+    );
+    // A handshake, then the end.
+    let s = scripted_run(&a, ReplicateOptions::default(), handshake())
+        .await
+        .unwrap();
+    assert!(s.remote.is_some());
+    assert_eq!(s.ended_early.map(|e| e.phase), Some(Phase::Heads));
+    assert!(!s.progress.synced);
+
+    // Two nodes announced, one sent: the one is stored, the other reported missing.
+    let b = mem("B");
+    let n1 = Node::new(vec![], b"one".to_vec(), "W".into(), 1, 1);
+    let input = frames(&[
+        Message::Handshake(Handshake::new()),
+        Message::Have(LogSeq::new("W", 2)),
+        Message::SentHeads,
+        Message::Node(n1.to_message()),
+    ]);
+    let s = scripted_run(&b, ReplicateOptions::default(), input)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.ended_early,
+        Some(EarlyEnd {
+            phase: Phase::Nodes,
+            missing: 1
+        })
+    );
+    assert_eq!(s.progress.nodes_received, 1);
+    assert_eq!(b.get(&n1.key).unwrap().unwrap().value, b"one");
+    assert_eq!(
+        s.ended_early.unwrap().to_string(),
+        "the remote ended before sending every node it announced (1 announced nodes did not arrive)"
+    );
+}
+
+#[tokio::test]
+async fn the_side_whose_node_the_remote_refused_ends_early_not_in_error() {
+    let author = Keypair::from_seed(&[1; 32]);
+    let stranger = Keypair::from_seed(&[2; 32]);
+    let a = Log::memory_with_id(
+        "A",
+        LogOptions {
+            keypair: Some(stranger),
+            verifier: None,
+        },
+    )
+    .unwrap();
+    a.append("signed by the stranger").unwrap();
+    let b = Log::memory_with_id(
+        "B",
+        LogOptions {
+            keypair: None,
+            verifier: Some(Verifier::for_keypair(&author)),
+        },
+    )
+    .unwrap();
+    let (ra, rb) = pair(&a, &b, opts(None, None), opts(None, None)).await;
+    assert!(
+        matches!(
+            rb,
+            Err(ReplicateError::Log(LogError::InvalidSignature { .. }))
+        ),
+        "{rb:?}"
+    );
+    // B refused and dropped the stream: for A that is B ending, not a failure of A's.
+    let ra = ra.unwrap();
+    assert!(ra.ended_early.is_some(), "{ra:?}");
+    assert_eq!(b.changes(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bounded queues (item 9) and idle timeouts (item 10)
+
+/// `count` Haves for distinct logs the receiver does not have.
+fn haves(count: usize) -> Vec<u8> {
+    let mut input = handshake();
+    for i in 0..count {
+        Message::Have(LogSeq::new(format!("c{i:024}"), 1)).encode_frame(&mut input);
+    }
+    input
+}
+
+#[tokio::test]
+async fn a_have_flood_from_a_peer_that_never_reads_ends_at_the_send_queue_bound() {
+    let b = mem("B");
+    let o = ReplicateOptions {
+        max_send_queue_bytes: 64 * 1024,
+        // Only the bound may end it.
+        idle_timeout: None,
+        ..ReplicateOptions::default()
+    };
+    let (mut ours, theirs) = tokio::io::duplex(16 * 1024);
+    let task = tokio::spawn({
+        let b = b.clone();
+        async move { replicate(&b, theirs, o).await }
+    });
+    // Write Haves until the replication stops reading them; never read, never end.
+    let input = haves(100_000);
+    let writer = tokio::spawn(async move {
+        for chunk in input.chunks(4096) {
+            if ours.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+        ours
+    });
+    let err = timeout(T, task).await.unwrap().unwrap().unwrap_err();
+    assert!(
+        matches!(err, ReplicateError::SendQueueFull { max_bytes: 65536 }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("max_send_queue_bytes"), "{err}");
+    drop(timeout(T, writer).await.unwrap().unwrap());
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_mid_frame_times_out() {
+    let a = mem("A");
+    let o = ReplicateOptions {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..ReplicateOptions::default()
+    };
+    let (mut b, rep, io) = scripted(&a, o);
+    let task = tokio::spawn(rep.run(io));
+    let mut input = handshake();
+    // A frame of 6 bytes, of which 4 come.
+    input.extend_from_slice(&hex("06 01 0a 01"));
+    b.io.write_all(&input).await.unwrap();
+    // Read what A sends, but never end nor send the rest.
+    let reader = tokio::spawn(async move { while b.recv().await.is_some() {} });
+    let err = timeout(T, task).await.unwrap().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReplicateError::IdleTimeout {
+                stalled: Stall::Silent,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    timeout(T, reader).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_never_reads_times_out() {
+    let a = mem("A");
+    a.append(vec![1u8; 1 << 20]).unwrap();
+    let o = ReplicateOptions {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..ReplicateOptions::default()
+    };
+    let (mut ours, theirs) = tokio::io::duplex(4096);
+    let task = tokio::spawn({
+        let a = a.clone();
+        async move { replicate(&a, theirs, o).await }
+    });
+    // Ask for A's log, then neither read nor write.
+    let input = frames(&[
+        Message::Handshake(Handshake::new()),
+        Message::SentHeads,
+        Message::Want(LogSeq::new("A", 0)),
+    ]);
+    ours.write_all(&input).await.unwrap();
+    let err = timeout(T, task).await.unwrap().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReplicateError::IdleTimeout {
+                stalled: Stall::NotReading,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    drop(ours);
+}
+
+#[tokio::test]
+async fn an_idle_live_session_between_rust_peers_stays_up_on_keep_alives() {
+    let a = mem("A");
+    let b = mem("B");
+    let o = || ReplicateOptions {
+        live: Some(true),
+        idle_timeout: Some(Duration::from_millis(300)),
+        keep_alive: Some(Duration::from_millis(50)),
+        ..ReplicateOptions::default()
+    };
+    let (x, y) = tokio::io::duplex(4096);
+    let ra = Replication::new(&a, o());
+    let rb = Replication::new(&b, o());
+    let (stop_a, mut prog_b) = (ra.stop_handle(), rb.progress());
+    let ta = tokio::spawn(ra.run(x));
+    let tb = tokio::spawn(rb.run(y));
+    timeout(T, prog_b.wait_for(|p| p.synced))
+        .await
+        .unwrap()
+        .unwrap();
+    // Many idle timeouts' worth of silence from the application.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!ta.is_finished() && !tb.is_finished());
+    let mut sub_b = b.subscribe(b.changes());
+    let na = a.append("after the silence").unwrap();
+    let got = timeout(T, sub_b.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(got.key, na.key);
+    stop_a.stop();
+    let sa = timeout(T, ta).await.unwrap().unwrap().unwrap();
+    let sb = timeout(T, tb).await.unwrap().unwrap().unwrap();
+    assert!(sa.live && sb.live);
+    assert!(sa.ended_early.is_none() && sb.ended_early.is_none());
+}
+
+#[tokio::test]
+async fn a_quiet_live_remote_without_keep_alives_stays_and_hears_them() {
+    let a = mem("A");
+    let o = ReplicateOptions {
+        live: Some(true),
+        idle_timeout: Some(Duration::from_millis(200)),
+        keep_alive: Some(Duration::from_millis(50)),
+        ..ReplicateOptions::default()
+    };
+    let (mut b, rep, io) = scripted(&a, o);
+    let task = tokio::spawn(rep.run(io));
+    // A JS hyperlog with nothing: handshake, SentHeads; then SentWants once A's SentHeads came.
+    b.send(Message::Handshake(Handshake::new())).await;
+    b.send(Message::SentHeads).await;
+    let mut seen = Vec::new();
+    while !seen.contains(&Message::SentWants) {
+        seen.push(b.recv().await.unwrap());
+    }
+    b.send(Message::SentWants).await;
+    // Live and quiet, for many of A's idle timeouts: A sends zero-length frames, and stays.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 64];
+    let quiet = tokio::time::Instant::now();
+    while quiet.elapsed() < Duration::from_millis(1000) {
+        if let Ok(n) = timeout(Duration::from_millis(100), b.io.read(&mut buf)).await {
+            raw.extend_from_slice(&buf[..n.unwrap()]);
+        }
+    }
+    assert!(
+        !raw.is_empty() && raw.iter().all(|&byte| byte == 0),
+        "{raw:?}"
+    );
+    assert!(!task.is_finished());
+    // A keep-alive is skipped by a decoder, as JS's skips it.
+    let mut decoder = FrameDecoder::new();
+    decoder.push(&raw);
+    assert_eq!(decoder.next_message(), Ok(None));
+    assert!(decoder.is_at_boundary());
+    b.io.shutdown().await.unwrap();
+    while timeout(T, b.io.read(&mut buf)).await.unwrap().unwrap() > 0 {}
+    let s = timeout(T, task).await.unwrap().unwrap().unwrap();
+    assert!(s.live && s.ended_early.is_none());
 }

@@ -15,17 +15,39 @@
 //! snapshot, in change order, until stopped or until the remote ends.
 //!
 //! Any malformed or hostile input (bad frames, a node whose key does not match, a signature the
-//! verifier refuses, a retry queue over its bound, an end of stream before completion) ends the
-//! replication with a typed [`ReplicateError`]; nothing of the offending node is stored.
+//! verifier refuses, a queue over its bound, a stream that ends inside a frame, a remote that
+//! stalls past [`ReplicateOptions::idle_timeout`]) ends the replication with a typed
+//! [`ReplicateError`]; nothing of the offending node is stored.
+//!
+//! A remote that ends its side cleanly (at a frame boundary) before the exchange is complete is
+//! not an error, as in JS hyperlog, where the stream just ends: a JS peer does that when it
+//! refuses one of our nodes, for one. The replication then ends with a [`Summary`] whose
+//! [`Summary::ended_early`] says where the exchange stood and how many announced nodes never
+//! came; everything received before is stored.
+//!
+//! Every queue of a session is bounded: the retry queue by [`ReplicateOptions::max_pending`] and
+//! [`ReplicateOptions::max_pending_bytes`]; the Wants that answer the remote's Haves, which pile
+//! up when the remote sends faster than it reads, by [`ReplicateOptions::max_send_queue_bytes`];
+//! the decoder by [`ReplicateOptions::max_frame_size`] (plus one read-ahead); everything else by
+//! the local log (one Have, one outgoing cursor and one served Want per local log).
+//!
+//! Keep-alive: in a live session with nothing to send, a zero-length frame (the single byte `00`)
+//! goes out every [`ReplicateOptions::keep_alive`]. JS hyperlog's framing
+//! (`length-prefixed-stream`, without its opt-in `allowEmpty`) skips zero-length frames without
+//! passing them on, as this crate's [`FrameDecoder`] does, so older peers of either kind ignore
+//! them. A remote seen sending one is held to the idle timeout in live mode too; a remote that
+//! never sends one (JS hyperlog) may stay silent in live mode for as long as it likes.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use super::hyperlog::{Log, LogError, ReceiveBatch};
+use super::hyperlog::{Log, LogError, ReceiveBatch, Refused};
 use super::node::{Node, NodeError};
 use super::wire::{FrameDecoder, Handshake, LogSeq, Message, WireError, DEFAULT_MAX_FRAME_SIZE};
 
@@ -38,6 +60,22 @@ use super::wire::{FrameDecoder, Handshake, LogSeq, Message, WireError, DEFAULT_M
 pub const DEFAULT_MAX_PENDING: usize = 1024;
 /// Default bound on the bytes (values and links) held in the retry queue: 64 MiB.
 pub const DEFAULT_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default bound on the Wants queued for the remote and not yet written: 8 MiB of memory
+/// (about 40 000 Wants).
+///
+/// Each Have for a log missing here queues a Want, which waits until the remote reads. An honest
+/// peer reads as it writes, and announces one Have per log; a peer that floods Haves without
+/// reading hits this bound and the replication ends with [`ReplicateError::SendQueueFull`].
+pub const DEFAULT_MAX_SEND_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+/// Default idle timeout: 60 s (see [`ReplicateOptions::idle_timeout`]).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default keep-alive interval of a live session: 20 s (see [`ReplicateOptions::keep_alive`]).
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(20);
+
+/// What a queued Want costs, beyond its log id: its slot in the queue (see
+/// [`DEFAULT_MAX_SEND_QUEUE_BYTES`]).
+const QUEUED_MESSAGE_COST: usize = std::mem::size_of::<Message>() + 16;
 
 /// How much to write to the stream at once.
 const WRITE_CHUNK: usize = 64 * 1024;
@@ -93,6 +131,21 @@ pub struct ReplicateOptions {
     pub max_pending_bytes: usize,
     /// Largest accepted frame body ([`DEFAULT_MAX_FRAME_SIZE`]).
     pub max_frame_size: usize,
+    /// Bound on the Wants queued for the remote and not yet written, in bytes of memory
+    /// ([`DEFAULT_MAX_SEND_QUEUE_BYTES`]).
+    pub max_send_queue_bytes: usize,
+    /// How long the session may make no progress while it waits for the remote before it fails
+    /// with [`ReplicateError::IdleTimeout`] (default [`DEFAULT_IDLE_TIMEOUT`], 60 s; `None`:
+    /// never). It waits for the remote to read while something is being written (no byte
+    /// accepted for this long), and for the remote to write until the exchange is complete,
+    /// while a frame is partly received, after a side has ended, and in live mode when the
+    /// remote sends keep-alives. A live session whose remote sends no keep-alives (JS hyperlog)
+    /// may stay quiet indefinitely, as live sessions do when nobody writes.
+    pub idle_timeout: Option<Duration>,
+    /// In a live session, send a keep-alive (a zero-length frame, which hyperlog peers skip)
+    /// after this long without writing anything (default [`DEFAULT_KEEP_ALIVE`], 20 s; `None`:
+    /// never). Keep it well below the remote's idle timeout.
+    pub keep_alive: Option<Duration>,
 }
 
 impl Default for ReplicateOptions {
@@ -104,18 +157,25 @@ impl Default for ReplicateOptions {
             max_pending: DEFAULT_MAX_PENDING,
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            max_send_queue_bytes: DEFAULT_MAX_SEND_QUEUE_BYTES,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            keep_alive: Some(DEFAULT_KEEP_ALIVE),
         }
     }
 }
 
 /// Why a replication ended in error. The stream is dead after any of these.
+///
+/// A variant that wraps another error shows that error's message as its own and has no
+/// `source()` of its own (`#[error(transparent)]`), so that an error chain (`{:#}` of an
+/// `anyhow::Error`) says each thing once.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicateError {
     /// Reading or writing the stream failed.
-    #[error("stream: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// A malformed frame or message.
-    #[error("wire: {0}")]
+    #[error(transparent)]
     Wire(#[from] WireError),
     /// The stream ended inside a frame.
     #[error("the stream ended inside a frame ({buffered} bytes buffered)")]
@@ -123,9 +183,6 @@ pub enum ReplicateError {
         /// Bytes of the incomplete frame.
         buffered: usize,
     },
-    /// The stream ended before the replication completed.
-    #[error("the stream ended before the replication completed")]
-    UnexpectedEof,
     /// A message other than the handshake came first.
     #[error("the remote sent a message before its handshake")]
     NoHandshake,
@@ -142,19 +199,54 @@ pub enum ReplicateError {
     #[error("remote and local are both pushing")]
     BothPushing,
     /// A node message whose key or links are not keys.
-    #[error("bad node: {0}")]
+    #[error(transparent)]
     BadNode(#[from] NodeError),
     /// A node refused by the log (checksum mismatch, invalid signature) or a store failure.
-    #[error("node refused: {0}")]
+    #[error(transparent)]
     Log(#[from] LogError),
-    /// The retry queue of out-of-order nodes is over its bound.
-    #[error("more than {max_nodes} nodes or {max_bytes} bytes wait for their links")]
+    /// The retry queue of out-of-order nodes is over its bound
+    /// ([`ReplicateOptions::max_pending`], [`ReplicateOptions::max_pending_bytes`]).
+    #[error("more than {max_nodes} nodes or {max_bytes} bytes wait for their links (max_pending, max_pending_bytes)")]
     QueueFull {
         /// The node bound.
         max_nodes: usize,
         /// The byte bound.
         max_bytes: usize,
     },
+    /// The remote's Haves queued more Wants than [`ReplicateOptions::max_send_queue_bytes`]
+    /// allows while it did not read them.
+    #[error("the remote asked for more than the send queue holds ({max_bytes} bytes, max_send_queue_bytes) without reading the answers")]
+    SendQueueFull {
+        /// The bound, in bytes.
+        max_bytes: usize,
+    },
+    /// Nothing moved for [`ReplicateOptions::idle_timeout`] while the session waited for the
+    /// remote.
+    #[error("the remote {stalled} for {timeout:?} (idle_timeout)")]
+    IdleTimeout {
+        /// The timeout.
+        timeout: Duration,
+        /// What the session was waiting for.
+        stalled: Stall,
+    },
+}
+
+/// What an idle session was waiting for (see [`ReplicateError::IdleTimeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// For the remote to read what is being written to it.
+    NotReading,
+    /// For the remote to send something (the rest of a frame, its next message, its end).
+    Silent,
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stall::NotReading => "read nothing of what was sent to it",
+            Stall::Silent => "sent nothing",
+        })
+    }
 }
 
 /// Counters of a running replication.
@@ -173,10 +265,61 @@ pub struct Progress {
 pub struct Summary {
     /// The final counters.
     pub progress: Progress,
-    /// The remote's handshake (its mode, metadata and live flag).
-    pub remote: Handshake,
+    /// The remote's handshake (its mode, metadata and live flag); `None` if the remote ended
+    /// before sending one.
+    pub remote: Option<Handshake>,
     /// Whether the replication went live.
     pub live: bool,
+    /// `Some` when the remote ended its side (cleanly, at a frame boundary) before the exchange
+    /// was complete: what this side had not got yet. This is how JS hyperlog ends a replication
+    /// it gives up on (it refused a node, its application stopped it), and a normal end there;
+    /// nothing failed on this side, and what arrived before is stored. `None`: the exchange
+    /// completed (and, live, went on until a side ended it).
+    pub ended_early: Option<EarlyEnd>,
+}
+
+/// Where the exchange stood when the remote ended early (see [`Summary::ended_early`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EarlyEnd {
+    /// The phase the remote left in.
+    pub phase: Phase,
+    /// Nodes the remote announced (in its Haves) that did not arrive.
+    pub missing: u64,
+}
+
+/// The phases of an exchange, from this side (see [`EarlyEnd`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Before the remote's handshake: nothing was exchanged.
+    Handshake,
+    /// Before the remote announced all its heads (its SentHeads).
+    Heads,
+    /// Waiting for nodes the remote announced ([`EarlyEnd::missing`] of them).
+    Nodes,
+    /// Waiting for the remote to finish asking for and receiving this side's nodes (its
+    /// SentWants).
+    Wants,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Handshake => "before its handshake",
+            Phase::Heads => "before announcing all its heads",
+            Phase::Nodes => "before sending every node it announced",
+            Phase::Wants => "before receiving everything it asked for",
+        })
+    }
+}
+
+impl std::fmt::Display for EarlyEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the remote ended {}", self.phase)?;
+        if self.missing > 0 {
+            write!(f, " ({} announced nodes did not arrive)", self.missing)?;
+        }
+        Ok(())
+    }
 }
 
 /// Ends a live replication (or, before completion, turns live mode off): the local side
@@ -246,14 +389,33 @@ impl Replication {
         let mut changes_rx = self.log.watch_changes();
         let mut session = Session::new(&self);
         let mut decoder = FrameDecoder::with_max_frame_size(self.options.max_frame_size);
+        let idle_timeout = self.options.idle_timeout;
+        let keep_alive = self.options.keep_alive;
         let mut rbuf = vec![0u8; 16 * 1024];
         let mut wbuf: Vec<u8> = Vec::new();
         let mut wpos = 0;
         let mut read_eof = false;
         let mut write_closed = false;
+        // The remote went away on the write side (a broken pipe, a reset): nothing more is
+        // written, and the replication ends when the read side does.
+        let mut write_broken = false;
+        // The last time the remote sent something, and the last time it took something (or
+        // something new was queued for it).
+        let mut last_read = Instant::now();
+        let mut last_write = Instant::now();
         // The handshake goes out first, before anything is read (JS does the same).
         if let Some(first) = session.control.pop_front() {
-            wr.write_all(&first.to_frame()).await?;
+            let frame = first.to_frame();
+            match idle_timeout {
+                Some(t) => tokio::time::timeout(t, wr.write_all(&frame))
+                    .await
+                    .map_err(|_| ReplicateError::IdleTimeout {
+                        timeout: t,
+                        stalled: Stall::NotReading,
+                    })??,
+                None => wr.write_all(&frame).await?,
+            }
+            last_write = Instant::now();
         }
         loop {
             if *stop_rx.borrow_and_update() {
@@ -262,8 +424,17 @@ impl Replication {
             if wpos == wbuf.len() {
                 wbuf.clear();
                 wpos = 0;
-                let counter = *changes_rx.borrow_and_update();
-                while wbuf.len() < WRITE_CHUNK && session.next_frame(&mut wbuf, counter)? {}
+                if wbuf.capacity() > 4 * WRITE_CHUNK {
+                    // Do not keep a large node's buffer for the rest of the session.
+                    wbuf = Vec::new();
+                }
+                if !write_broken {
+                    let counter = *changes_rx.borrow_and_update();
+                    while wbuf.len() < WRITE_CHUNK && session.next_frame(&mut wbuf, counter)? {}
+                }
+                if !wbuf.is_empty() {
+                    last_write = Instant::now();
+                }
                 self.progress.send_if_modified(|p| {
                     let modified = *p != session.progress;
                     *p = session.progress;
@@ -271,19 +442,43 @@ impl Replication {
                 });
             }
             let want_write = wpos < wbuf.len();
-            if !want_write && !write_closed && session.done_sending() {
-                wr.shutdown().await?;
+            if !want_write && !write_closed && (write_broken || session.done_sending()) {
+                match wr.shutdown().await {
+                    Ok(()) => {}
+                    Err(e) if write_broken || is_disconnect(&e) => write_broken = true,
+                    Err(e) => return Err(e.into()),
+                }
                 write_closed = true;
             }
             if write_closed && read_eof {
                 break;
             }
-            let wait_live = !want_write && session.live_waiting();
+            let wait_live = !want_write && !write_broken && session.live_waiting();
+            // What the session waits for from the remote, and until when.
+            let waiting_for_remote = !read_eof
+                && (!session.complete
+                    || !session.live
+                    || session.stopping
+                    || write_broken
+                    || !decoder.is_at_boundary()
+                    || decoder.empty_frames() > 0);
+            let idle_deadline = match idle_timeout {
+                Some(t) if want_write => Some((last_write + t, t, Stall::NotReading)),
+                Some(t) if waiting_for_remote => {
+                    Some((last_read.max(last_write) + t, t, Stall::Silent))
+                }
+                _ => None,
+            };
+            let keep_alive_at = match keep_alive {
+                Some(k) if wait_live => Some(last_write + k),
+                _ => None,
+            };
             tokio::select! {
                 r = rd.read(&mut rbuf), if !read_eof => {
                     let mut n = r?;
                     let mut gathered = n;
                     if n > 0 {
+                        last_read = Instant::now();
                         decoder.push(&rbuf[..n]);
                         // Take what else has arrived already, without waiting, so that its nodes
                         // share one transaction.
@@ -327,18 +522,29 @@ impl Replication {
                             return Err(ReplicateError::TruncatedFrame { buffered: decoder.buffered() });
                         }
                         if !session.complete {
-                            return Err(ReplicateError::UnexpectedEof);
+                            session.end_early();
                         }
                         // The remote is done: send what is pending, then end too.
                         session.stopping = true;
                     }
                 }
                 r = wr.write(&wbuf[wpos..]), if want_write => {
-                    let n = r?;
-                    if n == 0 {
-                        return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                    match r {
+                        Ok(0) => {
+                            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                        }
+                        Ok(n) => {
+                            wpos += n;
+                            last_write = Instant::now();
+                        }
+                        // The remote is gone, or going: what it sent may still end cleanly.
+                        Err(e) if is_disconnect(&e) => {
+                            tracing::debug!(error = %e, "replication: the remote stopped reading");
+                            write_broken = true;
+                            wpos = wbuf.len();
+                        }
+                        Err(e) => return Err(e.into()),
                     }
-                    wpos += n;
                 }
                 r = changes_rx.changed(), if wait_live => {
                     if r.is_err() {
@@ -350,19 +556,50 @@ impl Replication {
                         session.stopping = true;
                     }
                 }
+                stalled = sleep_until(idle_deadline), if idle_deadline.is_some() => {
+                    if let Some((timeout, stalled)) = stalled {
+                        return Err(ReplicateError::IdleTimeout { timeout, stalled });
+                    }
+                }
+                _ = sleep_until(keep_alive_at.map(|at| (at, (), ()))), if keep_alive_at.is_some() => {
+                    // A zero-length frame.
+                    wbuf.push(0);
+                    last_write = Instant::now();
+                }
             }
         }
-        let remote = session
-            .remote
-            .clone()
-            .ok_or(ReplicateError::UnexpectedEof)?;
+        if write_broken && session.ended_early.is_none() && !session.complete {
+            // The remote stopped reading and then ended its side: an early end all the same.
+            session.end_early();
+        }
         self.progress.send_replace(session.progress);
         Ok(Summary {
             progress: session.progress,
-            remote,
+            remote: session.remote.clone(),
             live: session.live,
+            ended_early: session.ended_early,
         })
     }
+}
+
+/// Sleeps until the deadline, then gives its payload; never, without one.
+async fn sleep_until<A, B>(deadline: Option<(Instant, A, B)>) -> Option<(A, B)> {
+    match deadline {
+        Some((at, a, b)) => {
+            tokio::time::sleep_until(at).await;
+            Some((a, b))
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a write error means the remote closed the connection.
+fn is_disconnect(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, NotConnected};
+    matches!(
+        e.kind(),
+        BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected
+    )
 }
 
 /// The protocol state of one side (spec §2.5–2.6).
@@ -372,16 +609,23 @@ struct Session {
     local_live: bool,
     max_pending: usize,
     max_pending_bytes: usize,
+    max_send_queue_bytes: usize,
+    /// Memory held by the Wants in `control` (see [`DEFAULT_MAX_SEND_QUEUE_BYTES`]).
+    queued_want_bytes: usize,
     remote: Option<Handshake>,
     live: bool,
     /// The snapshot: the change counter at the remote handshake (0 for a puller, as in JS).
     changes0: u64,
     sent_haves: HashSet<String>,
     /// Logs a Want was served for (a second Want for the same log is ignored: an honest peer
-    /// sends one per Have, and a Have goes out once per log).
+    /// sends one per Have, and a Have goes out once per log). Only local logs: at most one per
+    /// local log.
     wanted: HashSet<String>,
+    /// Messages to send before any node: the handshake, our Haves (one per local log),
+    /// SentHeads, SentWants, and the Wants answering the remote's Haves (bounded by
+    /// `max_send_queue_bytes`).
     control: VecDeque<Message>,
-    /// Entries to send: (change, log, seq), smallest change first.
+    /// Entries to send: (change, log, seq), smallest change first (at most one per local log).
     outgoing: BinaryHeap<Reverse<(u64, String, u64)>>,
     missing: i64,
     local_sent_wants: bool,
@@ -395,6 +639,8 @@ struct Session {
     complete: bool,
     live_next: u64,
     stopping: bool,
+    /// Set when the remote ended its side before completion.
+    ended_early: Option<EarlyEnd>,
     progress: Progress,
 }
 
@@ -417,6 +663,8 @@ impl Session {
             local_live: rep.options.live.unwrap_or(false),
             max_pending: rep.options.max_pending,
             max_pending_bytes: rep.options.max_pending_bytes,
+            max_send_queue_bytes: rep.options.max_send_queue_bytes,
+            queued_want_bytes: 0,
             remote: None,
             live: false,
             changes0: 0,
@@ -435,14 +683,36 @@ impl Session {
             complete: false,
             live_next: 0,
             stopping: false,
+            ended_early: None,
             progress: Progress::default(),
         }
     }
 
+    /// The remote ended its side before completion: note where the exchange stood, and send
+    /// nothing more (JS ends its side too when the remote's end arrives).
+    fn end_early(&mut self) {
+        let phase = if self.remote.is_none() {
+            Phase::Handshake
+        } else if !self.remote_sent_heads {
+            Phase::Heads
+        } else if self.missing > 0 {
+            Phase::Nodes
+        } else {
+            Phase::Wants
+        };
+        let missing = u64::try_from(self.missing).unwrap_or(0);
+        tracing::debug!(%phase, missing, "replication: the remote ended before the exchange completed");
+        self.ended_early = Some(EarlyEnd { phase, missing });
+        self.control.clear();
+        self.queued_want_bytes = 0;
+        self.outgoing.clear();
+        self.stopping = true;
+    }
+
     /// Whether everything that will ever be sent has been handed out.
     fn done_sending(&self) -> bool {
-        self.complete
-            && (!self.live || self.stopping)
+        (self.complete || self.ended_early.is_some())
+            && (!self.live || self.stopping || self.ended_early.is_some())
             && self.control.is_empty()
             && self.outgoing.is_empty()
     }
@@ -458,7 +728,15 @@ impl Session {
 
     /// Appends the next frame to `out`; false when there is nothing to send now.
     fn next_frame(&mut self, out: &mut Vec<u8>, counter: u64) -> Result<bool, ReplicateError> {
+        if self.ended_early.is_some() {
+            return Ok(false);
+        }
         if let Some(msg) = self.control.pop_front() {
+            if let Message::Want(want) = &msg {
+                self.queued_want_bytes = self
+                    .queued_want_bytes
+                    .saturating_sub(QUEUED_MESSAGE_COST + want.log.len());
+            }
             msg.encode_frame(out);
             return Ok(true);
         }
@@ -473,7 +751,7 @@ impl Session {
                 .ok_or_else(|| corrupt(format!("node {} vanished", entry.key)))?;
             node.log = log.clone();
             node.seq = seq;
-            Message::Node(node.to_message()).encode_frame(out);
+            node.encode_frame(out);
             self.progress.nodes_sent += 1;
             self.send_node(&log, seq.saturating_add(1))?;
             return Ok(true);
@@ -485,7 +763,7 @@ impl Session {
                 .log
                 .at_change(change)?
                 .ok_or_else(|| corrupt(format!("change {change} vanished")))?;
-            Message::Node(node.to_message()).encode_frame(out);
+            node.encode_frame(out);
             self.progress.nodes_sent += 1;
             return Ok(true);
         }
@@ -540,6 +818,13 @@ impl Session {
             Message::Have(LogSeq { log, seq }) => {
                 let head = self.log.log_head(&log)?;
                 if head < seq {
+                    let cost = QUEUED_MESSAGE_COST + log.len();
+                    if self.queued_want_bytes.saturating_add(cost) > self.max_send_queue_bytes {
+                        return Err(ReplicateError::SendQueueFull {
+                            max_bytes: self.max_send_queue_bytes,
+                        });
+                    }
+                    self.queued_want_bytes += cost;
                     self.missing = self
                         .missing
                         .saturating_add(i64::try_from(seq - head).unwrap_or(i64::MAX));
@@ -548,9 +833,11 @@ impl Session {
                 }
             }
             Message::Want(LogSeq { log, seq }) => {
-                if !self.wanted.insert(log.clone()) {
+                // Nothing to send for a log not here (and nothing to remember of it).
+                if self.wanted.contains(&log) || self.log.log_head(&log)? == 0 {
                     return Ok(());
                 }
+                self.wanted.insert(log.clone());
                 if let Some(next) = seq.checked_add(1) {
                     self.send_node(&log, next)?;
                 }
@@ -689,12 +976,14 @@ impl Session {
     }
 
     fn on_node(&mut self, node: Node, batch: &mut ReceiveBatch<'_>) -> Result<(), ReplicateError> {
-        match batch.receive(&node) {
-            Ok(_) => {
+        // Taken, not copied: a large value goes into the store as it came off the wire.
+        match batch.receive_owned(node) {
+            Ok(()) => {
                 self.on_inserted();
                 self.retry_pending(batch)
             }
-            Err(e) if e.is_not_found() => {
+            Err(refused) if refused.error.is_not_found() => {
+                let Refused { error: e, node } = *refused;
                 if matches!(e, LogError::InvalidSeq { .. })
                     && Session::is_known_position(batch, &node)?
                 {
@@ -714,7 +1003,7 @@ impl Session {
                 self.pending.insert((node.change, self.arrivals), node);
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            Err(refused) => Err(refused.error.into()),
         }
     }
 
@@ -723,26 +1012,27 @@ impl Session {
         'outer: loop {
             let keys: Vec<(u64, u64)> = self.pending.keys().copied().collect();
             for k in keys {
-                let Some(node) = self.pending.get(&k) else {
+                let Some(node) = self.pending.remove(&k) else {
                     continue;
                 };
-                match batch.receive(node) {
-                    Ok(_) => {
-                        if let Some(n) = self.pending.remove(&k) {
-                            self.pending_bytes -= node_size(&n);
-                        }
+                let size = node_size(&node);
+                match batch.receive_owned(node) {
+                    Ok(()) => {
+                        self.pending_bytes -= size;
                         self.on_inserted();
                         continue 'outer;
                     }
-                    Err(LogError::InvalidSeq { .. })
-                        if Session::is_known_position(batch, node)? =>
+                    Err(refused)
+                        if matches!(refused.error, LogError::InvalidSeq { .. })
+                            && Session::is_known_position(batch, &refused.node)? =>
                     {
-                        if let Some(n) = self.pending.remove(&k) {
-                            self.pending_bytes -= node_size(&n);
-                        }
+                        self.pending_bytes -= size;
                     }
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e.into()),
+                    Err(refused) if refused.error.is_not_found() => {
+                        // Still waiting: back in its place.
+                        self.pending.insert(k, refused.node);
+                    }
+                    Err(refused) => return Err(refused.error.into()),
                 }
             }
             return Ok(());
@@ -772,6 +1062,52 @@ mod tests {
         let mut sink = Vec::new();
         ours.read_to_end(&mut sink).await.ok();
         task.await.unwrap()
+    }
+
+    /// Every message of an error's chain, outermost first (what anyhow's `{:#}` joins with
+    /// ": ").
+    fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        let mut out = vec![err.to_string()];
+        let mut source = err.source();
+        while let Some(e) = source {
+            out.push(e.to_string());
+            source = e.source();
+        }
+        out
+    }
+
+    #[test]
+    fn error_chains_say_each_thing_once() {
+        use crate::log::node::KeyError;
+        use crate::log::sign::SignError;
+        use crate::log::store::StoreError;
+        let key = crate::log::node::Key::compute(&[], b"x");
+        let errors = [
+            ReplicateError::from(std::io::Error::other(StoreError::Engine(
+                "disk on fire".into(),
+            ))),
+            ReplicateError::from(WireError::EmptyBody),
+            ReplicateError::from(NodeError::BadKey(KeyError::BadLength(2))),
+            ReplicateError::from(LogError::InvalidSignature {
+                key,
+                error: SignError::BadSignature,
+            }),
+            ReplicateError::from(LogError::Store(StoreError::Engine("disk on fire".into()))),
+            ReplicateError::IdleTimeout {
+                timeout: std::time::Duration::from_secs(60),
+                stalled: Stall::Silent,
+            },
+        ];
+        for err in errors {
+            let messages = chain(&err);
+            let joined = messages.join(": ");
+            for (i, outer) in messages.iter().enumerate() {
+                for inner in &messages[i + 1..] {
+                    assert!(!outer.contains(inner.as_str()), "repeated: {joined}");
+                }
+            }
+            assert!(!joined.is_empty());
+        }
     }
 
     #[tokio::test]
