@@ -48,6 +48,7 @@ pub mod stream;
 #[cfg(feature = "webrtc")]
 pub mod swarm;
 
+pub use log::async_log::AsyncLog;
 pub use log::hyperlog::{BatchItem, Log, LogError, LogOptions, Subscription};
 pub use log::json::{is_js_canonical, stringify as js_stringify};
 pub use log::node::{Key, KeyError, Node, NodeError};

@@ -10,9 +10,11 @@
 //! - [`json`]: JSON written exactly as JS `JSON.stringify` writes it, for JSON-encoded logs;
 //! - [`store`]: storage (in memory, or durable on redb) behind a small trait;
 //! - [`hyperlog`]: the [`Log`] itself (append, add, batch, heads, changes, live subscription);
+//! - [`async_log`]: [`AsyncLog`], the same log for async code, without blocking the runtime;
 //! - [`replicate`]: the replication protocol over any tokio byte stream;
 //! - [`view`]: materialized views derived from the log, kept in its store.
 
+pub mod async_log;
 pub mod hyperlog;
 pub mod json;
 pub mod node;
@@ -22,4 +24,5 @@ pub mod store;
 pub mod view;
 pub mod wire;
 
+pub use async_log::AsyncLog;
 pub use hyperlog::{BatchItem, ChangesIter, Log, LogError, LogOptions, Subscription};
