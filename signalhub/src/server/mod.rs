@@ -455,13 +455,51 @@ async fn maintain(state: Arc<HubState>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut shard = 0usize;
+    let mut memory = MemoryReturn::default();
     loop {
         tick.tick().await;
         state.registry.heartbeat_shard(shard);
         state.registry.enforce_budget();
+        memory.observe(state.limits.open_connections());
         shard = (shard + 1) % SHARDS;
         if shard == 0 {
             state.limits.sweep();
+            memory.maybe_trim(state.limits.open_connections());
+        }
+    }
+}
+
+/// Gives memory back to the system after many connections have closed.
+///
+/// glibc's allocator keeps what a burst of connections freed in its per-thread arenas: measured,
+/// 5000 subscribers served by hyper that come and go left the hub at 79 MB, and five such cycles
+/// at 113 MB, with no connection open; `malloc_trim(0)` (called from gdb) brought it back to
+/// 8 MB, so this is the allocator's retention, not a leak. The hub trims once the open
+/// connections have fallen by [`TRIM_AFTER_CLOSED`] from their peak since the last trim.
+#[derive(Default)]
+struct MemoryReturn {
+    peak: usize,
+}
+
+/// How many connections must have closed since the peak before memory is trimmed.
+const TRIM_AFTER_CLOSED: usize = 1024;
+
+impl MemoryReturn {
+    fn observe(&mut self, open: usize) {
+        self.peak = self.peak.max(open);
+    }
+
+    fn maybe_trim(&mut self, open: usize) {
+        if self.peak.saturating_sub(open) < TRIM_AFTER_CLOSED {
+            return;
+        }
+        self.peak = open;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            // SAFETY: malloc_trim only walks the allocator's own free lists, under its locks.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 }
