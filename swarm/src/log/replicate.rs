@@ -140,7 +140,8 @@ pub struct ReplicateOptions {
     /// accepted for this long), and for the remote to write until the exchange is complete,
     /// while a frame is partly received, after a side has ended, and in live mode when the
     /// remote sends keep-alives. A live session whose remote sends no keep-alives (JS hyperlog)
-    /// may stay quiet indefinitely, as live sessions do when nobody writes.
+    /// may stay quiet indefinitely, as live sessions do when nobody writes. Timeouts and
+    /// keep-alives use tokio's timer: the runtime needs its time driver (`enable_all`).
     pub idle_timeout: Option<Duration>,
     /// In a live session, send a keep-alive (a zero-length frame, which hyperlog peers skip)
     /// after this long without writing anything (default [`DEFAULT_KEEP_ALIVE`], 20 s; `None`:
