@@ -13,6 +13,9 @@ use signalhub::{HubConfig, Rejection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+/// The tests here measure the process's memory and load it: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -90,6 +93,7 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 
 #[tokio::test]
 async fn a_subscribe_that_declares_a_body_is_refused_and_leaves_nothing_behind() {
+    let _serial = SERIAL.lock().await;
     let hub = start_hub(unlimited()).await;
     let addr = hub.local_addr();
     for framing in ["Content-Length: 10", "Transfer-Encoding: chunked"] {
@@ -123,6 +127,7 @@ async fn a_subscribe_that_declares_a_body_is_refused_and_leaves_nothing_behind()
 
 #[tokio::test]
 async fn a_client_that_leaves_mid_request_body_is_forgotten_at_once() {
+    let _serial = SERIAL.lock().await;
     // The attack: many open-read-close cycles of a subscribe with a body. Each one must be
     // released as soon as the client goes, not ~50 s later.
     let hub = start_hub(unlimited()).await;
@@ -156,6 +161,7 @@ async fn a_client_that_leaves_mid_request_body_is_forgotten_at_once() {
 
 #[tokio::test]
 async fn a_full_hub_says_so_and_still_answers_health_and_metrics() {
+    let _serial = SERIAL.lock().await;
     let hub = start_hub(HubConfig {
         max_connections: 3,
         ..unlimited()
@@ -190,6 +196,7 @@ async fn a_full_hub_says_so_and_still_answers_health_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_reader_holds_little_in_the_kernel_and_is_reset_when_dropped() {
+    let _serial = SERIAL.lock().await;
     const NON_READERS: usize = 20;
     let hub = start_hub(HubConfig {
         queue_max_bytes: 64 * 1024,
@@ -263,6 +270,7 @@ async fn a_non_reader_holds_little_in_the_kernel_and_is_reset_when_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_readers_filling_the_budget_do_not_get_readers_dropped() {
+    let _serial = SERIAL.lock().await;
     let hub = start_hub(HubConfig {
         // Behind: over 16 KiB queued. Budget: 96 KiB in all.
         queue_max_bytes: 128 * 1024,
@@ -323,6 +331,7 @@ async fn non_readers_filling_the_budget_do_not_get_readers_dropped() {
 
 #[tokio::test]
 async fn bytes_sent_up_a_subscription_close_it() {
+    let _serial = SERIAL.lock().await;
     let hub = start_hub(unlimited()).await;
     let addr = hub.local_addr();
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -343,6 +352,7 @@ async fn bytes_sent_up_a_subscription_close_it() {
 
 #[tokio::test]
 async fn two_chunked_transfer_encodings_are_refused() {
+    let _serial = SERIAL.lock().await;
     let hub = start_hub(unlimited()).await;
     let addr = hub.local_addr();
     for headers in [
@@ -366,6 +376,7 @@ async fn two_chunked_transfer_encodings_are_refused() {
 
 #[tokio::test]
 async fn a_header_timeout_on_a_kept_alive_connection_is_counted() {
+    let _serial = SERIAL.lock().await;
     let hub = start_hub(HubConfig {
         request_timeout: Duration::from_millis(500),
         ..unlimited()
@@ -397,6 +408,7 @@ async fn a_header_timeout_on_a_kept_alive_connection_is_counted() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
+    let _serial = SERIAL.lock().await;
     let hub = start_hub(HubConfig {
         write_timeout: Duration::from_millis(500),
         queue_max_bytes: 4 * 1024 * 1024,
@@ -434,6 +446,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_of_a_large_file_hold_little_and_ranges_work() {
+    let _serial = SERIAL.lock().await;
     const FILE: usize = 16 * 1024 * 1024;
     const READERS: usize = 60;
     let dir = tempfile::tempdir().unwrap();
@@ -537,6 +550,7 @@ async fn idle_websocket(addr: SocketAddr, app: String) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_websocket_costs_the_hub_little() {
+    let _serial = SERIAL.lock().await;
     const SOCKETS: usize = 1000;
     let hub = start_hub(unlimited()).await;
     let addr = hub.local_addr();
@@ -559,5 +573,43 @@ async fn an_idle_websocket_costs_the_hub_little() {
     );
     drop(sockets);
     drop(warm);
+    hub.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_websocket_that_streams_junk_is_closed() {
+    let _serial = SERIAL.lock().await;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let hub = start_hub(unlimited()).await;
+    let addr = hub.local_addr();
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/app"))
+        .await
+        .unwrap();
+    let junk = "j".repeat(32 * 1024);
+    for _ in 0..20 {
+        if socket.send(Message::text(junk.clone())).await.is_err() {
+            break;
+        }
+    }
+    let closed = tokio::time::timeout(STEP, async {
+        while let Some(incoming) = socket.next().await {
+            match incoming {
+                Ok(Message::Close(frame)) => return frame.map(|f| (f.code, f.reason)),
+                Ok(_) => {}
+                Err(err) => panic!("no close frame: {err}"),
+            }
+        }
+        None
+    })
+    .await
+    .expect("the hub closed the socket in time");
+    let (code, reason) = closed.expect("a close frame with a reason");
+    assert_eq!(u16::from(code), 1008);
+    assert_eq!(
+        reason.as_str(),
+        "too many frames that are not signalhubws messages"
+    );
+    assert!(hub.metrics().rejected(Rejection::BadFrame) >= 16);
     hub.shutdown().await.unwrap();
 }

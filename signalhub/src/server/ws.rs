@@ -27,6 +27,12 @@ const WS_READ_BUFFER: usize = 2 * 1024;
 /// Frames are gathered up to this many bytes before a write (a flush writes them anyway).
 const WS_WRITE_BUFFER: usize = 16 * 1024;
 
+/// A WebSocket that sends this many frames that are not signalhubws messages is closed: parsing
+/// junk costs the hub, and no client sends it by mistake more than a few times.
+const MAX_BAD_FRAMES: usize = 16;
+/// Close code 1008, "policy violation".
+const POLICY_VIOLATION: u16 = 1008;
+
 /// Close code 1001, "going away": the hub is shutting down.
 const GOING_AWAY: u16 = 1001;
 
@@ -105,7 +111,17 @@ async fn serve(
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval(state.config.heartbeat);
     ping.tick().await;
+    let mut bad_frames = 0usize;
     loop {
+        if bad_frames >= MAX_BAD_FRAMES {
+            tracing::debug!(peer = %conn.peer, "closed a websocket that sent {bad_frames} frames that are not signalhubws messages");
+            let close = CloseFrame {
+                code: POLICY_VIOLATION,
+                reason: Utf8Bytes::from_static("too many frames that are not signalhubws messages"),
+            };
+            let _ = sink.send(Message::Close(Some(close))).await;
+            break;
+        }
         tokio::select! {
             next = poll_fn(|cx| outbox.poll_next(cx)) => match next {
                 Next::Data(frame) => {
@@ -121,10 +137,21 @@ async fn serve(
                 Next::Dropped => break,
             },
             incoming = stream.next() => match incoming {
-                Some(Ok(Message::Text(text))) => on_frame(&state, &conn, client, text.as_str()),
+                Some(Ok(Message::Text(text))) => {
+                    if !on_frame(&state, &conn, client, text.as_str()) {
+                        bad_frames += 1;
+                    }
+                }
                 Some(Ok(Message::Binary(data))) => match std::str::from_utf8(&data) {
-                    Ok(text) => on_frame(&state, &conn, client, text),
-                    Err(_) => state.metrics.reject(Rejection::BadFrame),
+                    Ok(text) => {
+                        if !on_frame(&state, &conn, client, text) {
+                            bad_frames += 1;
+                        }
+                    }
+                    Err(_) => {
+                        state.metrics.reject(Rejection::BadFrame);
+                        bad_frames += 1;
+                    }
                 },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_))) | None => break,
@@ -166,29 +193,35 @@ fn text_message(frame: Bytes) -> Message {
     }
 }
 
-fn on_frame(state: &HubState, conn: &ConnectionContext, client: std::net::IpAddr, text: &str) {
+/// Broadcasts one incoming frame; false when it is not a valid signalhubws message.
+fn on_frame(
+    state: &HubState,
+    conn: &ConnectionContext,
+    client: std::net::IpAddr,
+    text: &str,
+) -> bool {
     let frame: WsFrame<'_> = match serde_json::from_str(text) {
         Ok(frame) => frame,
         Err(err) => {
             state.metrics.reject(Rejection::BadFrame);
             tracing::debug!(peer = %conn.peer, "dropped a websocket frame that is not a signalhubws message: {err}");
-            return;
+            return false;
         }
     };
     if super::routes::is_json_null(frame.message.get().as_bytes()) {
         state.metrics.reject(Rejection::NullMessage);
         tracing::debug!(peer = %conn.peer, "dropped a websocket frame whose message is null");
-        return;
+        return false;
     }
     let max = state.config.max_name_bytes;
     if frame.app.is_empty() || frame.app.len() > max || frame.channel.len() > max {
         state.metrics.reject(Rejection::BadFrame);
         tracing::debug!(peer = %conn.peer, "dropped a websocket frame with an empty or over-long app or channel");
-        return;
+        return false;
     }
     if state.limits.check_broadcast(client).is_err() {
         state.metrics.reject(Rejection::RateLimited);
-        return;
+        return true;
     }
     if !state.config.quiet {
         tracing::info!(target: "signalhub::traffic", peer = %conn.peer, "broadcast: {}/{} (websocket)", frame.app, frame.channel);
@@ -199,4 +232,5 @@ fn on_frame(state: &HubState, conn: &ConnectionContext, client: std::net::IpAddr
         Bytes::copy_from_slice(text.as_bytes()),
         frame.message.get().as_bytes(),
     );
+    true
 }
