@@ -20,6 +20,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::channels::{ChannelKey, Next, Subscription};
+use super::response;
 use super::routes::{self, Route};
 use super::{ConnectionContext, HubState};
 
@@ -119,8 +120,8 @@ fn subscription_keys(state: &HubState, buf: &[u8]) -> Option<Vec<ChannelKey>> {
 fn response_head() -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    for (name, value) in routes::CORS_HEADERS {
-        head.extend_from_slice(routes::title_case(name).as_bytes());
+    for (name, value) in response::CORS_HEADERS {
+        head.extend_from_slice(response::title_case(name).as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");

@@ -8,7 +8,9 @@
 mod channels;
 mod front;
 mod limits;
+mod message;
 mod metrics;
+mod response;
 mod routes;
 mod socket;
 mod sse;
@@ -701,19 +703,19 @@ fn probe_path(request: &[u8]) -> Option<Probe> {
 
 /// A complete `Connection: close` response with the CORS headers, written without hyper.
 fn raw_response(status: &str, content_type: &str, body: &str, retry_after: Option<u32>) -> String {
-    let mut response = format!("HTTP/1.1 {status}\r\n");
-    for (name, value) in routes::CORS_HEADERS {
-        response.push_str(&format!("{}: {value}\r\n", routes::title_case(name)));
+    let mut out = format!("HTTP/1.1 {status}\r\n");
+    for (name, value) in response::CORS_HEADERS {
+        out.push_str(&format!("{}: {value}\r\n", response::title_case(name)));
     }
-    response.push_str(&format!("Content-Type: {content_type}\r\n"));
+    out.push_str(&format!("Content-Type: {content_type}\r\n"));
     if let Some(secs) = retry_after {
-        response.push_str(&format!("Retry-After: {secs}\r\n"));
+        out.push_str(&format!("Retry-After: {secs}\r\n"));
     }
-    response.push_str(&format!(
+    out.push_str(&format!(
         "Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     ));
-    response
+    out
 }
 
 /// A warning that repeats at most once a period, counting what it held back.

@@ -19,7 +19,9 @@ use http_body_util::{BodyExt, Limited};
 
 use super::channels::{ChannelKey, Subscription};
 use super::limits::client_key;
+use super::message::validate_message;
 use super::metrics::Rejection;
+use super::response::{add_cors, closing, empty, error, respond};
 use super::{sse, web, ws, ConnectionContext, HubState};
 
 /// What a request asks for, decided from its method and raw target alone.
@@ -158,82 +160,6 @@ fn name_too_long<'a>(what: &str, name: &str, limits: PathLimits) -> Route<'a> {
             limits.max_name_bytes
         ),
     )
-}
-
-/// The five CORS headers JS signalhub (through `corsify`) puts on every response, in its order.
-pub(crate) const CORS_HEADERS: [(&str, &str); 5] = [
-    ("access-control-allow-origin", "*"),
-    ("access-control-allow-methods", "GET, POST, PUT, DELETE"),
-    ("access-control-allow-credentials", "true"),
-    ("access-control-max-age", "86400"),
-    (
-        "access-control-allow-headers",
-        "X-Requested-With, X-HTTP-Method-Override, Content-Type, Accept, Authorization",
-    ),
-];
-
-/// A header name as JS signalhub writes it (`Access-Control-Allow-Origin`), for raw responses.
-pub(crate) fn title_case(name: &str) -> String {
-    name.split('-')
-        .map(|word| {
-            let mut chars = word.chars();
-            chars.next().map_or(String::new(), |first| {
-                first.to_ascii_uppercase().to_string() + chars.as_str()
-            })
-        })
-        .collect::<Vec<_>>()
-        .join("-")
-}
-
-/// Adds the CORS headers to a header map that has none yet.
-pub(crate) fn add_cors(headers: &mut HeaderMap) {
-    // Built once: cloning a finished map is cheaper than parsing and hashing five names per response.
-    static CORS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(|| {
-        let mut headers = HeaderMap::with_capacity(12);
-        for (name, value) in CORS_HEADERS {
-            headers.insert(name, HeaderValue::from_static(value));
-        }
-        headers
-    });
-    if headers.is_empty() {
-        *headers = CORS.clone();
-    } else {
-        for (name, value) in CORS.iter() {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
-}
-
-/// A response with the CORS headers, a status and a body.
-pub(crate) fn respond(
-    status: StatusCode,
-    content_type: Option<&'static str>,
-    body: Body,
-) -> Response<Body> {
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    add_cors(response.headers_mut());
-    if let Some(content_type) = content_type {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    }
-    response
-}
-
-/// An error response: the status and a one-line plain-text reason.
-pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    let mut message = message.into();
-    message.push('\n');
-    respond(
-        status,
-        Some("text/plain; charset=utf-8"),
-        Body::from(message),
-    )
-}
-
-fn empty(status: StatusCode) -> Response<Body> {
-    respond(status, None, Body::empty())
 }
 
 /// Serves one request.
@@ -451,58 +377,6 @@ async fn read_body(state: &HubState, body: Body) -> Result<Bytes, Response<Body>
     }
 }
 
-/// Checks a broadcast body and frames-to-be: non-empty, within the limit, and free of raw CR or LF,
-/// which would end the SSE `data:` line early and let the rest inject frames of its own.
-///
-/// Invalid UTF-8 becomes U+FFFD, as Node's `Buffer#toString()` makes it in JS signalhub.
-pub(crate) fn validate_message(
-    body: &Bytes,
-    limit: usize,
-) -> Result<Bytes, (Rejection, StatusCode, String)> {
-    if body.is_empty() {
-        return Err((
-            Rejection::EmptyBody,
-            StatusCode::BAD_REQUEST,
-            "empty message body: broadcast a JSON message".to_string(),
-        ));
-    }
-    if body.len() > limit {
-        return Err((
-            Rejection::BodyTooLarge,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("message body too large: this hub accepts at most {limit} bytes"),
-        ));
-    }
-    if let Some(at) = body.iter().position(|&b| b == b'\n' || b == b'\r') {
-        return Err((
-            Rejection::BodyHasNewline,
-            StatusCode::BAD_REQUEST,
-            format!(
-                "message body has a raw line break at byte {at}: send single-line JSON (as JSON.stringify writes it)"
-            ),
-        ));
-    }
-    if is_json_null(body) {
-        return Err((
-            Rejection::NullMessage,
-            StatusCode::BAD_REQUEST,
-            "a null message ends the stream of JS signalhub and signalhubws clients: send an object"
-                .to_string(),
-        ));
-    }
-    match std::str::from_utf8(body) {
-        Ok(_) => Ok(body.clone()),
-        Err(_) => Ok(Bytes::from(String::from_utf8_lossy(body).into_owned())),
-    }
-}
-
-/// True for the JSON text `null`, with or without white space around it. The JS clients turn a
-/// received `null` into the end of their stream (signalhub's line splitter) or an uncaught
-/// exception (signalhubws), so one such message would cut every subscriber off.
-pub(crate) fn is_json_null(message: &[u8]) -> bool {
-    message.trim_ascii() == b"null"
-}
-
 /// True when a request says a body follows (a non-zero `Content-Length`, or any
 /// `Transfer-Encoding`).
 fn declares_body(headers: &HeaderMap) -> bool {
@@ -524,14 +398,6 @@ fn ambiguous_framing(headers: &HeaderMap) -> Option<&'static str> {
         .count();
     (chunked > 1)
         .then_some("ambiguous request framing: Transfer-Encoding names chunked more than once")
-}
-
-/// Marks a response as the last on its connection.
-fn closing(mut response: Response<Body>) -> Response<Body> {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
 }
 
 fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
@@ -733,19 +599,5 @@ mod tests {
         );
         let target = format!("/v1/a/b?{}", "q".repeat(300));
         assert_eq!(status(get(&target)), Some(StatusCode::URI_TOO_LONG));
-    }
-
-    #[test]
-    fn message_validation() {
-        let ok = Bytes::from_static(br#"{"type":"connect","from":"a"}"#);
-        assert_eq!(validate_message(&ok, 100).unwrap(), ok);
-        assert!(validate_message(&Bytes::new(), 100).is_err());
-        assert!(validate_message(&Bytes::from_static(b"{}\n"), 100).is_err());
-        assert!(validate_message(&Bytes::from_static(b"{\r}"), 100).is_err());
-        assert!(validate_message(&Bytes::from(vec![b'a'; 101]), 100).is_err());
-        assert!(validate_message(&Bytes::from_static(b" null "), 100).is_err());
-        assert!(validate_message(&Bytes::from_static(b"\"null\""), 100).is_ok());
-        let lossy = validate_message(&Bytes::from_static(b"\"\xff\""), 100).unwrap();
-        assert_eq!(&lossy[..], "\"\u{fffd}\"".as_bytes());
     }
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http_body::Frame;
 
 use super::channels::{Next, Subscription};
-use super::routes::respond;
+use super::response::respond;
 
 /// The most bytes one write to a subscriber carries.
 const MAX_WRITE: usize = 64 * 1024;

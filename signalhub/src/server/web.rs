@@ -23,7 +23,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use tower_http::services::ServeFile;
 
-use super::routes::{add_cors, error};
+use super::response::{add_cors, error};
 
 /// The most bytes of a file read at a time: what one slow reader can hold of it in the hub.
 const FILE_CHUNK: usize = 64 * 1024;

@@ -208,7 +208,7 @@ fn on_frame(
             return false;
         }
     };
-    if super::routes::is_json_null(frame.message.get().as_bytes()) {
+    if super::message::is_json_null(frame.message.get().as_bytes()) {
         state.metrics.reject(Rejection::NullMessage);
         tracing::debug!(peer = %conn.peer, "dropped a websocket frame whose message is null");
         return false;
