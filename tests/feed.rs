@@ -835,7 +835,7 @@ fn a_publisher_never_signs_entries_that_peers_slip_into_its_log() {
     publisher.wait_stderr(
         "the publisher refusing the slipped-in entry",
         &[
-            "node refused: invalid signature",
+            "invalid signature on node",
             "the node has no identity",
         ],
     );
