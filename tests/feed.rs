@@ -834,10 +834,7 @@ fn a_publisher_never_signs_entries_that_peers_slip_into_its_log() {
     let forger = forger(&hub, &public_key, forged);
     publisher.wait_stderr(
         "the publisher refusing the slipped-in entry",
-        &[
-            "invalid signature on node",
-            "the node has no identity",
-        ],
+        &["invalid signature on node", "the node has no identity"],
     );
 
     // A follower gets the real entries only; the forger's unsigned copies are refused.
