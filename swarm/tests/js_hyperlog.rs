@@ -400,6 +400,10 @@ async fn foreign_key_refused_by_js() {
             .contains("Invalid signature"),
         "{ev}"
     );
-    assert!(r.is_err(), "the Rust side sees the stream die: {r:?}");
+    // JS destroys its stream on the refusal: for the Rust side the remote ended before a full
+    // exchange, which is an outcome (nothing failed here), not an error.
+    let summary = r.expect("an early end is not an error on this side");
+    assert!(summary.ended_early.is_some(), "{summary:?}");
+    assert_eq!(summary.progress.nodes_received, 0);
     assert!(js.keys().await.is_empty());
 }
