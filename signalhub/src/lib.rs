@@ -17,6 +17,8 @@
 //! The [`client`] subscribes and broadcasts through one or more hubs.
 
 pub mod client;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod server;
 
 pub use server::{
