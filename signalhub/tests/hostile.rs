@@ -152,7 +152,7 @@ async fn a_client_that_leaves_mid_request_body_is_forgotten_at_once() {
     })
     .await;
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(5),
         "connections held for {:?}",
         started.elapsed()
     );
