@@ -11,7 +11,7 @@ mod limits;
 mod message;
 mod metrics;
 mod response;
-mod routes;
+pub(crate) mod routes;
 mod socket;
 mod sse;
 mod web;
