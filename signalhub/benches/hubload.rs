@@ -1693,6 +1693,12 @@ async fn read_head_expect(stream: &mut TcpStream, expect: u16) -> Result<()> {
     }
 }
 
+/// Writes one request and reads its response head, failing unless its status is `expect`.
+async fn exchange(stream: &mut TcpStream, request: String, expect: u16) -> Result<()> {
+    stream.write_all(request.as_bytes()).await?;
+    read_head_expect(stream, expect).await
+}
+
 /// Opens one idle connection of a kind and leaves it open.
 async fn open_idle(
     hub: &HubAddr,
@@ -1704,27 +1710,37 @@ async fn open_idle(
     let host = &hub.host;
     match kind {
         IdleKind::SseDirect => {
-            let request = format!("GET /v1/kinds/sse{i} HTTP/1.1\r\nHost: {host}\r\n\r\n");
-            stream.write_all(request.as_bytes()).await?;
-            read_head_expect(&mut stream, 200).await?;
+            exchange(
+                &mut stream,
+                format!("GET /v1/kinds/sse{i} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+                200,
+            )
+            .await?;
         }
         IdleKind::SseViaHyper => {
             // The POST's answer is `200` with an empty body: the connection is then hyper's.
-            let post = format!(
-                "POST /v1/kinds/nobody HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\n{{}}"
-            );
-            stream.write_all(post.as_bytes()).await?;
-            read_head_expect(&mut stream, 200).await?;
-            let request = format!("GET /v1/kinds/hyper{i} HTTP/1.1\r\nHost: {host}\r\n\r\n");
-            stream.write_all(request.as_bytes()).await?;
-            read_head_expect(&mut stream, 200).await?;
+            exchange(
+                &mut stream,
+                format!("POST /v1/kinds/nobody HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\n{{}}"),
+                200,
+            )
+            .await?;
+            exchange(
+                &mut stream,
+                format!("GET /v1/kinds/hyper{i} HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+                200,
+            )
+            .await?;
         }
         IdleKind::WebSocket => {
-            let request = format!(
-                "GET /kinds{i} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            );
-            stream.write_all(request.as_bytes()).await?;
-            read_head_expect(&mut stream, 101).await?;
+            exchange(
+                &mut stream,
+                format!(
+                    "GET /kinds{i} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                ),
+                101,
+            )
+            .await?;
         }
     }
     Ok(stream)

@@ -16,15 +16,6 @@ use tokio::net::{TcpSocket, TcpStream};
 /// The tests here measure the process's memory and load it: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Bytes waiting in the send queues of the sockets whose local port is `port`, and how many such
 /// sockets there are (from `/proc/net/tcp`; the hub's sockets are those bound to its port).
 fn send_queues(port: u16) -> (usize, u64, u64) {
@@ -61,6 +52,29 @@ async fn small_window(addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(addr).await.unwrap()
+}
+
+/// A subscriber of `/v1/app/<channel>` that reads the `200` head and then nothing.
+async fn stalled_subscriber(addr: SocketAddr, channel: &str) -> TcpStream {
+    let mut stream = small_window(addr).await;
+    stream
+        .write_all(format!("GET /v1/app/{channel} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = head_of(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    stream
+}
+
+/// POSTs `body` to `/v1/app/<channel>`, expecting `200`.
+async fn post(client: &reqwest::Client, addr: SocketAddr, channel: &str, body: String) {
+    let response = client
+        .post(format!("http://{addr}/v1/app/{channel}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
 }
 
 /// Reads a response head off a raw stream.
@@ -206,14 +220,7 @@ async fn a_non_reader_holds_little_in_the_kernel_and_is_reset_when_dropped() {
     let addr = hub.local_addr();
     let mut stalled = Vec::new();
     for _ in 0..NON_READERS {
-        let mut stream = small_window(addr).await;
-        stream
-            .write_all(format!("GET /v1/app/flood HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let head = head_of(&mut stream).await;
-        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-        stalled.push(stream);
+        stalled.push(stalled_subscriber(addr, "flood").await);
     }
     wait_subscribers(&hub, NON_READERS as i64).await;
     let client = reqwest::Client::new();
@@ -221,12 +228,7 @@ async fn a_non_reader_holds_little_in_the_kernel_and_is_reset_when_dropped() {
     let mut largest = 0;
     let mut posted = 0;
     while !hub.metrics().encode().contains("signalhub_subscribers 0") && posted < 2000 {
-        client
-            .post(format!("http://{addr}/v1/app/flood"))
-            .body(message.clone())
-            .send()
-            .await
-            .unwrap();
+        post(&client, addr, "flood", message.clone()).await;
         posted += 1;
         if posted % 10 == 0 {
             largest = largest.max(send_queues(addr.port()).2);
@@ -281,13 +283,7 @@ async fn non_readers_filling_the_budget_do_not_get_readers_dropped() {
     let addr = hub.local_addr();
     let mut stalled = Vec::new();
     for _ in 0..4 {
-        let mut stream = small_window(addr).await;
-        stream
-            .write_all(format!("GET /v1/app/stuck HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        head_of(&mut stream).await;
-        stalled.push(stream);
+        stalled.push(stalled_subscriber(addr, "stuck").await);
     }
     let mut reader = SseClient::connect(addr, "/v1/app/live").await;
     wait_subscribers(&hub, 5).await;
@@ -295,24 +291,17 @@ async fn non_readers_filling_the_budget_do_not_get_readers_dropped() {
     let pad = format!("{{\"pad\":\"{}\"}}", "x".repeat(4 * 1024));
     // Fill what the kernel takes, then the outboxes, until the budget is nearly full.
     for _ in 0..200 {
-        client
-            .post(format!("http://{addr}/v1/app/stuck"))
-            .body(pad.clone())
-            .send()
-            .await
-            .unwrap();
+        post(&client, addr, "stuck", pad.clone()).await;
     }
     // Two messages back to back to the reader, as signalling does (an offer, then candidates).
     for i in 0..2 {
-        client
-            .post(format!("http://{addr}/v1/app/live"))
-            .body(format!(
-                "{{\"n\":{i},\"pad\":\"{}\"}}",
-                "y".repeat(8 * 1024)
-            ))
-            .send()
-            .await
-            .unwrap();
+        post(
+            &client,
+            addr,
+            "live",
+            format!("{{\"n\":{i},\"pad\":\"{}\"}}", "y".repeat(8 * 1024)),
+        )
+        .await;
     }
     for i in 0..2 {
         let data = reader.next_data().await;
@@ -417,23 +406,13 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
     })
     .await;
     let addr = hub.local_addr();
-    let mut stream = small_window(addr).await;
-    stream
-        .write_all(format!("GET /v1/app/slow HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    head_of(&mut stream).await;
+    let _stream = stalled_subscriber(addr, "slow").await;
     wait_subscribers(&hub, 1).await;
     let client = reqwest::Client::new();
     let pad = format!("{{\"pad\":\"{}\"}}", "x".repeat(16 * 1024));
     // Enough to fill both kernels' buffers, well under the queue's own limit.
     for _ in 0..40 {
-        client
-            .post(format!("http://{addr}/v1/app/slow"))
-            .body(pad.clone())
-            .send()
-            .await
-            .unwrap();
+        post(&client, addr, "slow", pad.clone()).await;
     }
     let metrics = hub.metrics();
     eventually("the write timeout", || {

@@ -18,15 +18,6 @@ const MESSAGES: usize = 10_000;
 const FAST_READERS: usize = 3;
 const QUEUE_BYTES: usize = 512 * 1024;
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// A subscriber that reads the response head and then nothing, with a small receive buffer so
 /// the kernel cannot absorb the backlog for it. `after_post` makes the subscription on a
 /// kept-alive connection, which the hub serves through hyper rather than directly.

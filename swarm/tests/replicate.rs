@@ -233,6 +233,18 @@ async fn tcp_durable_sync() {
     assert_eq!((b.id(), b.changes()), (id.as_str(), 21));
 }
 
+/// A log that signs nothing and accepts only nodes signed by `author`.
+fn trusting(id: &str, author: &Keypair) -> Log {
+    Log::memory_with_id(
+        id,
+        LogOptions {
+            keypair: None,
+            verifier: Some(Verifier::for_keypair(author)),
+        },
+    )
+    .unwrap()
+}
+
 fn signed(id: &str, kp: &Keypair, verifier: Option<Verifier>) -> Log {
     Log::memory_with_id(
         id,
@@ -252,14 +264,7 @@ async fn signed_feed_accepted_and_refused() {
     a.append("hello").unwrap();
     a.append("world").unwrap();
     // A subscriber trusting the author.
-    let b = Log::memory_with_id(
-        "B",
-        LogOptions {
-            keypair: None,
-            verifier: Some(Verifier::for_keypair(&author)),
-        },
-    )
-    .unwrap();
+    let b = trusting("B", &author);
     pair(&a, &b, opts(None, None), opts(None, None))
         .await
         .1
@@ -271,14 +276,7 @@ async fn signed_feed_accepted_and_refused() {
         Some(author.public_key().as_slice())
     );
     // A subscriber trusting only the stranger refuses the author's nodes.
-    let c = Log::memory_with_id(
-        "C",
-        LogOptions {
-            keypair: None,
-            verifier: Some(Verifier::for_keypair(&stranger)),
-        },
-    )
-    .unwrap();
+    let c = trusting("C", &stranger);
     let (_, rc) = pair(&a, &c, opts(None, None), opts(None, None)).await;
     assert!(
         matches!(
@@ -471,14 +469,7 @@ fn frames(msgs: &[Message]) -> Vec<u8> {
 async fn forged_nodes_fail_and_store_nothing() {
     let author = Keypair::from_seed(&[1; 32]);
     let stranger = Keypair::from_seed(&[2; 32]);
-    let b = Log::memory_with_id(
-        "B",
-        LogOptions {
-            keypair: None,
-            verifier: Some(Verifier::for_keypair(&author)),
-        },
-    )
-    .unwrap();
+    let b = trusting("B", &author);
     // A node signed by the stranger, claiming the author's log.
     let mut forged = Node::new(vec![], b"evil".to_vec(), "A".into(), 1, 1);
     stranger.sign_node(&mut forged);
@@ -748,23 +739,9 @@ async fn a_remote_that_ends_before_completion_ends_early_not_in_error() {
 async fn the_side_whose_node_the_remote_refused_ends_early_not_in_error() {
     let author = Keypair::from_seed(&[1; 32]);
     let stranger = Keypair::from_seed(&[2; 32]);
-    let a = Log::memory_with_id(
-        "A",
-        LogOptions {
-            keypair: Some(stranger),
-            verifier: None,
-        },
-    )
-    .unwrap();
+    let a = signed("A", &stranger, None);
     a.append("signed by the stranger").unwrap();
-    let b = Log::memory_with_id(
-        "B",
-        LogOptions {
-            keypair: None,
-            verifier: Some(Verifier::for_keypair(&author)),
-        },
-    )
-    .unwrap();
+    let b = trusting("B", &author);
     let (ra, rb) = pair(&a, &b, opts(None, None), opts(None, None)).await;
     assert!(
         matches!(

@@ -120,12 +120,7 @@ fn subscription_keys(state: &HubState, buf: &[u8]) -> Option<Vec<ChannelKey>> {
 fn response_head() -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    for (name, value) in response::CORS_HEADERS {
-        head.extend_from_slice(response::title_case(name).as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
+    head.extend_from_slice(response::raw_cors_lines().as_bytes());
     head.extend_from_slice(
         b"Content-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\nDate: ",
     );

@@ -704,9 +704,7 @@ fn probe_path(request: &[u8]) -> Option<Probe> {
 /// A complete `Connection: close` response with the CORS headers, written without hyper.
 fn raw_response(status: &str, content_type: &str, body: &str, retry_after: Option<u32>) -> String {
     let mut out = format!("HTTP/1.1 {status}\r\n");
-    for (name, value) in response::CORS_HEADERS {
-        out.push_str(&format!("{}: {value}\r\n", response::title_case(name)));
-    }
+    out.push_str(response::raw_cors_lines());
     out.push_str(&format!("Content-Type: {content_type}\r\n"));
     if let Some(secs) = retry_after {
         out.push_str(&format!("Retry-After: {secs}\r\n"));

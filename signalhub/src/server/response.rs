@@ -17,8 +17,20 @@ pub(crate) const CORS_HEADERS: [(&str, &str); 5] = [
     ),
 ];
 
-/// A header name as JS signalhub writes it (`Access-Control-Allow-Origin`), for raw responses.
-pub(crate) fn title_case(name: &str) -> String {
+/// The CORS headers as raw header lines (`Access-Control-Allow-Origin: *\r\n`…), names written as
+/// JS signalhub writes them, for the responses the hub writes without hyper. Built once.
+pub(crate) fn raw_cors_lines() -> &'static str {
+    static LINES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        CORS_HEADERS
+            .iter()
+            .map(|(name, value)| format!("{}: {value}\r\n", title_case(name)))
+            .collect()
+    });
+    &LINES
+}
+
+/// A header name as JS signalhub writes it (`Access-Control-Allow-Origin`).
+fn title_case(name: &str) -> String {
     name.split('-')
         .map(|word| {
             let mut chars = word.chars();
