@@ -13,6 +13,7 @@ pub enum RouteOutcome {
     Info,
     Health,
     Metrics,
+    IceServers,
     Subscribe { app: String, channels: Vec<String> },
     Broadcast { key: String },
     NotFound,
@@ -39,6 +40,7 @@ pub fn route(
         Route::Info => RouteOutcome::Info,
         Route::Health => RouteOutcome::Health,
         Route::Metrics => RouteOutcome::Metrics,
+        Route::IceServers => RouteOutcome::IceServers,
         Route::Subscribe { app, channels } => RouteOutcome::Subscribe {
             app: app.to_string(),
             channels: channels.into_iter().map(str::to_string).collect(),

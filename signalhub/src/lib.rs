@@ -22,5 +22,6 @@ pub mod fuzzing;
 mod server;
 
 pub use server::{
-    default_max_connections, Hub, HubConfig, HubError, Metrics, Rejection, RunningHub, MAX_REFUSALS,
+    default_max_connections, turn_credential, Hub, HubConfig, HubError, IceConfigError, IceServers,
+    Metrics, Rejection, RunningHub, MAX_REFUSALS,
 };

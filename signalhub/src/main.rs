@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use signalhub::client::Client;
-use signalhub::{Hub, HubConfig};
+use signalhub::{Hub, HubConfig, IceServers};
 
 #[derive(Parser)]
 #[command(
@@ -139,6 +139,17 @@ struct ListenArgs {
     /// /metrics stay the API.
     #[arg(long, value_name = "DIR", env = "SIGNALHUB_WEB")]
     web: Option<PathBuf>,
+    /// A STUN or TURN server peers should use, served at GET /ice-servers (repeatable):
+    /// stun:HOST:PORT, turn:HOST:PORT, turn:HOST:PORT?transport=tcp, turns:HOST:PORT.
+    #[arg(long = "ice-server", value_name = "URL")]
+    ice_servers: Vec<String>,
+    /// The secret shared with the TURN server (coturn: use-auth-secret, static-auth-secret):
+    /// TURN URLs are served with credentials derived from it that expire after --turn-ttl.
+    #[arg(long, env = "SIGNALHUB_TURN_SECRET", hide_env_values = true)]
+    turn_secret: Option<String>,
+    /// Seconds a TURN credential from GET /ice-servers is valid.
+    #[arg(long, default_value_t = 3600)]
+    turn_ttl: u64,
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -149,6 +160,20 @@ fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
 }
 
 impl ListenArgs {
+    fn ice_servers(&self) -> anyhow::Result<Option<IceServers>> {
+        if self.ice_servers.is_empty() && self.turn_secret.is_none() {
+            return Ok(None);
+        }
+        let ice = IceServers {
+            urls: self.ice_servers.clone(),
+            turn_secret: self.turn_secret.clone(),
+            ttl: Duration::from_secs(self.turn_ttl),
+            tag: "signalhub".to_string(),
+        };
+        ice.validate()?;
+        Ok(Some(ice))
+    }
+
     fn config(&self) -> anyhow::Result<HubConfig> {
         if self.max_body_bytes == 0 {
             bail!("--max-body-bytes must be at least 1");
@@ -188,6 +213,7 @@ impl ListenArgs {
             quiet: self.quiet,
             trust_forwarded_for: self.trust_forwarded_for,
             web_root: self.web.clone(),
+            ice_servers: self.ice_servers()?,
         })
     }
 }

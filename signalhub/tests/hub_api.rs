@@ -745,3 +745,55 @@ async fn shutdown_ends_streams_cleanly_and_refuses_new_connections() {
         "no longer listening"
     );
 }
+
+#[tokio::test]
+async fn ice_servers_hand_out_expiring_turn_credentials() {
+    let hub = start_hub(unlimited()).await;
+    let response = request(hub.local_addr(), "GET", "/ice-servers", b"").await;
+    assert_eq!(
+        response.status, 404,
+        "without --ice-server there is nothing to hand out"
+    );
+
+    let ice = signalhub::IceServers {
+        urls: vec![
+            "stun:198.51.100.2:3478".to_string(),
+            "turn:198.51.100.2:3478".to_string(),
+            "turn:198.51.100.2:3478?transport=tcp".to_string(),
+        ],
+        turn_secret: Some("lab-secret".to_string()),
+        ttl: Duration::from_secs(600),
+        tag: "signalhub".to_string(),
+    };
+    let hub = start_hub(HubConfig {
+        ice_servers: Some(ice),
+        ..unlimited()
+    })
+    .await;
+    let response = request(hub.local_addr(), "GET", "/ice-servers?t=1", b"").await;
+    assert_eq!(response.status, 200);
+    assert_cors(&response.headers);
+    assert_eq!(response.header("Cache-Control"), Some("no-store"));
+    let servers: serde_json::Value = serde_json::from_str(&response.text()).unwrap();
+    assert_eq!(
+        servers[0],
+        serde_json::json!({"urls": ["stun:198.51.100.2:3478"]})
+    );
+    let username = servers[1]["username"].as_str().unwrap();
+    let (expiry, tag) = username.split_once(':').unwrap();
+    assert_eq!(tag, "signalhub");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!(
+        (now + 590..=now + 610).contains(&expiry),
+        "expiry {expiry} is the TTL from now ({now})"
+    );
+    assert_eq!(
+        servers[1]["credential"].as_str().unwrap(),
+        signalhub::turn_credential("lab-secret", username)
+    );
+    assert_eq!(servers[1]["urls"].as_array().unwrap().len(), 2);
+}

@@ -7,6 +7,7 @@
 
 mod channels;
 mod front;
+mod ice;
 mod limits;
 mod message;
 mod metrics;
@@ -40,6 +41,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
 
 use channels::{FanOut, QueueLimits, Registry, SHARDS};
+pub use ice::{turn_credential, IceConfigError, IceServers};
 use limits::{ConnectionGuard, Limits, Refusal};
 pub use metrics::{Metrics, Rejection};
 use routes::PathLimits;
@@ -99,6 +101,9 @@ pub struct HubConfig {
     /// when the `Accept` header prefers HTML (the info JSON otherwise), and `GET /<path>` its files.
     /// The API's paths (`/v1/…`, `/health`, `/metrics`) are never shadowed. `None`: no files.
     pub web_root: Option<PathBuf>,
+    /// STUN/TURN servers handed out at `GET /ice-servers`, TURN ones with short-lived
+    /// credentials. `None`: that path answers `404`.
+    pub ice_servers: Option<IceServers>,
 }
 
 impl Default for HubConfig {
@@ -123,6 +128,7 @@ impl Default for HubConfig {
             quiet: false,
             trust_forwarded_for: false,
             web_root: None,
+            ice_servers: None,
         }
     }
 }

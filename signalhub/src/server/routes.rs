@@ -36,6 +36,8 @@ pub(crate) enum Route<'a> {
     Health,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /ice-servers`: STUN/TURN servers with fresh TURN credentials (`404` when the hub has none).
+    IceServers,
     /// `GET /v1/<app>/<ch>[,<ch>…]`: subscribe by server-sent events.
     Subscribe {
         app: &'a str,
@@ -72,6 +74,9 @@ pub(crate) fn route<'a>(method: &Method, target: &'a str, limits: PathLimits) ->
     }
     if method == Method::GET && path == "/metrics" {
         return Route::Metrics;
+    }
+    if method == Method::GET && path == "/ice-servers" {
+        return Route::IceServers;
     }
     let Some(name) = target.strip_prefix("/v1/") else {
         return Route::NotFound;
@@ -210,6 +215,21 @@ pub(crate) async fn handle(
                 Body::from(state.metrics.encode()),
             )
         }
+        Route::IceServers => match &state.config.ice_servers {
+            Some(ice) => {
+                let mut response = respond(
+                    StatusCode::OK,
+                    Some("application/json; charset=utf-8"),
+                    Body::from(ice.answer(std::time::SystemTime::now())),
+                );
+                // A credential is minted per request and expires: no cache may keep one.
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+            None => empty(StatusCode::NOT_FOUND),
+        },
         Route::NotFound => match &state.config.web_root {
             Some(root) => {
                 let path = target.split('?').next().unwrap_or(target);
