@@ -22,6 +22,6 @@ pub mod fuzzing;
 mod server;
 
 pub use server::{
-    default_max_connections, turn_credential, Hub, HubConfig, HubError, IceConfigError, IceServers,
-    Metrics, Rejection, RunningHub, MAX_REFUSALS,
+    default_max_connections, turn_credential, ClusterError, Hub, HubConfig, HubError,
+    IceConfigError, IceServers, Metrics, RedisConfig, Rejection, RunningHub, MAX_REFUSALS,
 };

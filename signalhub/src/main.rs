@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use signalhub::client::Client;
-use signalhub::{Hub, HubConfig, IceServers};
+use signalhub::{Hub, HubConfig, IceServers, RedisConfig};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a hub.
-    Listen(ListenArgs),
+    Listen(Box<ListenArgs>),
     /// Probe a hub's /health (the container's HEALTHCHECK): exit 0 if it answers 200.
     Health {
         /// The URL to probe; by default the hub this container runs, on $PORT.
@@ -147,6 +147,15 @@ struct ListenArgs {
     /// TURN URLs are served with credentials derived from it that expire after --turn-ttl.
     #[arg(long, env = "SIGNALHUB_TURN_SECRET", hide_env_values = true)]
     turn_secret: Option<String>,
+    /// Run as one node of a cluster: every hub started with the same Redis (>= 7) serves the same
+    /// subscribers. redis://[user:password@]HOST:PORT[/DB], or rediss:// for TLS.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "SIGNALHUB_REDIS",
+        hide_env_values = true
+    )]
+    redis: Option<String>,
     /// Seconds a TURN credential from GET /ice-servers is valid.
     #[arg(long, default_value_t = 3600)]
     turn_ttl: u64,
@@ -214,6 +223,7 @@ impl ListenArgs {
             trust_forwarded_for: self.trust_forwarded_for,
             web_root: self.web.clone(),
             ice_servers: self.ice_servers()?,
+            redis: self.redis.as_deref().map(RedisConfig::new).transpose()?,
         })
     }
 }
@@ -235,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Listen(args) => listen(args).await,
+        Command::Listen(args) => listen(*args).await,
         Command::Health { url } => health(url).await,
         Command::Subscribe { app, channel, hubs } => subscribe(&app, &channel, hubs.hubs).await,
         Command::Broadcast {

@@ -23,6 +23,7 @@ use rand::seq::index::sample;
 use slab::Slab;
 use tokio_util::sync::CancellationToken;
 
+use super::broker::{Broker, Inbound, Origin, Topic};
 use super::metrics::Metrics;
 use super::{ConnectionContext, HubState};
 
@@ -358,6 +359,9 @@ pub(crate) struct Registry {
     pub(crate) queue_limits: QueueLimits,
     pub(crate) queued_total: Arc<AtomicUsize>,
     pub(crate) queued_budget: usize,
+    /// The cluster's broker, when the hub is a node of one: told which topics have local
+    /// subscribers, and handed every local broadcast after its local delivery.
+    broker: std::sync::OnceLock<Arc<dyn Broker>>,
 }
 
 /// The SSE comment JS signalhub writes to keep idle streams open.
@@ -381,7 +385,17 @@ impl Registry {
             queue_limits,
             queued_total: Arc::new(AtomicUsize::new(0)),
             queued_budget,
+            broker: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes this registry one node's part of a cluster. Set once, before serving.
+    pub(crate) fn set_broker(&self, broker: Arc<dyn Broker>) {
+        let _ = self.broker.set(broker);
+    }
+
+    pub(crate) fn broker(&self) -> Option<&Arc<dyn Broker>> {
+        self.broker.get()
     }
 
     fn shard(&self, name: &str) -> MutexGuard<'_, Shard> {
@@ -415,6 +429,9 @@ impl Registry {
         let mut shard = self.shard(&key.0);
         let subscribers = shard.channels.entry(key.clone()).or_insert_with(|| {
             self.metrics.channels.inc();
+            if let Some(broker) = self.broker.get() {
+                broker.set_interest(Topic::Channel(&key.0), true);
+            }
             Slab::new()
         });
         self.metrics.subscribers.inc();
@@ -430,13 +447,21 @@ impl Registry {
             if subscribers.is_empty() {
                 shard.channels.remove(key);
                 self.metrics.channels.dec();
+                if let Some(broker) = self.broker.get() {
+                    broker.set_interest(Topic::Channel(&key.0), false);
+                }
             }
         }
     }
 
     pub(crate) fn add_ws(&self, app: &str, outbox: &Arc<Outbox>) -> usize {
         let mut shard = self.shard(app);
-        let subscribers = shard.apps.entry(app.into()).or_default();
+        let subscribers = shard.apps.entry(app.into()).or_insert_with(|| {
+            if let Some(broker) = self.broker.get() {
+                broker.set_interest(Topic::App(app), true);
+            }
+            Slab::new()
+        });
         self.metrics.subscribers.inc();
         subscribers.insert(outbox.clone())
     }
@@ -449,6 +474,9 @@ impl Registry {
             }
             if subscribers.is_empty() {
                 shard.apps.remove(app);
+                if let Some(broker) = self.broker.get() {
+                    broker.set_interest(Topic::App(app), false);
+                }
             }
         }
     }
@@ -457,11 +485,23 @@ impl Registry {
     /// signalhubws frame to the WebSocket clients of its app.
     pub(crate) fn broadcast_http(&self, key: &ChannelKey, body: Bytes) {
         self.metrics.broadcasts_http.inc();
-        let frame = sse_frame(&body);
+        self.deliver_http(key, &body);
+        if let Some(broker) = self.broker.get() {
+            broker.publish(Origin::Http, &key.0, &body);
+        }
+    }
+
+    fn deliver_http(&self, key: &ChannelKey, body: &[u8]) {
+        let frame = sse_frame(body);
         self.deliver_sse(key, &frame);
+        self.deliver_ws_clients(key, body);
+    }
+
+    /// A message of channel `key` to the signalhubws clients of its app.
+    fn deliver_ws_clients(&self, key: &ChannelKey, message: &[u8]) {
         let shard = self.shard(key.app());
         if let Some(subscribers) = shard.apps.get(key.app()) {
-            let frame = ws_frame(key.app(), key.channel(), &body);
+            let frame = ws_frame(key.app(), key.channel(), message);
             self.deliver(subscribers.iter().map(|(_, outbox)| outbox), &frame);
         }
     }
@@ -477,19 +517,10 @@ impl Registry {
             }
         }
         let key = ChannelKey::new(app, channel);
-        // The message is JSON, where a raw CR or LF can only be white space between tokens:
-        // dropping them keeps the same value on a single SSE data line.
-        let line: Bytes = if message.iter().any(|&b| b == b'\n' || b == b'\r') {
-            message
-                .iter()
-                .copied()
-                .filter(|&b| b != b'\n' && b != b'\r')
-                .collect::<Vec<u8>>()
-                .into()
-        } else {
-            Bytes::copy_from_slice(message)
-        };
-        self.deliver_sse(&key, &sse_frame(&line));
+        self.deliver_sse(&key, &sse_frame(&one_line(message)));
+        if let Some(broker) = self.broker.get() {
+            broker.publish(Origin::WebSocket, &key.0, &Bytes::copy_from_slice(message));
+        }
     }
 
     fn deliver_sse(&self, key: &ChannelKey, frame: &Bytes) {
@@ -571,6 +602,53 @@ impl Registry {
                 }
             }
         }
+    }
+}
+
+/// A signalhubws message on one line, for an SSE data line. The message is JSON, where a raw CR
+/// or LF can only be white space between tokens: dropping them keeps the same value.
+fn one_line(message: &[u8]) -> Bytes {
+    if message.iter().any(|&b| b == b'\n' || b == b'\r') {
+        message
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\n' && b != b'\r')
+            .collect::<Vec<u8>>()
+            .into()
+    } else {
+        Bytes::copy_from_slice(message)
+    }
+}
+
+/// Broadcasts made on other nodes of the cluster, delivered here as if made here.
+impl Inbound for Registry {
+    fn deliver_channel(&self, origin: Origin, key: &str, message: &[u8]) {
+        let key = ChannelKey::from_raw(key.to_string());
+        match origin {
+            Origin::Http => self.deliver_sse(&key, &sse_frame(message)),
+            Origin::WebSocket => self.deliver_sse(&key, &sse_frame(&one_line(message))),
+        }
+    }
+
+    fn deliver_app(&self, key: &str, message: &[u8]) {
+        self.deliver_ws_clients(&ChannelKey::from_raw(key.to_string()), message);
+    }
+
+    fn local_subscribers(&self) -> i64 {
+        self.metrics.subscribers.get()
+    }
+
+    fn local_apps(&self) -> Vec<String> {
+        (0..self.shards.len())
+            .flat_map(|index| {
+                let shard = self.shard_at(index);
+                shard
+                    .apps
+                    .keys()
+                    .map(|app| app.to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 

@@ -8,6 +8,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEn
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Why the hub refused a request, a connection or a frame: the `reason` label of
@@ -151,6 +152,113 @@ pub struct Metrics {
     /// Failed accepts (above all, the process out of file descriptors).
     pub(crate) accept_errors: Counter,
     rejected: Family<RejectionLabels, Counter>,
+    /// The cluster's metrics, when the hub is a node of one (`--redis`).
+    pub(crate) cluster: Option<ClusterMetrics>,
+}
+
+/// What a node of a cluster adds to `/metrics`: `signalhub_cluster_*`.
+#[derive(Clone)]
+pub(crate) struct ClusterMetrics {
+    /// 1 while both connections to Redis are up.
+    pub(crate) redis_connected: Gauge,
+    /// Broadcasts handed to Redis (one per topic published to).
+    pub(crate) publishes: Counter,
+    /// Broadcasts that could not be handed to Redis (down, or too slow to keep up).
+    pub(crate) publishes_dropped: Counter,
+    /// Broadcasts from other nodes received through Redis.
+    pub(crate) messages_received: Counter,
+    /// Messages from Redis lost because this node fell behind reading them.
+    pub(crate) messages_lost: Counter,
+    /// Messages on the hub's topics that were not envelopes.
+    pub(crate) messages_malformed: Counter,
+    /// From publish on one node to delivery to the outboxes of another.
+    pub(crate) delivery_lag: Histogram,
+    /// Times the node subscribed again to all its topics on a new connection to Redis.
+    pub(crate) resubscriptions: Counter,
+    /// Shard channels this node is subscribed to.
+    pub(crate) redis_subscriptions: Gauge,
+    /// Subscribers across the cluster, as last summed.
+    pub(crate) cluster_subscribers: Gauge,
+    /// Nodes with a live record.
+    pub(crate) nodes: Gauge,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> ClusterMetrics {
+        let registry = registry.sub_registry_with_prefix("cluster");
+        let metrics = ClusterMetrics {
+            redis_connected: Gauge::default(),
+            publishes: Counter::default(),
+            publishes_dropped: Counter::default(),
+            messages_received: Counter::default(),
+            messages_lost: Counter::default(),
+            messages_malformed: Counter::default(),
+            delivery_lag: Histogram::new([
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+            ]),
+            resubscriptions: Counter::default(),
+            redis_subscriptions: Gauge::default(),
+            cluster_subscribers: Gauge::default(),
+            nodes: Gauge::default(),
+        };
+        registry.register(
+            "redis_connected",
+            "1 while this node's connections to Redis are up, 0 while it serves its own subscribers only",
+            metrics.redis_connected.clone(),
+        );
+        registry.register(
+            "publishes",
+            "Broadcasts handed to Redis for the other nodes",
+            metrics.publishes.clone(),
+        );
+        registry.register(
+            "publishes_dropped",
+            "Broadcasts that did not reach Redis (unreachable, or too slow): other nodes never got them",
+            metrics.publishes_dropped.clone(),
+        );
+        registry.register(
+            "messages_received",
+            "Broadcasts from other nodes received through Redis",
+            metrics.messages_received.clone(),
+        );
+        registry.register(
+            "messages_lost",
+            "Messages from Redis lost because this node fell behind reading them",
+            metrics.messages_lost.clone(),
+        );
+        registry.register(
+            "messages_malformed",
+            "Messages on the hub's Redis channels that were not hub envelopes",
+            metrics.messages_malformed.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_lag",
+            "From a broadcast's publish on one node to its delivery on another (the nodes' clocks must agree)",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.delivery_lag.clone(),
+        );
+        registry.register(
+            "resubscriptions",
+            "Times this node subscribed again to all its channels on a new connection to Redis",
+            metrics.resubscriptions.clone(),
+        );
+        registry.register(
+            "redis_subscriptions",
+            "Redis shard channels this node is subscribed to",
+            metrics.redis_subscriptions.clone(),
+        );
+        registry.register(
+            "subscribers",
+            "Subscribers across the cluster, as last summed from the nodes' records",
+            metrics.cluster_subscribers.clone(),
+        );
+        registry.register(
+            "nodes",
+            "Nodes with a live record in Redis",
+            metrics.nodes.clone(),
+        );
+        metrics
+    }
 }
 
 impl Default for Metrics {
@@ -160,7 +268,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics of a single hub.
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// The metrics of a node of a cluster: a single hub's, plus `signalhub_cluster_*`.
+    pub(crate) fn with_cluster() -> Self {
+        Self::build(true)
+    }
+
+    fn build(cluster: bool) -> Self {
         let mut registry = Registry::with_prefix("signalhub");
         let subscribers = Gauge::default();
         registry.register(
@@ -240,7 +358,9 @@ impl Metrics {
                 transport: Transport::ws,
             })
             .clone();
+        let cluster = cluster.then(|| ClusterMetrics::register(&mut registry));
         Metrics {
+            cluster,
             subscribers,
             channels,
             tcp_connections: gauge(Transport::http),

@@ -5,12 +5,14 @@
 //! and a kill switch that closes a connection from outside (a subscriber dropped for falling
 //! behind may have hyper blocked in a write, where no response body is ever polled again).
 
+mod broker;
 mod channels;
 mod front;
 mod ice;
 mod limits;
 mod message;
 mod metrics;
+mod redis_broker;
 mod response;
 pub(crate) mod routes;
 mod socket;
@@ -44,6 +46,7 @@ use channels::{FanOut, QueueLimits, Registry, SHARDS};
 pub use ice::{turn_credential, IceConfigError, IceServers};
 use limits::{ConnectionGuard, Limits, Refusal};
 pub use metrics::{Metrics, Rejection};
+pub use redis_broker::{ClusterError, RedisConfig};
 use routes::PathLimits;
 use socket::ClientSocket;
 
@@ -104,6 +107,9 @@ pub struct HubConfig {
     /// STUN/TURN servers handed out at `GET /ice-servers`, TURN ones with short-lived
     /// credentials. `None`: that path answers `404`.
     pub ice_servers: Option<IceServers>,
+    /// Makes this hub one node of a cluster: every hub started with the same Redis serves the
+    /// same subscribers (see `redis_broker.rs`). `None`: a single hub.
+    pub redis: Option<RedisConfig>,
 }
 
 impl Default for HubConfig {
@@ -129,6 +135,7 @@ impl Default for HubConfig {
             trust_forwarded_for: false,
             web_root: None,
             ice_servers: None,
+            redis: None,
         }
     }
 }
@@ -162,6 +169,8 @@ pub enum HubError {
     ReadFile { path: String, source: io::Error },
     #[error("invalid TLS key or certificate: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -170,7 +179,7 @@ pub enum HubError {
 pub(crate) struct HubState {
     pub(crate) config: HubConfig,
     pub(crate) path_limits: PathLimits,
-    pub(crate) registry: Registry,
+    pub(crate) registry: Arc<Registry>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) limits: Arc<Limits>,
     /// Cancelled when shutdown starts: no new connections, streams asked to finish.
@@ -222,24 +231,40 @@ impl Hub {
         );
         for resolved in tokio::net::lookup_host(&addr).await.map_err(bind_error)? {
             match listen(resolved) {
-                Ok(listener) => return Ok(Hub::from_listener(listener, config)),
+                Ok(listener) => return Hub::from_listener(listener, config),
                 Err(err) => last_error = err,
             }
         }
         Err(bind_error(last_error))
     }
 
-    /// A hub on a socket that is already listening.
-    pub fn from_listener(listener: TcpListener, config: HubConfig) -> Hub {
-        let metrics = Arc::new(Metrics::new());
-        let registry = Registry::new(
+    /// A hub on a socket that is already listening. With [`HubConfig::redis`], it joins its
+    /// cluster (Redis need not be reachable yet); call it inside a tokio runtime.
+    pub fn from_listener(listener: TcpListener, config: HubConfig) -> Result<Hub, HubError> {
+        let metrics = Arc::new(if config.redis.is_some() {
+            Metrics::with_cluster()
+        } else {
+            Metrics::new()
+        });
+        let registry = Arc::new(Registry::new(
             metrics.clone(),
             FanOut {
                 max_broadcasts: config.max_broadcasts,
             },
             QueueLimits::new(config.queue_max_messages, config.queue_max_bytes),
             config.queued_bytes_budget,
-        );
+        ));
+        if let (Some(redis), Some(cluster_metrics)) = (&config.redis, &metrics.cluster) {
+            let node = broker::new_node_id();
+            tracing::info!("cluster node {node}: joining the cluster on Redis {redis:?}");
+            let broker = redis_broker::RedisBroker::start(
+                redis,
+                node,
+                cluster_metrics.clone(),
+                registry.clone(),
+            )?;
+            registry.set_broker(broker);
+        }
         let limits = Arc::new(Limits::new(
             config.max_connections,
             if config.trust_forwarded_for {
@@ -265,11 +290,11 @@ impl Hub {
             force: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
-        Hub {
+        Ok(Hub {
             state,
             listener,
             tls: None,
-        }
+        })
     }
 
     /// Serves HTTPS (and WSS) with the PEM key and certificate chain in these files.
@@ -385,6 +410,9 @@ impl Hub {
             );
             state.force.cancel();
             state.tracker.wait().await;
+        }
+        if let Some(broker) = state.registry.broker() {
+            broker.shutdown().await;
         }
         maintenance.abort();
         Ok(())

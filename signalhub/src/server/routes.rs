@@ -290,7 +290,13 @@ fn info(state: &HubState) -> Response<Body> {
     let body = format!(
         "{{\n  \"name\": \"signalhub\",\n  \"version\": \"{}\",\n  \"subscribers\": {}\n}}\n",
         env!("CARGO_PKG_VERSION"),
+        // In a cluster: this node's own, now, plus the others' as last read (within a second).
         state.registry.subscriber_count()
+            + state
+                .registry
+                .broker()
+                .and_then(|broker| broker.remote_subscribers())
+                .unwrap_or(0)
     );
     respond(
         StatusCode::OK,
@@ -301,14 +307,19 @@ fn info(state: &HubState) -> Response<Body> {
 
 fn health(state: &HubState) -> Response<Body> {
     if state.shutdown.is_cancelled() {
-        error(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-    } else {
-        respond(
-            StatusCode::OK,
-            Some("text/plain; charset=utf-8"),
-            Body::from("ok\n"),
-        )
+        return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
+    // A node cut off from Redis still serves its own subscribers: it stays in the load
+    // balancer (200), so that Redis going away does not take every node out at once.
+    let body = match state.registry.broker().and_then(|broker| broker.degraded()) {
+        Some(reason) => format!("ok: {reason}\n"),
+        None => "ok\n".to_string(),
+    };
+    respond(
+        StatusCode::OK,
+        Some("text/plain; charset=utf-8"),
+        Body::from(body),
+    )
 }
 
 async fn broadcast(

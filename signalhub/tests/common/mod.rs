@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
