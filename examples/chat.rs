@@ -16,36 +16,58 @@
 //! restart and is served to peers who join later; without it the log lives in memory, as in
 //! chatwizard.
 //!
-//! On a terminal it shows a full-screen UI: the rooms on the left, the current room's lines
-//! sorted by time (`HH:MM:SS <nick> text`), a status line (time, nick, peers) and an input line.
-//! When standard input or output is not a terminal (or with `--plain`) it reads lines from
-//! stdin and prints each room line as it arrives on stdout, so it can be scripted; status goes
-//! to stderr. Commands in both: `/join #room`, `/part [#room]`, `/nick NAME`, `/help`, `/quit`.
+//! On a terminal it shows a full-screen UI in the manner of irssi and weechat (`chat/tui.rs`):
+//! numbered windows on the left (1 is the status window, then the rooms, with unread counts and
+//! mention marks), the current room's lines sorted by time (`HH:MM:SS <nick> text`, local time,
+//! wrapped with an indent), a status line and an input line that edits and scrolls. When
+//! standard input or output is not a terminal (or with `--plain`) it reads lines from stdin and
+//! prints each room line once as it arrives on stdout, so it can be scripted; notices go to
+//! stderr, without colour codes, and the WebRTC engine's routine warnings are off unless
+//! `RUST_LOG` asks for them.
+//!
+//! Commands in both: `/join #room`, `/part [#room]`, `/nick NAME`, `/me does x`, `/names`,
+//! `/peers`, `/clear`, `/help`, `/quit`, and `//text` says `/text`. chatwizard has no action
+//! line, so `/me waves` writes the ordinary line `* nick waves` (what IRC shows for an action):
+//! chatwizard shows it as `<nick> * nick waves`, this chat and the browser page as
+//! `* nick waves`. Nothing else new goes on the wire: notices of peers coming and going and of
+//! nick changes are worked out locally (a nick change shows when a peer's log writes under a new
+//! nick, since chatwizard announces nothing).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 use swarm::{
-    Log, LogOptions, PeerReplication, PeerReplicationError, PeerReplicationOptions, Swarm,
-    SwarmEvent, SwarmOptions, SwarmPeer,
+    CloseReason, Key, Log, LogOptions, PeerReplication, PeerReplicationError,
+    PeerReplicationOptions, Swarm, SwarmEvent, SwarmOptions, SwarmPeer,
 };
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+#[path = "chat/editor.rs"]
+mod editor;
+#[path = "chat/scrollback.rs"]
+mod scrollback;
 #[path = "chat/tui.rs"]
 mod tui;
 
 /// The hub used when none is given, and where one is started if nothing answers.
 const DEFAULT_HUB: &str = "127.0.0.1:8080";
+
+/// The tracing filter without `RUST_LOG`: this program's and the project's crates at `warn`,
+/// every dependency at `error`. The WebRTC engine (webrtc, rtc_ice, rtc_dtls, …) warns on every
+/// connect about things that are routine here (`Unsupported Extension Type`,
+/// `pingAllCandidates called with no candidate pairs`, `conn.remote_addr is empty`); its errors
+/// still show.
+const DEFAULT_FILTER: &str = "error,chat=warn,swarm=warn,signalhub=warn";
 
 #[derive(Parser, Debug)]
 #[command(about = "Peer-to-peer IRC over WebRTC, in chatwizard's rooms", version)]
@@ -71,15 +93,32 @@ struct Cli {
     udp: Vec<SocketAddr>,
 }
 
-/// What the rooms tell the front end.
+/// What the rooms tell the front end. Room updates carry the join they come from (`gen`), so
+/// that what a parted room's task sent before it stopped is not shown in the room joined again.
 #[derive(Debug, Clone)]
 pub enum Update {
     /// A line of a room (local or replicated), once per log entry.
-    Line { room: String, line: ChatLine },
-    /// The number of connected peers of a room changed.
-    Peers { room: String, peers: usize },
-    /// Something to tell the user.
-    Status(String),
+    Line {
+        room: String,
+        gen: u64,
+        key: Key,
+        /// The id of the log (writer) the entry is filed under: one per chat process and room.
+        writer: String,
+        line: ChatLine,
+    },
+    /// A peer connected to (or left) a room's swarm.
+    Peer {
+        room: String,
+        gen: u64,
+        id: String,
+        joined: bool,
+        /// Connected peers now.
+        peers: usize,
+        /// Why it left.
+        reason: Option<String>,
+    },
+    /// Something to tell the user, about a room or not.
+    Status { room: Option<String>, text: String },
 }
 
 /// One chat line, as chatwizard shows it.
@@ -102,9 +141,26 @@ impl ChatLine {
         })
     }
 
-    /// `HH:MM:SS <who> message`, in local time.
+    /// The action of a `/me` line (`* who does x` written by `who`): `does x`.
+    pub fn action(&self) -> Option<&str> {
+        self.message
+            .strip_prefix("* ")?
+            .strip_prefix(self.who.as_str())?
+            .strip_prefix(' ')
+    }
+
+    /// `HH:MM:SS <who> message` (or `HH:MM:SS * who does x`), in local time, with control
+    /// characters replaced.
     pub fn render(&self) -> String {
-        format!("{} <{}> {}", clock(self.time), self.who, self.message)
+        let who = scrollback::clean(&self.who);
+        match self.action() {
+            Some(action) => format!("{} * {who} {}", clock(self.time), scrollback::clean(action)),
+            None => format!(
+                "{} <{who}> {}",
+                clock(self.time),
+                scrollback::clean(&self.message)
+            ),
+        }
     }
 }
 
@@ -117,6 +173,10 @@ pub fn clock(ms: i64) -> String {
         }
         chrono::LocalResult::None => "??:??:??".to_string(),
     }
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// chatwizard's signalhub app for a room: hex SHA-1 of `chatwizard.` + room.
@@ -135,10 +195,29 @@ pub fn normalize_room(room: &str) -> String {
     }
 }
 
+/// `1 peer`, `2 peers`.
+pub fn plural(n: usize, one: &str) -> String {
+    if n == 1 {
+        format!("{n} {one}")
+    } else {
+        format!("{n} {one}s")
+    }
+}
+
+/// A peer id as shown: its first 8 characters (swarm ids are 25).
+pub fn short_id(id: &str) -> &str {
+    id.char_indices().nth(8).map_or(id, |(at, _)| &id[..at])
+}
+
 /// A joined room: its log, and the task that keeps it in the swarm.
 pub struct Room {
     pub name: String,
+    /// Which join this is (see [`Update`]).
+    pub gen: u64,
     log: Log,
+    /// The connected peers, and since when.
+    peers: watch::Receiver<Vec<SwarmPeer>>,
+    since: Arc<Mutex<HashMap<String, Instant>>>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -147,16 +226,65 @@ impl Room {
     /// Appends a line as chatwizard does (off the async threads: a durable append waits for
     /// the disk).
     pub async fn say(&self, who: &str, message: &str) -> Result<()> {
-        let time = chrono::Utc::now().timestamp_millis();
-        let value = swarm::js_stringify(&json!({"time": time, "who": who, "message": message}));
+        let value = swarm::js_stringify(&json!({"time": now_ms(), "who": who, "message": message}));
         let log = self.log.clone();
         tokio::task::spawn_blocking(move || log.append(value.into_bytes())).await??;
         Ok(())
     }
 
+    /// This chat's own writer id in the room's log.
+    pub fn writer(&self) -> &str {
+        self.log.id()
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.borrow().len()
+    }
+
+    /// Who is connected, and how: `/peers`. `SwarmPeer` tells the id and which side offered;
+    /// the time connected is counted here.
+    pub fn describe_peers(&self) -> String {
+        let peers = self.peers.borrow().clone();
+        if peers.is_empty() {
+            return format!("{}: no peers connected", self.name);
+        }
+        let since = self.since.lock().map(|s| s.clone()).unwrap_or_default();
+        let list: Vec<String> = peers
+            .iter()
+            .map(|peer| {
+                let side = if peer.is_initiator() {
+                    "we offered"
+                } else {
+                    "they offered"
+                };
+                let age = since
+                    .get(peer.id())
+                    .map(|t| format!(", connected {}", ago(t.elapsed())))
+                    .unwrap_or_default();
+                format!("{} ({side}, WebRTC data channel{age})", peer.id())
+            })
+            .collect();
+        format!(
+            "{}: {} connected: {}",
+            self.name,
+            plural(peers.len(), "peer"),
+            list.join("; ")
+        )
+    }
+
     pub async fn leave(self) {
         self.stop.cancel();
         let _ = self.task.await;
+    }
+}
+
+/// `42s`, `3m05s`, `2h07m`.
+fn ago(elapsed: Duration) -> String {
+    let s = elapsed.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
     }
 }
 
@@ -170,7 +298,7 @@ pub struct Network {
 }
 
 impl Network {
-    pub async fn join(&self, name: &str) -> Result<Room> {
+    pub async fn join(&self, name: &str, gen: u64) -> Result<Room> {
         let name = normalize_room(name);
         let log = match &self.data {
             Some(dir) => {
@@ -190,20 +318,30 @@ impl Network {
         let swarm = Swarm::join(&self.hubs, &app, options)
             .await
             .with_context(|| format!("cannot join {name}"))?;
+        let peers = swarm.watch_peers();
+        let since = Arc::new(Mutex::new(HashMap::new()));
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_room(
-            name.clone(),
-            log.clone(),
+            RoomTask {
+                room: name.clone(),
+                gen,
+                log: log.clone(),
+                updates: self.updates.clone(),
+                since: since.clone(),
+            },
             swarm,
-            self.updates.clone(),
             stop.clone(),
         ));
-        let _ = self.updates.send(Update::Status(format!(
-            "joined {name} (signalhub app {app})"
-        )));
+        let _ = self.updates.send(Update::Status {
+            room: Some(name.clone()),
+            text: format!("joined {name} (signalhub app {app})"),
+        });
         Ok(Room {
             name,
+            gen,
             log,
+            peers,
+            since,
             stop,
             task,
         })
@@ -223,39 +361,87 @@ fn file_name(room: &str) -> String {
         .collect()
 }
 
-/// Keeps a room in its swarm: replicates with every peer, and shows every line of its log.
-async fn run_room(
+/// What a room's task knows about its room.
+#[derive(Clone)]
+struct RoomTask {
     room: String,
+    gen: u64,
     log: Log,
-    mut swarm: Swarm,
     updates: mpsc::UnboundedSender<Update>,
-    stop: CancellationToken,
-) {
+    since: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl RoomTask {
+    fn status(&self, text: String) {
+        let _ = self.updates.send(Update::Status {
+            room: Some(self.room.clone()),
+            text,
+        });
+    }
+}
+
+/// Why a peer left, in words. (By name: the swarm crate is growing new reasons, and one this
+/// chat does not know yet is shown as it is called.)
+fn reason_text(reason: &CloseReason) -> String {
+    match format!("{reason:?}").as_str() {
+        "Local" => "closed here".into(),
+        "ChannelClosed" => "it closed the channel".into(),
+        "Disconnected" => "connection lost".into(),
+        "Failed" => "connection failed".into(),
+        "IceFailed" => "no network path found".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Keeps a room in its swarm: replicates with every peer, and shows every line of its log.
+async fn run_room(task: RoomTask, mut swarm: Swarm, stop: CancellationToken) {
     // Every entry, from the first: history first, then live ones.
-    let mut entries = log.subscribe(0);
+    let mut entries = task.log.subscribe(0);
     let mut replications = tokio::task::JoinSet::new();
+    let peer_update = |id: String, joined: bool, peers: usize, reason: Option<String>| {
+        let _ = task.updates.send(Update::Peer {
+            room: task.room.clone(),
+            gen: task.gen,
+            id,
+            joined,
+            peers,
+            reason,
+        });
+    };
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             entry = entries.next() => match entry {
                 Some(Ok(node)) => {
                     if let Some(line) = ChatLine::parse(&node.value) {
-                        let _ = updates.send(Update::Line { room: room.clone(), line });
+                        let _ = task.updates.send(Update::Line {
+                            room: task.room.clone(),
+                            gen: task.gen,
+                            key: node.key,
+                            writer: node.log.clone(),
+                            line,
+                        });
                     }
                 }
                 Some(Err(error)) => {
-                    let _ = updates.send(Update::Status(format!("{room}: log error: {error}")));
+                    task.status(format!("{}: log error: {error}", task.room));
                     break;
                 }
                 None => break,
             },
             event = swarm.next_event() => match event {
-                Some(SwarmEvent::Connected { peer, .. }) => {
-                    let _ = updates.send(Update::Peers { room: room.clone(), peers: swarm.peers().len() });
-                    replications.spawn(replicate_with(room.clone(), log.clone(), peer, updates.clone()));
+                Some(SwarmEvent::Connected { id, peer }) => {
+                    if let Ok(mut since) = task.since.lock() {
+                        since.insert(id.clone(), Instant::now());
+                    }
+                    peer_update(id, true, swarm.peers().len(), None);
+                    replications.spawn(replicate_with(task.clone(), peer));
                 }
-                Some(SwarmEvent::Disconnected { .. }) => {
-                    let _ = updates.send(Update::Peers { room: room.clone(), peers: swarm.peers().len() });
+                Some(SwarmEvent::Disconnected { id, reason }) => {
+                    if let Ok(mut since) = task.since.lock() {
+                        since.remove(&id);
+                    }
+                    peer_update(id, false, swarm.peers().len(), Some(reason_text(&reason)));
                 }
                 None => break,
             },
@@ -267,23 +453,19 @@ async fn run_room(
 }
 
 /// Live replication of a room's log with one peer, until either side goes.
-async fn replicate_with(
-    room: String,
-    log: Log,
-    peer: SwarmPeer,
-    updates: mpsc::UnboundedSender<Update>,
-) {
-    let replication = PeerReplication::new(&log, PeerReplicationOptions::default());
+async fn replicate_with(task: RoomTask, peer: SwarmPeer) {
+    let replication = PeerReplication::new(&task.log, PeerReplicationOptions::default());
     match replication.run(&peer).await {
         Ok(_) | Err(PeerReplicationError::Closed) => {}
         Err(error @ PeerReplicationError::Stalled(_)) => {
             tracing::info!(peer = peer.id(), "{error}");
         }
         Err(PeerReplicationError::Replicate(error)) => {
-            let _ = updates.send(Update::Status(format!(
-                "{room}: replication with {} ended: {error}",
+            task.status(format!(
+                "{}: replication with {} ended: {error}",
+                task.room,
                 peer.id()
-            )));
+            ));
         }
     }
 }
@@ -292,12 +474,19 @@ async fn replicate_with(
 #[derive(Debug, PartialEq, Eq)]
 pub enum Input {
     Say(String),
+    /// `/me does x`
+    Me(String),
     Join(String),
     Part(Option<String>),
     Nick(String),
+    Names(Option<String>),
+    Peers,
+    Clear,
     Help,
     Quit,
     Unknown(String),
+    /// A command without what it needs: its usage.
+    Usage(&'static str),
 }
 
 impl Input {
@@ -306,81 +495,251 @@ impl Input {
         if line.trim().is_empty() {
             return None;
         }
+        // `//text` says `/text`, as in irssi.
+        if line.starts_with("//") {
+            return Some(Input::Say(line[1..].to_string()));
+        }
         let Some(command) = line.strip_prefix('/') else {
             return Some(Input::Say(line.to_string()));
         };
-        let mut words = command.split_whitespace();
-        let name = words.next().unwrap_or_default();
-        let arg = words.next().map(str::to_string);
-        Some(match (name, arg) {
+        let (name, rest) = match command.split_once(char::is_whitespace) {
+            Some((name, rest)) => (name, rest.trim()),
+            None => (command, ""),
+        };
+        let arg = rest.split_whitespace().next().map(str::to_string);
+        Some(match (name.to_lowercase().as_str(), arg) {
             ("join" | "j", Some(room)) => Input::Join(normalize_room(&room)),
-            ("part" | "p", room) => Input::Part(room.map(|r| normalize_room(&r))),
+            ("join" | "j", None) => Input::Usage("/join #room"),
+            ("part" | "p" | "leave", room) => Input::Part(room.map(|r| normalize_room(&r))),
             ("nick" | "n", Some(nick)) => Input::Nick(nick),
+            ("nick" | "n", None) => Input::Usage("/nick NAME"),
+            ("me", Some(_)) => Input::Me(rest.to_string()),
+            ("me", None) => Input::Usage("/me does something"),
+            ("names", room) => Input::Names(room.map(|r| normalize_room(&r))),
+            ("peers", _) => Input::Peers,
+            ("clear", _) => Input::Clear,
             ("help" | "h", _) => Input::Help,
-            ("quit" | "q", _) => Input::Quit,
+            ("quit" | "q" | "exit", _) => Input::Quit,
             _ => Input::Unknown(line.to_string()),
         })
     }
 }
 
-pub const HELP: &str =
-    "commands: /join #room (/j), /part [#room] (/p), /nick NAME (/n), /help (/h), /quit (/q); \
-anything else is said in the current room";
+pub const HELP: &[&str] = &[
+    "commands:",
+    "  /join #room (/j)   join a room and show it",
+    "  /part [#room] (/p) leave this room (or the one named)",
+    "  /nick NAME (/n)    change your nick",
+    "  /me does x         an action: `* nick does x`",
+    "  /names [#room]     nicks that wrote in the room",
+    "  /peers             who is connected, and how",
+    "  /clear             empty this window",
+    "  /help (/h), /quit (/q); //text says /text",
+    "keys:",
+    "  Alt+1..9           window 1..9 (1: this status window)",
+    "  Ctrl+K/Ctrl+J      previous/next window (also Ctrl+P/N, Alt+Left/Right)",
+    "  PgUp/PgDn          scroll; Up/Down: lines sent; Tab: complete a nick",
+    "  Ctrl+A/E/U/W/K/Y   start, end, kill to start, kill word, kill to end",
+    "                     (Ctrl+K when text follows the cursor), yank",
+    "  Ctrl+L redraws; Ctrl+C quits",
+];
+
+/// What the users who wrote in a room were last called: one nick per writer (a log id, i.e.
+/// a chat process or page), with the time of its last line.
+#[derive(Default)]
+pub struct Roster {
+    writers: HashMap<String, (String, i64)>,
+}
+
+impl Roster {
+    /// The nicks, most recently active first.
+    pub fn nicks(&self) -> Vec<String> {
+        let mut all: Vec<&(String, i64)> = self.writers.values().collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut seen = HashSet::new();
+        all.into_iter()
+            .filter(|(nick, _)| seen.insert(nick.clone()))
+            .map(|(nick, _)| nick.clone())
+            .collect()
+    }
+}
+
+/// What the front end is told a command did.
+#[derive(Debug, Default)]
+pub struct Reply {
+    /// Lines to show the user (in the current window).
+    pub messages: Vec<String>,
+    pub quit: bool,
+}
+
+impl Reply {
+    fn say(message: impl Into<String>) -> Reply {
+        Reply {
+            messages: vec![message.into()],
+            quit: false,
+        }
+    }
+}
 
 /// The state both front ends share: rooms, the current one, the nick.
 pub struct Chat {
     pub network: Network,
     pub rooms: BTreeMap<String, Room>,
+    /// The room typed lines go to; `None` is the status window.
     pub current: Option<String>,
     pub nick: String,
+    rosters: HashMap<String, Roster>,
+    next_gen: u64,
 }
 
 impl Chat {
-    /// Applies a typed line; returns a message for the user, and whether to quit.
-    pub async fn handle(&mut self, input: Input) -> (Option<String>, bool) {
+    pub fn new(network: Network, nick: String) -> Chat {
+        Chat {
+            network,
+            rooms: BTreeMap::new(),
+            current: None,
+            nick,
+            rosters: HashMap::new(),
+            next_gen: 0,
+        }
+    }
+
+    /// Applies a typed line.
+    pub async fn handle(&mut self, input: Input) -> Reply {
         match input {
-            Input::Say(text) => {
-                let Some(room) = self.current.as_ref().and_then(|r| self.rooms.get(r)) else {
-                    return (Some("join a room first: /join #room".into()), false);
-                };
-                match room.say(&self.nick, &text).await {
-                    Ok(()) => (None, false),
-                    Err(error) => (Some(format!("not sent: {error:#}")), false),
-                }
+            Input::Say(text) => self.say(&text).await,
+            Input::Me(text) => {
+                // An ordinary chatwizard line that reads as IRC shows an action.
+                let line = format!("* {} {text}", self.nick);
+                self.say(&line).await
             }
             Input::Join(room) => {
                 if !self.rooms.contains_key(&room) {
-                    match self.network.join(&room).await {
+                    self.next_gen += 1;
+                    match self.network.join(&room, self.next_gen).await {
                         Ok(joined) => {
+                            self.rosters.insert(room.clone(), Roster::default());
                             self.rooms.insert(room.clone(), joined);
                         }
-                        Err(error) => return (Some(format!("{error:#}")), false),
+                        Err(error) => return Reply::say(format!("{error:#}")),
                     }
                 }
                 self.current = Some(room);
-                (None, false)
+                Reply::default()
             }
             Input::Part(room) => {
                 let Some(room) = room.or_else(|| self.current.clone()) else {
-                    return (Some("no room to part".into()), false);
+                    return Reply::say("the status window stays; /part a room");
                 };
                 let Some(left) = self.rooms.remove(&room) else {
-                    return (Some(format!("not in {room}")), false);
+                    return Reply::say(format!("not in {room}"));
                 };
+                self.rosters.remove(&room);
                 left.leave().await;
                 if self.current.as_deref() == Some(room.as_str()) {
                     self.current = self.rooms.keys().next().cloned();
                 }
-                (Some(format!("left {room}")), false)
+                Reply::say(format!("left {room}"))
             }
             Input::Nick(nick) => {
                 self.nick = nick;
-                (Some(format!("you are now {}", self.nick)), false)
+                Reply::say(format!("you are now known as {}", self.nick))
             }
-            Input::Help => (Some(HELP.into()), false),
-            Input::Quit => (None, true),
-            Input::Unknown(line) => (Some(format!("unknown command {line:?}; {HELP}")), false),
+            Input::Names(room) => {
+                let Some(room) = room.or_else(|| self.current.clone()) else {
+                    return Reply::say("usage: /names #room (or /names in a room)");
+                };
+                let Some(joined) = self.rooms.get(&room) else {
+                    return Reply::say(format!("not in {room}"));
+                };
+                let mut nicks = self.names(&room);
+                nicks.retain(|n| *n != self.nick);
+                nicks.insert(0, self.nick.clone());
+                Reply::say(format!(
+                    "{room}: {} — nicks that wrote here, most recent first, you first \
+                     (chatwizard has no presence); {} connected now",
+                    nicks.join(" "),
+                    plural(joined.peer_count(), "peer")
+                ))
+            }
+            Input::Peers => {
+                let rooms: Vec<&Room> = match self.current.as_ref().and_then(|r| self.rooms.get(r))
+                {
+                    Some(room) => vec![room],
+                    None => self.rooms.values().collect(),
+                };
+                if rooms.is_empty() {
+                    return Reply::say("in no room: no peers");
+                }
+                Reply {
+                    messages: rooms.iter().map(|r| r.describe_peers()).collect(),
+                    quit: false,
+                }
+            }
+            Input::Clear => Reply::say("/clear clears a window of the full-screen UI"),
+            Input::Help => Reply {
+                messages: HELP.iter().map(|l| l.to_string()).collect(),
+                quit: false,
+            },
+            Input::Quit => Reply {
+                messages: Vec::new(),
+                quit: true,
+            },
+            Input::Unknown(line) => Reply::say(format!("unknown command {line:?}: try /help")),
+            Input::Usage(usage) => Reply::say(format!("usage: {usage}")),
         }
+    }
+
+    async fn say(&mut self, text: &str) -> Reply {
+        let Some(room) = self.current.as_ref().and_then(|r| self.rooms.get(r)) else {
+            return Reply::say("nothing is sent from the status window: /join #room first");
+        };
+        match room.say(&self.nick, text).await {
+            Ok(()) => Reply::default(),
+            Err(error) => Reply::say(format!("not sent: {error:#}")),
+        }
+    }
+
+    /// The nicks seen in a room, most recently active first.
+    pub fn names(&self, room: &str) -> Vec<String> {
+        self.rosters
+            .get(room)
+            .map(Roster::nicks)
+            .unwrap_or_default()
+    }
+
+    /// Takes note of an update before it is shown. `None`: it comes from a room since parted
+    /// (or from an earlier join of it), and is not shown. Otherwise, notices to show with it: a
+    /// writer's line under a new nick is a nick change.
+    pub fn observe(&mut self, update: &Update) -> Option<Vec<String>> {
+        let (room, gen) = match update {
+            Update::Line { room, gen, .. } | Update::Peer { room, gen, .. } => (room, *gen),
+            Update::Status { .. } => return Some(Vec::new()),
+        };
+        let joined = self.rooms.get(room).filter(|r| r.gen == gen)?;
+        let Update::Line { writer, line, .. } = update else {
+            return Some(Vec::new());
+        };
+        let own = joined.writer() == writer;
+        let roster = self.rosters.entry(room.clone()).or_default();
+        let mut notices = Vec::new();
+        match roster.writers.get_mut(writer) {
+            Some((nick, time)) => {
+                if line.time >= *time {
+                    if *nick != line.who && !own {
+                        notices.push(format!("{nick} is now known as {}", line.who));
+                    }
+                    *nick = line.who.clone();
+                    *time = line.time;
+                }
+            }
+            None => {
+                roster
+                    .writers
+                    .insert(writer.clone(), (line.who.clone(), line.time));
+            }
+        }
+        Some(notices)
     }
 
     pub async fn leave_all(&mut self) {
@@ -410,9 +769,10 @@ async fn default_hub(
     match signalhub::Hub::bind(DEFAULT_HUB, config).await {
         Ok(hub) => {
             let hub = hub.spawn()?;
-            let _ = updates.send(Update::Status(format!(
-                "no hub answered at {url}; started one in this process"
-            )));
+            let _ = updates.send(Update::Status {
+                room: None,
+                text: format!("no hub answered at {url}; started one in this process"),
+            });
             Ok((url, Some(hub)))
         }
         // Another chat started one at the same moment: use it.
@@ -434,8 +794,10 @@ async fn main() -> Result<()> {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
+                    .unwrap_or_else(|_| DEFAULT_FILTER.into()),
             )
+            // Colour codes only for a person reading stderr on a terminal, not for a log file.
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .init();
     }
@@ -452,23 +814,23 @@ async fn main() -> Result<()> {
         udp: cli.udp.clone(),
         updates: updates_tx,
     };
-    let mut chat = Chat {
-        network,
-        rooms: BTreeMap::new(),
-        current: None,
-        nick: cli.nick.clone().unwrap_or_else(random_nick),
-    };
+    let mut chat = Chat::new(network, cli.nick.clone().unwrap_or_else(random_nick));
     let rooms = if cli.rooms.is_empty() {
         vec!["#lobby".to_string()]
     } else {
         cli.rooms.clone()
     };
+    let mut first = None;
     for room in rooms {
-        let (message, _) = chat.handle(Input::Join(normalize_room(&room))).await;
-        if let Some(message) = message {
+        let room = normalize_room(&room);
+        let reply = chat.handle(Input::Join(room.clone())).await;
+        if let Some(message) = reply.messages.first() {
             anyhow::bail!("{message}");
         }
+        first.get_or_insert(room);
     }
+    // The first room named is the one shown.
+    chat.current = first;
     if plain {
         run_plain(&mut chat, updates).await?;
     } else {
@@ -478,45 +840,61 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Plain lines: stdin in, room lines out (prefixed with the room when several are joined).
+/// Plain lines: stdin in, room lines out (prefixed with the room when several are joined), each
+/// log entry printed once even if its room is parted and joined again; notices on stderr.
 async fn run_plain(chat: &mut Chat, mut updates: mpsc::UnboundedReceiver<Update>) -> Result<()> {
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut stdin_open = true;
+    let mut printed: HashSet<(String, Key)> = HashSet::new();
     let quit = Arc::new(tokio::sync::Notify::new());
     let signal = quit.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         signal.notify_one();
     });
-    eprintln!("* you are {}; {HELP}", chat.nick);
+    eprintln!("-!- you are {}; /help for commands", chat.nick);
     loop {
         tokio::select! {
             () = quit.notified() => break,
             line = stdin.next_line(), if stdin_open => match line? {
                 Some(line) => {
                     let Some(input) = Input::parse(&line) else { continue };
-                    let (message, quit) = chat.handle(input).await;
-                    if let Some(message) = message {
-                        eprintln!("* {message}");
+                    let reply = chat.handle(input).await;
+                    for message in reply.messages {
+                        eprintln!("-!- {message}");
                     }
-                    if quit {
+                    if reply.quit {
                         break;
                     }
                 }
                 // Stdin ended: keep chatting (serving history) until a signal.
                 None => stdin_open = false,
             },
-            Some(update) = updates.recv() => match update {
-                Update::Line { room, line } => {
-                    if chat.rooms.len() > 1 {
-                        println!("{room} {}", line.render());
-                    } else {
-                        println!("{}", line.render());
+            Some(update) = updates.recv() => {
+                let Some(notices) = chat.observe(&update) else { continue };
+                let several = chat.rooms.len() > 1;
+                let tag = |room: &str| if several { format!("{room} ") } else { String::new() };
+                match update {
+                    Update::Line { room, key, line, .. } => {
+                        for notice in notices {
+                            eprintln!("-!- {}{notice}", tag(&room));
+                        }
+                        if printed.insert((room.clone(), key)) {
+                            println!("{}{}", tag(&room), line.render());
+                        }
                     }
+                    Update::Peer { room, id, joined, peers, reason, .. } => {
+                        let what = if joined { "joined" } else { "left" };
+                        let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+                        eprintln!(
+                            "-!- {room}: peer {} {what} ({}){why}",
+                            short_id(&id),
+                            plural(peers, "peer")
+                        );
+                    }
+                    Update::Status { text, .. } => eprintln!("-!- {}", scrollback::clean(&text)),
                 }
-                Update::Peers { room, peers } => eprintln!("* {room}: {peers} peers"),
-                Update::Status(text) => eprintln!("* {text}"),
-            },
+            }
         }
     }
     Ok(())
@@ -542,4 +920,51 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(
+            Input::parse("//etc/passwd"),
+            Some(Input::Say("/etc/passwd".into()))
+        );
+        assert_eq!(
+            Input::parse("/me waves  hi"),
+            Some(Input::Me("waves  hi".into()))
+        );
+        assert_eq!(
+            Input::parse("/ME"),
+            Some(Input::Usage("/me does something"))
+        );
+        assert_eq!(Input::parse("/names"), Some(Input::Names(None)));
+        assert_eq!(Input::parse("/j x"), Some(Input::Join("#x".into())));
+        assert_eq!(Input::parse("/clear"), Some(Input::Clear));
+        assert_eq!(Input::parse("  "), None);
+    }
+
+    #[test]
+    fn an_action_is_a_line_that_names_its_writer() {
+        let line = |who: &str, message: &str| ChatLine {
+            time: 0,
+            who: who.into(),
+            message: message.into(),
+        };
+        assert_eq!(line("al", "* al waves").action(), Some("waves"));
+        assert_eq!(line("bo", "* al waves").action(), None);
+        assert!(line("al", "* al waves").render().ends_with(" * al waves"));
+        assert!(line("al", "hi\x1b[2J")
+            .render()
+            .ends_with(" <al> hi\u{fffd}[2J"));
+    }
+
+    #[test]
+    fn plurals() {
+        assert_eq!(plural(1, "peer"), "1 peer");
+        assert_eq!(plural(0, "peer"), "0 peers");
+        assert_eq!(short_id("c0123456789abcdef"), "c0123456");
+    }
 }
