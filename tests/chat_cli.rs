@@ -1,6 +1,8 @@
 //! The `chat` example as users script it (plain-line mode: stdin not a terminal): two chat
 //! processes in one room through a real hub exchange lines both ways over WebRTC, a third that
 //! joins later receives the earlier history, and with `--data` a restarted chat still has it.
+//! Off a terminal, stderr has notices but no colour codes and none of the WebRTC engine's
+//! routine warnings; `/me`, `//text` and `/part` + `/join` print as they should, each line once.
 //!
 //! The example's executable is the one `cargo test` builds next to the test binaries.
 
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use signalhub::{Hub, HubConfig, RunningHub};
 
 mod support;
-use support::{example, stdout_lines};
+use support::{collect_stderr, example, stdout_lines};
 
 /// How long one line may take to show up (a WebRTC handshake plus a replication round).
 const STEP: Duration = Duration::from_secs(45);
@@ -102,6 +104,26 @@ impl ChatProcess {
             "{} never printed `HH:MM:SS <{who}> {text}`; it printed: {:#?}",
             self.nick, self.seen
         );
+    }
+
+    /// Waits for `HH:MM:SS * who action` (a `/me`) on stdout.
+    fn expect_action(&mut self, who: &str, action: &str) {
+        let wanted = format!(" * {who} {action}");
+        let deadline = Instant::now() + STEP;
+        while !self
+            .seen
+            .iter()
+            .any(|l| l.len() == 8 + wanted.len() && l.ends_with(&wanted))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "{} never printed `HH:MM:SS * {who} {action}`; it printed: {:#?}",
+                    self.nick, self.seen
+                ),
+            }
+        }
     }
 
     fn quit(mut self) {
@@ -219,6 +241,81 @@ async fn rooms_are_chatwizard_rooms() {
                 joined.contains(&format!("(signalhub app {app})")),
                 "{room}: {joined}"
             );
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_mode_has_no_escape_codes_or_engine_warnings() {
+    let hub = start_hub().await;
+    let url = hub.url().to_string();
+    tokio::task::spawn_blocking(move || {
+        let room = "#plain";
+        let start = |nick: &str| {
+            let mut child = Command::new(example("chat"))
+                .args([room, "--hub", &url, "--nick", nick, "--udp", "127.0.0.1:0"])
+                // The default filter, as a user gets it.
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run the chat example");
+            let stderr = collect_stderr(&mut child);
+            let lines = stdout_lines(&mut child);
+            let process = ChatProcess {
+                nick: nick.to_string(),
+                stdin: child.stdin.take(),
+                child,
+                lines,
+                seen: Vec::new(),
+            };
+            (process, stderr)
+        };
+        let (mut ann, ann_err) = start("ann");
+        let (mut ben, ben_err) = start("ben");
+        ann.say("over WebRTC");
+        ben.expect_line("ann", "over WebRTC");
+        ben.say("/me nods");
+        ann.expect_action("ben", "nods");
+        ann.say("//slash at the start");
+        ben.expect_line("ann", "/slash at the start");
+        // Part and join again: the history comes again from ann, and is not printed again.
+        ben.say("/part");
+        ben.say("/join #plain");
+        ann.say("after the re-join");
+        ben.expect_line("ann", "after the re-join");
+        let over = ben
+            .seen
+            .iter()
+            .filter(|l| l.ends_with(" <ann> over WebRTC"))
+            .count();
+        assert_eq!(over, 1, "printed once: {:#?}", ben.seen);
+        ann.quit();
+        ben.quit();
+        for (nick, stderr) in [("ann", ann_err), ("ben", ben_err)] {
+            let stderr = stderr.lock().unwrap().clone();
+            assert!(
+                stderr.contains("-!- #plain: peer ") && stderr.contains(" joined (1 peer)"),
+                "{nick}'s stderr has the peer's notice: {stderr}"
+            );
+            assert!(
+                !stderr.contains('\x1b'),
+                "{nick}'s stderr has escape codes: {stderr:?}"
+            );
+            for routine in [
+                "Unsupported Extension Type",
+                "pingAllCandidates called with no candidate pairs",
+                "conn.remote_addr is empty",
+                " WARN ",
+            ] {
+                assert!(
+                    !stderr.contains(routine),
+                    "{nick}'s stderr has {routine:?}: {stderr}"
+                );
+            }
         }
     })
     .await
