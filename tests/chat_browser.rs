@@ -5,7 +5,10 @@
 //! - two pages in one room exchange lines both ways, and a page that joins after one of them has
 //!   left gets every earlier line from the one still there;
 //! - a page and the `chat` example (plain-line mode) exchange lines both ways, each showing the
-//!   other's line exactly as it shows its own (`HH:MM:SS <nick> text`, UTC).
+//!   other's line exactly as it shows its own (`HH:MM:SS <nick> text`, UTC); `/me` both ways
+//!   reads `HH:MM:SS * nick does x` on both; the page shows notices of the peer joining and
+//!   leaving and of its nick change; and after `/part` + `/join` the page shows each history
+//!   line once.
 //!
 //! Needs `node`, `js/node_modules` and the page bundle (`npm ci --prefix js`, which builds it) and
 //! Chromium (`apt-get install chromium`); without them the tests fail, they do not skip.
@@ -236,6 +239,29 @@ impl Page {
         line
     }
 
+    /// Waits until the page shows `HH:MM:SS * who action` (a `/me`).
+    fn expect_action(&mut self, who: &str, action: &str) {
+        let wanted = format!(" * {who} {action}");
+        let line = self.wait_for(&format!("the action * {who} {action}"), STEP, |e| {
+            e["event"] == "line"
+                && e["who"] == who
+                && e["text"].as_str().is_some_and(|t| t.ends_with(&wanted))
+        });
+        let text = line["text"].as_str().unwrap_or_default();
+        assert_eq!(text.len(), 8 + wanted.len(), "{text:?}");
+    }
+
+    /// Waits for a notice (local line) that contains every one of `parts`.
+    fn expect_notice(&mut self, parts: &[&str]) -> String {
+        let notice = self.wait_for(&format!("a notice with {parts:?}"), STEP, |e| {
+            e["event"] == "notice"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| parts.iter().all(|p| m.contains(p)))
+        });
+        notice["message"].as_str().unwrap_or_default().to_string()
+    }
+
     /// The lines the page shows in its current room, sorted by time.
     fn lines(&mut self) -> Vec<String> {
         let reply = self.request(json!({"cmd": "lines"}));
@@ -359,6 +385,25 @@ impl ChatProcess {
         );
     }
 
+    /// Waits for `HH:MM:SS * who action` (a `/me`) on stdout.
+    fn expect_action(&mut self, who: &str, action: &str) {
+        let wanted = format!(" * {who} {action}");
+        let is_it = |l: &String| l.len() == 8 + wanted.len() && l.ends_with(&wanted);
+        let deadline = Instant::now() + STEP;
+        while !self.seen.iter().any(is_it) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "chat {} never printed `HH:MM:SS * {who} {action}`; it printed: {:#?}\nstderr:\n{}",
+                    self.nick,
+                    self.seen,
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+    }
+
     fn quit(mut self) {
         self.say("/quit");
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -440,6 +485,7 @@ async fn a_rust_chat_and_a_browser_page_talk_both_ways() {
         let own = rusty.expect_line("rusty", "from the terminal");
 
         let mut webby = Page::open(&format!("{origin}/#mixed"), "webby");
+        webby.expect_notice(&["peer ", " joined #mixed (1 peer)"]);
         // History from the Rust log, shown as the terminal shows it.
         let line = webby.expect_line("rusty", "from the terminal");
         assert_eq!(
@@ -455,6 +501,20 @@ async fn a_rust_chat_and_a_browser_page_talk_both_ways() {
         rusty.say("/nick rustacean");
         rusty.say("still here");
         webby.expect_line("rustacean", "still here");
+        webby.expect_notice(&["rusty is now known as rustacean"]);
+
+        // /me both ways: an ordinary line, shown as an action by both.
+        rusty.say("/me waves from the terminal");
+        webby.expect_action("rustacean", "waves from the terminal");
+        webby.request(json!({"cmd": "input", "text": "/me waves back"}));
+        rusty.expect_action("webby", "waves back");
+        let entries = webby.request(json!({"cmd": "entries"}));
+        assert!(
+            entries["entries"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["message"] == "* webby waves back")),
+            "the wire form is the line `* webby waves back`: {entries}"
+        );
         webby.request(json!({"cmd": "input", "text": "/nick webster"}));
         webby.request(json!({"cmd": "input", "text": "typed into the page"}));
         rusty.expect_line("webster", "typed into the page");
@@ -464,7 +524,25 @@ async fn a_rust_chat_and_a_browser_page_talk_both_ways() {
             "the page counts the terminal as its one peer"
         );
 
+        // Part and join again: the history comes back from the terminal, each line once.
+        let before = webby.lines();
+        webby.request(json!({"cmd": "input", "text": "/part"}));
+        webby.request(json!({"cmd": "input", "text": "/join #mixed"}));
+        let deadline = Instant::now() + STEP;
+        let after = loop {
+            let lines = webby.lines();
+            if lines.len() >= before.len() || Instant::now() > deadline {
+                break lines;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(
+            after, before,
+            "the same lines, once each, after /part + /join"
+        );
+
         rusty.quit();
+        webby.expect_notice(&["peer ", " left #mixed (0 peers)"]);
         webby.close();
     })
     .await

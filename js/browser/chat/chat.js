@@ -12,12 +12,17 @@
 //   #room the room to open (`#nodeconflondon` is the room "#nodeconflondon"); it tracks the
 //         current room. `#!status` is the local status window.
 //
+// `/me waves` writes the ordinary chatwizard line `* nick waves` (chatwizard has no action
+// line; it shows `<nick> * nick waves`), shown here and in the terminal chat as `* nick waves`.
+// Notices (local, never sent): peers joining and leaving a room, and nick changes, seen when a
+// writer's log (a page or chat process) writes under a new nick, since chatwizard announces none.
+//
 // For tests, window.chatTest: say(text[, room]) -> Promise<key>, input(text) (as typed),
 // lines([room]) -> ["HH:MM:SS <who> message", …] sorted by time, entries([room]),
 // peers([room]) -> n, join(room), part([room]), nick([name]), rooms(), current(). When the page
 // has a function window.chatEvent (a test driver's), it is called with {event:"ready"},
-// {event:"line",room,key,time,who,message,text} for every line (in arrival order) and
-// {event:"peers",room,peers}.
+// {event:"line",room,key,time,who,message,text} for every line (in arrival order),
+// {event:"notice",room,message} for every notice and {event:"peers",room,peers}.
 import signalhub from 'signalhub'
 import webrtcSwarm from 'webrtc-swarm'
 import hyperlog from 'hyperlog'
@@ -40,6 +45,9 @@ const HELP = [
   '  /join #room    /j   join a room and show it',
   '  /part [#room]  /p   leave this room (or the one named)',
   '  /nick NAME     /n   change your nick',
+  '  /me does x          an action, shown as * nick does x',
+  '  /names              the nicks that wrote in this room',
+  '  /clear              empty this window',
   '  /help          /h   this text',
   'keys: PgUp/PgDn scroll; Ctrl+Up/Down or Alt+Up/Down switch rooms;',
   '  Up/Down recall what you typed; Tab completes a nick; //text sends /text.',
@@ -164,6 +172,7 @@ function newRoom (name) {
     keys: new Set(),
     peers: new Set(),
     nicks: new Set(),
+    writers: new Map(), // log id -> { nick, time }: the nick each writer last wrote under
     activity: false,
     mentioned: false,
     hubError: null,
@@ -199,6 +208,7 @@ function openRoom (name) {
 function addPeer (room, peer, id) {
   if (room.closed) return peer.destroy()
   room.peers.add(peer)
+  notice(room, `peer ${String(id).slice(0, 8)} joined ${room.name} (${plural(room.peers.size, 'peer')})`)
   peersChanged(room)
   let replication = null
   let watchdog = null
@@ -222,7 +232,10 @@ function addPeer (room, peer, id) {
     clearTimeout(start)
     clearTimeout(watchdog)
     if (replication) replication.destroy()
-    if (room.peers.delete(peer)) peersChanged(room)
+    if (room.peers.delete(peer)) {
+      if (!room.closed) notice(room, `peer ${String(id).slice(0, 8)} left ${room.name} (${plural(room.peers.size, 'peer')})`)
+      peersChanged(room)
+    }
   })
 }
 
@@ -239,21 +252,47 @@ function closeRoom (room) {
   if (room.reader) room.reader.destroy()
 }
 
+function plural (n, one) {
+  return `${n} ${one}${n === 1 ? '' : 's'}`
+}
+
+// The action of a `/me` line (`* who does x` written by who): `does x`; else null.
+function actionOf (who, message) {
+  const prefix = `* ${who} `
+  return message.startsWith(prefix) ? message.slice(prefix.length) : null
+}
+
 // Whatever a peer sent: time, who and message as the UI can show them.
 function lineFrom (key, value) {
   const v = value && typeof value === 'object' ? value : { message: value }
   const time = Number.isFinite(v.time) ? v.time : 0
   const who = typeof v.who === 'string' ? v.who : String(v.who ?? '?')
   const message = typeof v.message === 'string' ? v.message : v.message == null ? '' : JSON.stringify(v.message)
-  return { key, time, who, message, text: `${clock(time)} <${who}> ${message}`, local: false }
+  const action = actionOf(who, message)
+  const text = action === null ? `${clock(time)} <${who}> ${message}` : `${clock(time)} * ${who} ${action}`
+  return { key, time, who, message, action, text, local: false }
+}
+
+// A writer's line under another nick than its last one: a nick change (not for our own log,
+// whose changes setNick tells).
+function noteWriter (room, node, item) {
+  if (typeof node.log !== 'string') return
+  const last = room.writers.get(node.log)
+  if (last && item.time < last.time) return
+  room.writers.set(node.log, { nick: item.who, time: item.time })
+  if (last && last.nick !== item.who && node.log !== room.log.id) {
+    notice(room, `${last.nick} is now known as ${item.who}`, item.time)
+  }
 }
 
 function addNode (room, node) {
-  if (room.keys.has(node.key)) return
+  // A parted room's reader may still deliver: its lines are not shown (a new join has its own).
+  if (room.closed || room.keys.has(node.key)) return
   room.keys.add(node.key)
   const item = lineFrom(node.key, node.value)
   item.mention = item.who !== nick && mentions(item.message)
   room.nicks.add(item.who)
+  noteWriter(room, node, item)
   insert(room, item)
   if (room.name !== current) {
     room.activity = true
@@ -263,10 +302,10 @@ function addNode (room, node) {
   testEvent({ event: 'line', room: room.name, key: item.key, time: item.time, who: item.who, message: item.message, text: item.text })
 }
 
-// A local line (help, errors): shown, never sent.
-function notice (room, message) {
-  const time = Date.now()
-  insert(room, { key: null, time, who: '!info', message, text: `${clock(time)} <!info> ${message}`, local: true })
+// A local line (help, errors, joins and parts, nick changes): shown, never sent.
+function notice (room, message, time = Date.now()) {
+  insert(room, { key: null, time, who: '!info', message, text: `${clock(time)} -!- ${message}`, local: true })
+  testEvent({ event: 'notice', room: room.name, message })
 }
 
 function insert (room, item) {
@@ -352,8 +391,22 @@ function setNick (name) {
   const clean = cleanNick(name)
   if (!clean) return notice(rooms.get(current), 'usage: /nick NAME')
   nick = clean
-  notice(rooms.get(current), `you are now ${nick}`)
+  notice(rooms.get(current), `you are now known as ${nick}`)
   drawStatus()
+}
+
+function names () {
+  const room = rooms.get(current)
+  if (room.name === STATUS) return notice(room, 'usage: /names in a room')
+  const seen = [...room.writers.values()].sort((a, b) => b.time - a.time).map((w) => w.nick)
+  const list = [nick, ...new Set(seen.filter((n) => n !== nick))]
+  notice(room, `${room.name}: ${list.join(' ')} (nicks that wrote here, you first); ${plural(room.peers.size, 'peer')} connected now`)
+}
+
+function clearWindow () {
+  const room = rooms.get(current)
+  room.items = []
+  drawLines()
 }
 
 function input (text) {
@@ -373,6 +426,16 @@ function input (text) {
     case 'n':
     case 'nick':
       setNick(args.join(' '))
+      break
+    case 'me':
+      if (!args.length) return notice(rooms.get(current), 'usage: /me does something')
+      // An ordinary chatwizard line that reads as IRC shows an action.
+      return say(`* ${nick} ${text.slice(1).trim().replace(/^me\s+/i, '')}`).catch(() => {})
+    case 'names':
+      names()
+      break
+    case 'clear':
+      clearWindow()
       break
     case 'h':
     case 'help':
@@ -425,10 +488,11 @@ function lineElement (item) {
   if (item.local) line.classList.add('notice')
   if (item.mention) line.classList.add('mention')
   if (!item.local && item.who === nick) line.classList.add('self')
-  const who = el('span', 'who', `<${item.who}>`)
+  const who = el('span', 'who', item.local ? '-!-' : item.action !== null ? `* ${item.who}` : `<${item.who}>`)
   if (!item.local) who.style.color = nickColor(item.who)
+  if (!item.local && item.action !== null) line.classList.add('action')
   const message = el('span', 'message')
-  appendLinked(message, item.message)
+  appendLinked(message, item.local || item.action === null ? item.message : item.action)
   line.append(el('span', 'time', clock(item.time)), ' ', who, ' ', message)
   return line
 }
@@ -469,9 +533,9 @@ function drawStatus () {
   const room = rooms.get(current)
   const parts = [`[${clock(Date.now())}]`, `[${nick}]`]
   if (room.name === STATUS) {
-    parts.push(`${rooms.size - 1} rooms`)
+    parts.push(plural(rooms.size - 1, 'room'))
   } else {
-    parts.push(`${room.peers.size} peer${room.peers.size === 1 ? '' : 's'}`)
+    parts.push(plural(room.peers.size, 'peer'))
     if (room.hubError) parts.push('[hub unreachable]')
   }
   ui.status.textContent = parts.join(' ')
