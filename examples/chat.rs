@@ -790,18 +790,23 @@ fn random_nick() -> String {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let plain = cli.plain || !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal();
+    let (updates_tx, updates) = mpsc::unbounded_channel();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| DEFAULT_FILTER.into());
+    // No colour codes in either: plain output is read by scripts and log files, and the status
+    // window shows text.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
     if plain {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| DEFAULT_FILTER.into()),
-            )
-            // Colour codes only for a person reading stderr on a terminal, not for a log file.
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
+        logs.with_writer(std::io::stderr).init();
+    } else {
+        // Full screen, stderr would tear the picture: events go to the status window.
+        let updates = updates_tx.clone();
+        logs.without_time()
+            .with_writer(move || StatusWriter(updates.clone()))
             .init();
     }
-    let (updates_tx, updates) = mpsc::unbounded_channel();
     let (hubs, _own_hub) = if cli.hubs.is_empty() {
         let (url, hub) = default_hub(&updates_tx).await?;
         (vec![url], hub)
@@ -838,6 +843,24 @@ async fn main() -> Result<()> {
     }
     chat.leave_all().await;
     Ok(())
+}
+
+/// Where the full-screen UI's tracing events go: each formatted event (the fmt layer writes one
+/// at a time) becomes a line of the status window.
+struct StatusWriter(mpsc::UnboundedSender<Update>);
+
+impl std::io::Write for StatusWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf).trim().to_string();
+        if !text.is_empty() {
+            let _ = self.0.send(Update::Status { room: None, text });
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Plain lines: stdin in, room lines out (prefixed with the room when several are joined), each

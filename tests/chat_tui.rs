@@ -449,6 +449,14 @@ async fn two_chats_in_terminals() {
                 .any(|r| r.contains("-!- peer ") && r.contains(" left #tui (0 peers)"))
         });
         assert!(bob.status().contains(" 0 peers"), "{}", bob.status());
+
+        // The status window has what the chat said, and none of the WebRTC engine's routine
+        // warnings (tracing goes there on a full screen, dependencies at `error` by default).
+        bob.keys(&["M-1"]);
+        bob.wait("the status window", |s| s.status().contains("[1:!status]"));
+        bob.wait_text("-!- you are bob; /help for commands and keys");
+        let status = bob.text();
+        assert!(!status.contains("WARN"), "{status}");
         bob.keys(&["C-c"]);
     })
     .await
