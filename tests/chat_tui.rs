@@ -610,7 +610,25 @@ async fn one_chat_edits_scrolls_and_resizes() {
             last.is_some_and(|at| pane[at].trim_end().ends_with("than now"))
                 && pane.iter().any(|r| r.contains("<caroline> a last line"))
         });
+        // Scrolled up, a resize keeps the same line at the bottom of the view.
+        carol.keys(&["PPage"]);
+        carol.wait("scrolled up", |s| s.status().contains("more --"));
+        let bottom = |s: &Screen| {
+            s.pane()
+                .iter()
+                .rev()
+                .find(|r| !r.trim().is_empty())
+                .map(|r| r.trim().to_string())
+                .unwrap_or_default()
+        };
+        let before = bottom(&carol);
+        assert!(before.contains("<caroline> line "), "{}", carol.text());
         carol.resize(WIDTH, HEIGHT);
+        carol.wait("the same bottom line after the resize", |s| {
+            s.rows().len() == HEIGHT as usize && bottom(s) == before
+        });
+        carol.keys(&["NPage", "NPage", "NPage", "NPage"]);
+        carol.wait("back at the bottom", |s| !s.status().contains("more"));
 
         // The status window is reachable in a room: Alt+1, and Ctrl+J back.
         carol.keys(&["M-1"]);
