@@ -9,8 +9,9 @@
 //!   parted room gone from the list);
 //! - one chat: line editing (Left/Home/End, Ctrl+U/W/K/Y, Backspace/Delete), Up/Down history, the
 //!   input scrolling sideways, a wide character's cursor column, scrolling that stops at the first
-//!   line with a `-- more --` mark and comes back with one PgDn, a resize that keeps the lines,
-//!   the status window reachable with Alt+1, and times in the local time zone (TZ set here).
+//!   line with a `-- more --` mark and comes back with one PgDn, a resize that keeps the lines
+//!   (scrolled up too), `//text` and `/clear`, the status window reachable with Alt+1 and
+//!   Ctrl+K/J, and times in the local time zone (TZ set here).
 //!
 //! The screen captured at the end of the two-chat test is written to
 //! `target/chat-tui-screen.txt` (the README's picture of the chat comes from there).
@@ -629,6 +630,17 @@ async fn one_chat_edits_scrolls_and_resizes() {
         });
         carol.keys(&["NPage", "NPage", "NPage", "NPage"]);
         carol.wait("back at the bottom", |s| !s.status().contains("more"));
+
+        // `//` says a line that starts with `/`; /clear empties the window (the log keeps it).
+        carol.enter("//not a command");
+        carol.wait_text("<caroline> /not a command");
+        carol.enter("/clear");
+        carol.wait("an empty window", |s| {
+            s.pane().iter().all(|r| r.trim().is_empty())
+        });
+        carol.enter("after the clear");
+        carol.wait_text("<caroline> after the clear");
+        assert!(!carol.text().contains("line 40"), "{}", carol.text());
 
         // The status window is reachable in a room: Alt+1, and Ctrl+J back.
         carol.keys(&["M-1"]);
