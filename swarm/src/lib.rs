@@ -63,7 +63,10 @@ pub use log::wire::{
     FrameDecoder, Handshake, LogSeq, Message, NodeMessage, WireError, DEFAULT_MAX_FRAME_SIZE,
 };
 #[cfg(feature = "webrtc")]
-pub use peer::{CloseReason, IceServer, Peer, PeerConfig, PeerError, PeerEvent};
+pub use peer::{
+    CandidateKind, CloseReason, IceServer, PathEnd, Peer, PeerConfig, PeerError, PeerEvent,
+    SelectedPath,
+};
 #[cfg(feature = "webrtc")]
 pub use peer_replication::{PeerReplication, PeerReplicationError, PeerReplicationOptions};
 #[cfg(feature = "webrtc")]

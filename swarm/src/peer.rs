@@ -17,7 +17,7 @@
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::Duration;
 
@@ -28,8 +28,9 @@ use tracing::{debug, info, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceConnectionState, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry,
+    SettingEngineBuilder, StatsSelector,
 };
 use webrtc::runtime::Runtime;
 
@@ -55,6 +56,44 @@ const ICE_CHECK_SPAN: Duration = Duration::from_millis(1400);
 /// How long [`Peer::close`] waits for the data channel's closing handshake, which is what lets
 /// the other side notice at once, before it tears the connection down anyway.
 const CHANNEL_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Values of `Shared::ice_progress`.
+const ICE_NEW: u8 = 0;
+const ICE_CHECKING: u8 = 1;
+const ICE_CONNECTED: u8 = 2;
+
+/// Whether the engine can use this ICE server URL. webrtc 0.21 gathers TURN only over UDP:
+/// `turns:` and `turn:…?transport=tcp` are skipped with a warning in its
+/// `peer_connection/transport/turn_relayer.rs` (`RTCTurnRelayer::gather`: "Skipping unsupported
+/// secure TURN url", "Skipping unsupported non-UDP TURN url"); STUN is UDP only.
+fn ice_url_is_supported(url: &str) -> bool {
+    let url = url.trim();
+    let lower = url.to_ascii_lowercase();
+    let (scheme, rest) = lower.split_once(':').unwrap_or((lower.as_str(), ""));
+    let transport = rest
+        .split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("transport="));
+    match scheme {
+        "stun" | "turn" => transport.is_none_or(|transport| transport == "udp"),
+        _ => false,
+    }
+}
+
+/// The URLs of `servers` that webrtc 0.21 cannot use and a peer therefore leaves out: TURN over
+/// TCP or TLS (`turn:…?transport=tcp`, `turns:`), and anything that is not `stun:` or `turn:`.
+/// A peer whose only way out is one of these (UDP blocked) cannot connect; its handshakes fail
+/// with [`CloseReason::IceFailed`].
+pub fn unsupported_ice_urls(servers: &[IceServer]) -> Vec<String> {
+    servers
+        .iter()
+        .flat_map(|server| server.urls.iter())
+        .filter(|url| !ice_url_is_supported(url))
+        .cloned()
+        .collect()
+}
 
 /// A STUN or TURN server, as in `RTCIceServer`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -129,8 +168,74 @@ pub enum CloseReason {
     ChannelClosed,
     /// ICE lost the other side (no traffic for a few seconds). simple-peer gives up here too.
     Disconnected,
-    /// ICE or DTLS failed, or the engine closed the connection.
+    /// ICE found no working path to the other side: every candidate pair was checked without an
+    /// answer (for example both sides behind symmetric NATs with no TURN server, or UDP blocked
+    /// and no relay reachable). Reported by the engine, or by the swarm when a handshake whose
+    /// connectivity checks had started does not connect in time.
+    IceFailed,
+    /// DTLS failed, or the engine closed the connection.
     Failed,
+}
+
+/// How a candidate was found (RFC 8445 §5.1.1; `candidateType` in WebRTC stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CandidateKind {
+    /// An address of a local interface.
+    Host,
+    /// The address a NAT gave us, as a STUN server saw it.
+    ServerReflexive,
+    /// An address learnt from a connectivity check that came from it.
+    PeerReflexive,
+    /// An address on a TURN server, relaying for us.
+    Relay,
+}
+
+impl CandidateKind {
+    /// The short name WebRTC uses (`host`, `srflx`, `prflx`, `relay`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CandidateKind::Host => "host",
+            CandidateKind::ServerReflexive => "srflx",
+            CandidateKind::PeerReflexive => "prflx",
+            CandidateKind::Relay => "relay",
+        }
+    }
+}
+
+impl std::fmt::Display for CandidateKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One end of the path a connection uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathEnd {
+    pub kind: CandidateKind,
+    /// The candidate's address (for a relay candidate, the address on the TURN server). `None`
+    /// for a remote peer-reflexive candidate: the engine (rtc 0.21) does not report those.
+    pub address: Option<SocketAddr>,
+    /// `udp` or `tcp` (empty when unknown).
+    pub protocol: String,
+}
+
+/// The candidate pair ICE selected for a connection, and what went over it so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelectedPath {
+    pub local: PathEnd,
+    pub remote: PathEnd,
+    /// The latest round-trip time of a connectivity check on this pair, if one was measured.
+    pub rtt: Option<Duration>,
+    /// Bytes sent and received on this pair (every packet: STUN, DTLS, SCTP).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+
+impl SelectedPath {
+    /// Whether a TURN server carries the traffic (either end is a relay candidate).
+    pub fn is_relayed(&self) -> bool {
+        self.local.kind == CandidateKind::Relay || self.remote.kind == CandidateKind::Relay
+    }
 }
 
 /// Why a [`Peer`] operation failed.
@@ -214,6 +319,8 @@ struct Shared {
     mid: StdMutex<String>,
     connected: AtomicBool,
     closed: AtomicBool,
+    /// The furthest ICE got: [`ICE_NEW`], [`ICE_CHECKING`] or [`ICE_CONNECTED`].
+    ice_progress: AtomicU8,
     /// Signalled when the channel reader stops (the channel closed).
     reader_done: Notify,
 }
@@ -241,16 +348,26 @@ impl Peer {
             mid: StdMutex::new("0".to_string()),
             connected: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            ice_progress: AtomicU8::new(ICE_NEW),
             reader_done: Notify::new(),
         });
 
         let ice_servers = config
             .ice_servers
             .into_iter()
-            .map(|server| RTCIceServer {
-                urls: server.urls,
-                username: server.username,
-                credential: server.credential,
+            .filter_map(|server| {
+                // URLs the engine cannot use are left out here (the swarm warns about them once
+                // per join, see `unsupported_ice_urls`), so the engine does not warn per peer.
+                let urls: Vec<String> = server
+                    .urls
+                    .into_iter()
+                    .filter(|url| ice_url_is_supported(url))
+                    .collect();
+                (!urls.is_empty()).then_some(RTCIceServer {
+                    urls,
+                    username: server.username,
+                    credential: server.credential,
+                })
             })
             .collect();
         let tick = config.engine_tick.max(Duration::from_millis(1));
@@ -347,6 +464,81 @@ impl Peer {
     /// Whether the peer is closed (locally or by the other side).
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether ICE started its connectivity checks (both descriptions and some remote candidate
+    /// were in) without having connected yet: a handshake that stalls in this state failed for
+    /// want of a path, not for want of signals.
+    pub fn is_ice_checking(&self) -> bool {
+        self.shared.ice_progress.load(Ordering::Acquire) == ICE_CHECKING
+    }
+
+    /// The candidate pair ICE selected and what went over it, from the engine's statistics;
+    /// `None` before ICE has selected a pair, or once the peer is closed.
+    pub async fn selected_path(&self) -> Option<SelectedPath> {
+        let connection = self.shared.connection()?;
+        let report = connection
+            .get_stats(std::time::Instant::now(), StatsSelector::None)
+            .await;
+        let pair_id = report.iter().find_map(|entry| match entry {
+            RTCStatsReportEntry::Transport(transport)
+                if !transport.selected_candidate_pair_id.is_empty() =>
+            {
+                Some(transport.selected_candidate_pair_id.clone())
+            }
+            _ => None,
+        })?;
+        let Some(RTCStatsReportEntry::IceCandidatePair(pair)) = report.get(&pair_id) else {
+            return None;
+        };
+        // The pair names its candidates `candidate:…`; the report keys them with a prefix
+        // saying which side they are on (rtc 0.21's stats accumulator). A remote candidate
+        // learnt from a connectivity check (peer-reflexive) is missing from rtc 0.21's report
+        // (it lists the signalled ones only), so its address is unknown here.
+        let end = |id: &str, prefix: &str| {
+            let entry = report
+                .get(&format!("{prefix}{id}"))
+                .or_else(|| report.get(id));
+            let candidate = match entry {
+                Some(
+                    RTCStatsReportEntry::LocalCandidate(candidate)
+                    | RTCStatsReportEntry::RemoteCandidate(candidate),
+                ) => candidate,
+                _ if prefix == "RTCRemoteIceCandidate_" => {
+                    return Some(PathEnd {
+                        kind: CandidateKind::PeerReflexive,
+                        address: None,
+                        protocol: String::new(),
+                    })
+                }
+                _ => return None,
+            };
+            let kind = match candidate.candidate_type {
+                RTCIceCandidateType::Host => CandidateKind::Host,
+                RTCIceCandidateType::Srflx => CandidateKind::ServerReflexive,
+                RTCIceCandidateType::Prflx => CandidateKind::PeerReflexive,
+                RTCIceCandidateType::Relay => CandidateKind::Relay,
+                _ => return None,
+            };
+            let ip = candidate
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<IpAddr>().ok());
+            Some(PathEnd {
+                kind,
+                address: ip.map(|ip| SocketAddr::new(ip, candidate.port)),
+                protocol: candidate.protocol.clone(),
+            })
+        };
+        let rtt = (pair.current_round_trip_time.is_finite() && pair.current_round_trip_time > 0.0)
+            .then(|| Duration::from_secs_f64(pair.current_round_trip_time));
+        Some(SelectedPath {
+            local: end(&pair.local_candidate_id, "RTCLocalIceCandidate_")?,
+            remote: end(&pair.remote_candidate_id, "RTCRemoteIceCandidate_")?,
+            rtt,
+            bytes_sent: pair.bytes_sent,
+            bytes_received: pair.bytes_received,
+        })
     }
 
     /// Applies a signal from the other side.
@@ -690,10 +882,22 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
         debug!(%state, "ICE connection state");
         match state {
-            RTCIceConnectionState::Disconnected => self.shared.fail(CloseReason::Disconnected),
-            RTCIceConnectionState::Failed | RTCIceConnectionState::Closed => {
-                self.shared.fail(CloseReason::Failed)
+            RTCIceConnectionState::Checking => {
+                let _ = self.shared.ice_progress.compare_exchange(
+                    ICE_NEW,
+                    ICE_CHECKING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
             }
+            RTCIceConnectionState::Connected | RTCIceConnectionState::Completed => {
+                self.shared
+                    .ice_progress
+                    .store(ICE_CONNECTED, Ordering::Release);
+            }
+            RTCIceConnectionState::Disconnected => self.shared.fail(CloseReason::Disconnected),
+            RTCIceConnectionState::Failed => self.shared.fail(CloseReason::IceFailed),
+            RTCIceConnectionState::Closed => self.shared.fail(CloseReason::Failed),
             _ => {}
         }
     }
@@ -837,6 +1041,38 @@ fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_and_tls_turn_urls_are_unsupported() {
+        for url in [
+            "stun:198.51.100.2:3478",
+            "turn:198.51.100.2:3478",
+            "turn:198.51.100.2:3478?transport=udp",
+            "TURN:host:3478",
+        ] {
+            assert!(ice_url_is_supported(url), "{url}");
+        }
+        for url in [
+            "turn:198.51.100.2:3478?transport=tcp",
+            "turns:198.51.100.2:5349",
+            "turns:198.51.100.2:5349?transport=tcp",
+            "http://198.51.100.2",
+        ] {
+            assert!(!ice_url_is_supported(url), "{url}");
+        }
+        let servers = [IceServer {
+            urls: vec![
+                "turn:h:3478".into(),
+                "turn:h:3478?transport=tcp".into(),
+                "turns:h:5349".into(),
+            ],
+            ..IceServer::default()
+        }];
+        assert_eq!(
+            unsupported_ice_urls(&servers),
+            ["turn:h:3478?transport=tcp", "turns:h:5349"]
+        );
+    }
 
     #[test]
     fn labels_are_40_random_hex_chars() {

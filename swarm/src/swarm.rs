@@ -53,7 +53,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::log::sign::Keypair;
-use crate::peer::{CloseReason, IceServer, Peer, PeerConfig, PeerError, PeerEvent};
+use crate::peer::{
+    unsupported_ice_urls, CloseReason, IceServer, Peer, PeerConfig, PeerError, PeerEvent,
+    SelectedPath,
+};
 use crate::signal::{hex, open_sealed, seal, HubMessage, Signal};
 use crate::stream::PeerStream;
 
@@ -163,7 +166,10 @@ pub enum SwarmError {
 pub enum SwarmEvent {
     /// A peer's data channel opened.
     Connected { id: String, peer: SwarmPeer },
-    /// A connected peer went away, for this reason.
+    /// A connected peer went away, for this reason. Also a handshake that found no path
+    /// ([`CloseReason::IceFailed`]: its connectivity checks started and it did not connect
+    /// within [`SwarmOptions::handshake_timeout`], or ICE failed), with no `Connected` before
+    /// it: the peer is there but cannot be reached. The next announce retries it.
     Disconnected { id: String, reason: CloseReason },
 }
 
@@ -212,6 +218,13 @@ impl SwarmPeer {
 
     pub fn is_closed(&self) -> bool {
         self.peer.is_closed()
+    }
+
+    /// The path the connection takes: the selected candidate pair's two ends (host, server-
+    /// reflexive, peer-reflexive or relay, and their addresses), whether a TURN server relays
+    /// it, the round-trip time and the bytes sent and received on it. `None` once closed.
+    pub async fn path(&self) -> Option<SelectedPath> {
+        self.peer.selected_path().await
     }
 
     /// Closes the connection; the swarm reports it disconnected and may meet the peer again.
@@ -263,6 +276,14 @@ impl Swarm {
             (None, Some(id)) => id.clone(),
             (None, None) => new_id()?,
         };
+        let unsupported = unsupported_ice_urls(&options.ice_servers);
+        if !unsupported.is_empty() {
+            warn!(
+                ?unsupported,
+                "the WebRTC engine (webrtc-rs 0.21) cannot use TURN over TCP or TLS; \
+                 ignoring these ICE server URLs"
+            );
+        }
         let client = Client::with_options(app, hubs, options.client.clone())?;
         let all = client.subscribe(["all"])?;
         let inbox = client.subscribe([id.as_str()])?;
@@ -748,9 +769,16 @@ impl SwarmLoop {
         }
     }
 
-    /// Reports a removed remote as disconnected if it was connected.
+    /// Reports a removed remote as disconnected if it was connected, or if its handshake found
+    /// no path.
     fn forget(&mut self, id: &str, remote: &Remote, reason: CloseReason) {
-        if remote.connected {
+        if !remote.connected && reason == CloseReason::IceFailed {
+            warn!(peer = %id, "ICE failed: no path to the peer");
+            let _ = self.events.send(SwarmEvent::Disconnected {
+                id: id.to_string(),
+                reason,
+            });
+        } else if remote.connected {
             info!(peer = %id, ?reason, "peer disconnected");
             self.publish_peers();
             let _ = self.events.send(SwarmEvent::Disconnected {
@@ -801,7 +829,18 @@ impl SwarmLoop {
             .collect();
         for id in stalled {
             if let Some(remote) = self.remotes.remove(&id) {
-                info!(peer = %id, ?timeout, "handshake stalled; abandoning it");
+                if remote.peer.is_ice_checking() {
+                    // Signalling worked (ICE had both descriptions and candidates to check) but
+                    // no pair answered: behind NATs that STUN cannot cross, with no usable TURN
+                    // server. Left alone, ICE would call it failed only after 30 s.
+                    warn!(peer = %id, ?timeout, "ICE failed: no candidate pair answered");
+                    let _ = self.events.send(SwarmEvent::Disconnected {
+                        id: id.clone(),
+                        reason: CloseReason::IceFailed,
+                    });
+                } else {
+                    info!(peer = %id, ?timeout, "handshake stalled; abandoning it");
+                }
                 tokio::spawn(async move { remote.peer.close().await });
             }
         }
