@@ -11,9 +11,10 @@
 #
 #   PREFIX-inet  the "internet": a bridge `seg` on 198.51.100.0/24 (TEST-NET-2), holding
 #                198.51.100.2 (where the tests run the hub and coturn) and one port per router.
-#                Its default route is a blackhole: coturn needs *a* default route, or its relay
-#                socket gets ENETUNREACH for a peer address it cannot route (e.g. a home's private
-#                candidate) and it then drops the whole allocation.
+#                Its default route leads to a gateway that does not exist (.1): coturn
+#                needs *a* default route, or its relay socket gets an error sending to an address
+#                it cannot route (e.g. a home's private candidate) and it then drops the whole
+#                allocation.
 #   PREFIX-rN    home N's router: `wan` 198.51.100.(10+N)/24 on the segment, `lan` 10.N.0.1/24.
 #                nftables: NAT out of `wan` (below), and a home router's firewall: forwarded
 #                traffic goes out freely and only replies come in; nothing unsolicited reaches
@@ -134,7 +135,12 @@ up() {
   ip -n "$inet" link add seg type bridge
   ip -n "$inet" link set seg up
   ip -n "$inet" addr add "$INET_ADDR/24" dev seg
-  ip -n "$inet" route add blackhole default
+  # A default route into a dead end: a gateway 198.51.100.1 that exists only as a permanent
+  # neighbour entry with a MAC nobody has, so what is sent there leaves without an error and is
+  # dropped by every router (not their MAC). A `blackhole` route would not do: a send to it fails
+  # with EINVAL, and coturn drops the allocation on a failed relay send as on ENETUNREACH.
+  ip -n "$inet" neigh add 198.51.100.1 lladdr 02:00:00:00:00:01 dev seg nud permanent
+  ip -n "$inet" route add default via 198.51.100.1 dev seg
   # Frames bridged between routers must not meet an iptables/nftables forward hook here, should
   # br_netfilter be loaded (its switch is per namespace; absent when the module is not loaded).
   ip netns exec "$inet" sysctl -q -w net.bridge.bridge-nf-call-iptables=0 2>/dev/null || true

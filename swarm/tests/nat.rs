@@ -1,0 +1,1029 @@
+//! Rust swarms crossing NATs in a test internet of network namespaces (`tests/netlab/netlab.sh`):
+//! the real hub (the `signalhub` binary) and a real coturn on the "internet" segment, one Rust
+//! peer in each home behind its own NAT router, real WebRTC between them. Each test asserts the
+//! candidate pair ICE selected (host, srflx, prflx, relay and the addresses), not just that the
+//! peers connected:
+//!
+//! - two cone NATs: a direct path through server-reflexive addresses, no relay; 1 MiB each way;
+//! - two symmetric NATs: through the TURN relay, with credentials in the TURN REST scheme;
+//!   1 MiB each way; and the same with an expired credential: coturn refuses it, no path;
+//! - UDP blocked ↔ cone: webrtc-rs 0.21 has no TURN over TCP, so the swarm reports the failure
+//!   (`Disconnected` with `IceFailed`) instead of hanging, and says why;
+//! - two symmetric NATs with STUN only: `Disconnected` with `IceFailed` within the handshake
+//!   timeout, then again on the retry.
+//!
+//! Needs root, iproute2, nftables and coturn (`apt-get install coturn nftables iproute2`); a
+//! missing one fails the test with that command. The hub binary must be built
+//! (`cargo build -p signalhub`; a plain `cargo test --workspace` builds it).
+//!
+//! Why peers run as processes (`ip netns exec HOME <this test binary> --exact nat_peer
+//! --ignored`) rather than as threads moved into a namespace with setns(2): a namespace belongs
+//! to a thread, and the WebRTC engine and Tokio create sockets from whichever worker or blocking
+//! thread runs the code at that moment; a whole process in the namespace cannot get that wrong.
+//! It also gives each peer its own engine and runtime, as real peers have. The tests run one at
+//! a time (a lock), so timings are not skewed by another test's WebRTC on 2 cores.
+#![cfg(feature = "webrtc")]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+/// The lab script, shared with CI and the benchmark.
+const NETLAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/netlab/netlab.sh");
+/// The "internet" address the hub and coturn listen on (see netlab.sh).
+const INET: &str = "198.51.100.2";
+const HUB_PORT: u16 = 8080;
+const TURN_PORT: u16 = 3478;
+/// The secret coturn and the credentials share (`use-auth-secret`).
+const TURN_SECRET: &str = "netlab-secret";
+/// Bytes each side sends the other.
+const MIB: usize = 1 << 20;
+/// The longest any peer process may take for what it is asked.
+const PEER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// One lab at a time (see the module docs).
+static LAB_LOCK: Mutex<()> = Mutex::new(());
+static LAB_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+// ---------------------------------------------------------------------------------------------
+// The lab: namespaces, and the processes the test runs in them.
+
+/// Fails, naming the setup command, unless everything the lab needs is here.
+fn require_lab_tools() {
+    let uid = Command::new("id").arg("-u").output().expect("run `id -u`");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "the NAT lab needs root (network namespaces, nftables)"
+    );
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("nft", "nftables"),
+        ("turnserver", "coturn"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        assert!(
+            found,
+            "`{tool}` is missing: apt-get install coturn nftables iproute2 (package {package})"
+        );
+    }
+}
+
+/// A lab made by `netlab.sh up`, torn down (with everything running in it) when dropped, also
+/// when the test fails.
+struct Lab {
+    prefix: String,
+    vars: HashMap<String, String>,
+    dir: tempfile::TempDir,
+    processes: Vec<Proc>,
+}
+
+impl Lab {
+    /// `homes`: (name, NAT kind), e.g. `("a", "cone")`.
+    fn up(homes: &[(&str, &str)]) -> Lab {
+        require_lab_tools();
+        let prefix = format!(
+            "nat{}x{}",
+            std::process::id(),
+            LAB_COUNT.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut command = Command::new("bash");
+        command.arg(NETLAB).arg("up").arg(&prefix);
+        for (name, kind) in homes {
+            command.arg(format!("{name}:{kind}"));
+        }
+        // A lab value first, so a failing `up` is still torn down.
+        let mut lab = Lab {
+            prefix,
+            vars: HashMap::new(),
+            // NAT_LOG_DIR keeps every process's log there (for a look after the test).
+            dir: match std::env::var_os("NAT_LOG_DIR") {
+                Some(dir) => tempfile::Builder::new()
+                    .prefix("nat-")
+                    .disable_cleanup(true)
+                    .tempdir_in(dir)
+                    .expect("a directory in NAT_LOG_DIR"),
+                None => tempfile::tempdir().expect("a temporary directory"),
+            },
+            processes: Vec::new(),
+        };
+        let out = command.output().expect("run netlab.sh");
+        assert!(
+            out.status.success(),
+            "netlab.sh up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab.vars = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        lab
+    }
+
+    fn var(&self, key: &str) -> &str {
+        self.vars
+            .get(key)
+            .unwrap_or_else(|| panic!("netlab.sh did not print {key}"))
+    }
+
+    fn home_ns(&self, home: &str) -> String {
+        self.var(&format!("HOME_NS_{home}")).to_string()
+    }
+
+    fn wan(&self, home: &str) -> String {
+        self.var(&format!("WAN_ADDR_{home}")).to_string()
+    }
+
+    /// Starts `program args` in namespace `ns`; its stdout lines come through the receiver,
+    /// its stderr goes to a file in the lab's directory (shown when a test fails).
+    fn spawn(
+        &mut self,
+        name: &str,
+        ns: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> (usize, mpsc::Receiver<String>) {
+        let log_path = self.dir.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).expect("create a log file");
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name} in {ns}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.processes.push(Proc {
+            name: name.to_string(),
+            child,
+            log: log_path,
+        });
+        (self.processes.len() - 1, lines)
+    }
+
+    /// The stderr a process wrote so far.
+    fn log_of(&self, index: usize) -> String {
+        std::fs::read_to_string(&self.processes[index].log).unwrap_or_default()
+    }
+
+    /// Starts the hub on the internet segment, with `extra` flags, and waits until it listens.
+    fn start_hub(&mut self, extra: &[&str]) {
+        let hub = hub_binary();
+        let mut args: Vec<String> = [
+            "listen",
+            "--host",
+            INET,
+            "--port",
+            &HUB_PORT.to_string(),
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let ns = self.var("INET_NS").to_string();
+        let (index, _) = self.spawn("hub", &ns, &hub, &args, &[]);
+        self.wait_for_log(index, "listening", "the hub to listen");
+    }
+
+    /// Starts coturn on the internet segment with time-limited credentials (`use-auth-secret`),
+    /// UDP and TCP on 3478, and waits until its relay is ready.
+    fn start_coturn(&mut self) -> usize {
+        let dir = self.dir.path().to_path_buf();
+        let args: Vec<String> = [
+            "-n",
+            "--listening-ip",
+            INET,
+            "--relay-ip",
+            INET,
+            "--listening-port",
+            &TURN_PORT.to_string(),
+            "--realm",
+            "netlab",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--fingerprint",
+            "--use-auth-secret",
+            "--static-auth-secret",
+            TURN_SECRET,
+            "--pidfile",
+            &dir.join("turnserver.pid").to_string_lossy(),
+            "--userdb",
+            &dir.join("turndb").to_string_lossy(),
+            "--log-file",
+            "stdout",
+            "--simple-log",
+            "--verbose",
+            // One relay thread (see `start_coturn`'s doc).
+            "--relay-threads",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let ns = self.var("INET_NS").to_string();
+        let (index, lines) = self.spawn("coturn", &ns, Path::new("turnserver"), &args, &[]);
+        // coturn logs to stdout: copy it into its log file, and wait for its relay.
+        let log = self.processes[index].log.clone();
+        let (ready_tx, ready) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut file = std::fs::OpenOptions::new().append(true).open(log).ok();
+            let mut ready_tx = Some(ready_tx);
+            for line in lines {
+                if let Some(file) = file.as_mut() {
+                    let _ = writeln!(file, "{line}");
+                }
+                if line.contains("Relay ports initialization done") {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        if ready.recv_timeout(Duration::from_secs(10)).is_err() {
+            panic!("coturn did not start:\n{}", self.log_of(index));
+        }
+        // Its listeners open right after the relay ports.
+        std::thread::sleep(Duration::from_millis(300));
+        index
+    }
+
+    fn wait_for_log(&self, index: usize, needle: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log_of(index).contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no {what} in 10 s:\n{}", self.log_of(index));
+    }
+
+    /// Starts a Rust swarm peer (this test binary's `nat_peer`) in `home`.
+    fn start_peer(&mut self, home: &str, app: &str, setup: &PeerSetup) -> PeerProc {
+        let exe = std::env::current_exe().expect("the test executable");
+        let args: Vec<String> = ["--exact", "nat_peer", "--ignored", "--nocapture", "--quiet"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let env = [
+            ("NAT_PEER_HUB", format!("http://{INET}:{HUB_PORT}")),
+            ("NAT_PEER_APP", app.to_string()),
+            ("NAT_PEER_ICE", setup.ice_servers.to_string()),
+            ("NAT_PEER_ICE_FROM_HUB", setup.ice_from_hub.to_string()),
+            ("NAT_PEER_BYTES", setup.bytes.to_string()),
+            (
+                "NAT_PEER_HANDSHAKE_MS",
+                setup.handshake_timeout.as_millis().to_string(),
+            ),
+            (
+                "RUST_LOG",
+                std::env::var("NAT_PEER_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
+        ];
+        let ns = self.home_ns(home);
+        let (index, lines) = self.spawn(&format!("peer-{home}"), &ns, &exe, &args, &env);
+        PeerProc {
+            home: home.to_string(),
+            index,
+            lines,
+        }
+    }
+
+    /// Tells a peer to leave (closes its stdin) and waits for it to exit.
+    fn stop_peer(&mut self, peer: &PeerProc) {
+        let proc = &mut self.processes[peer.index];
+        drop(proc.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = proc.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "peer {} did not leave within 10 s of being told to",
+            peer.home
+        );
+    }
+
+    /// The logs of every process, for a failure message.
+    fn logs(&self) -> String {
+        (0..self.processes.len())
+            .map(|i| {
+                format!(
+                    "--- {} ---\n{}",
+                    self.processes[i].name,
+                    tail(&self.log_of(i), 40)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for proc in &mut self.processes {
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+        }
+        let _ = Command::new("bash")
+            .arg(NETLAB)
+            .arg("down")
+            .arg(&self.prefix)
+            .status();
+    }
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The `signalhub` binary next to this test's directory (`target/<profile>/signalhub`); fails,
+/// naming the command that builds it, when it is missing (and warns when it is older than the
+/// hub's sources).
+fn hub_binary() -> PathBuf {
+    let me = std::env::current_exe().expect("the test executable");
+    let profile_dir = me
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let exe = profile_dir.join(format!("signalhub{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        exe.exists(),
+        "{} is missing: run `cargo build -p signalhub` (a plain `cargo test --workspace` builds it)",
+        exe.display()
+    );
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../signalhub/src");
+    let built = std::fs::metadata(&exe).and_then(|m| m.modified()).ok();
+    // A warning, not a failure: in a working tree being edited the sources are often newer than
+    // the last build, and cargo, not this test, knows whether that matters.
+    if let (Some(built), Some(newest)) = (built, newest_mtime(&sources)) {
+        if built < newest {
+            eprintln!(
+                "warning: {} is older than signalhub/src: run `cargo build -p signalhub`",
+                exe.display()
+            );
+        }
+    }
+    exe
+}
+
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() {
+            newest_mtime(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        newest = newest.max(time);
+    }
+    newest
+}
+
+// ---------------------------------------------------------------------------------------------
+// TURN REST API credentials (draft-uberti-behave-turn-rest-00, coturn's use-auth-secret):
+// username `<expiry>:<tag>`, password base64(HMAC-SHA1(secret, username)). Written out here so
+// the test depends on nothing but std for them.
+
+fn sha1(message: &[u8]) -> [u8; 20] {
+    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
+    let mut data = message.to_vec();
+    data.push(0x80);
+    while data.len() % 64 != 56 {
+        data.push(0);
+    }
+    data.extend_from_slice(&((message.len() as u64) * 8).to_be_bytes());
+    for block in data.chunks(64) {
+        let mut w = [0u32; 80];
+        for (i, word) in block.chunks(4).enumerate() {
+            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, wi) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5A827999),
+                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
+                _ => (b ^ c ^ d, 0xCA62C1D6),
+            };
+            let t = a
+                .rotate_left(5)
+                .wrapping_add(f)
+                .wrapping_add(e)
+                .wrapping_add(k)
+                .wrapping_add(*wi);
+            (e, d, c, b, a) = (d, c, b.rotate_left(30), a, t);
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 20];
+    for (i, x) in h.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&x.to_be_bytes());
+    }
+    out
+}
+
+fn hmac_sha1(key: &[u8], message: &[u8]) -> [u8; 20] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..20].copy_from_slice(&sha1(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let inner: Vec<u8> = block
+        .iter()
+        .map(|b| b ^ 0x36)
+        .chain(message.iter().copied())
+        .collect();
+    let outer: Vec<u8> = block.iter().map(|b| b ^ 0x5c).chain(sha1(&inner)).collect();
+    sha1(&outer)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A TURN REST credential expiring at `expiry` (Unix seconds).
+fn turn_credential(expiry: u64) -> (String, String) {
+    let username = format!("{expiry}:nat-test");
+    let password = base64(&hmac_sha1(TURN_SECRET.as_bytes(), username.as_bytes()));
+    (username, password)
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[test]
+fn turn_rest_credentials_match_known_values() {
+    // RFC 2202 test case 2, and base64 of it.
+    let mac = hmac_sha1(b"Jefe", b"what do ya want for nothing?");
+    let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
+    assert_eq!(base64(&mac), "7/zfauXrL6LSdBbV8YTfnCWafHk=");
+    assert_eq!(base64(b"ab"), "YWI=");
+    assert_eq!(base64(b"a"), "YQ==");
+}
+
+/// The lab's STUN URL, and TURN URLs (`transports`: "udp", "tcp") with a credential expiring at
+/// `expiry`, as `[{"urls","username","credential"}]`.
+fn ice_servers(turn: Option<(&[&str], u64)>) -> Value {
+    let mut servers = vec![json!({"urls": [format!("stun:{INET}:{TURN_PORT}")]})];
+    if let Some((transports, expiry)) = turn {
+        let (username, credential) = turn_credential(expiry);
+        let urls: Vec<String> = transports
+            .iter()
+            .map(|t| match *t {
+                "udp" => format!("turn:{INET}:{TURN_PORT}"),
+                other => format!("turn:{INET}:{TURN_PORT}?transport={other}"),
+            })
+            .collect();
+        servers.push(json!({"urls": urls, "username": username, "credential": credential}));
+    }
+    Value::Array(servers)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The peer process and what it reports.
+
+struct PeerSetup {
+    ice_servers: Value,
+    ice_from_hub: bool,
+    bytes: usize,
+    handshake_timeout: Duration,
+}
+
+impl PeerSetup {
+    fn new(ice_servers: Value) -> PeerSetup {
+        PeerSetup {
+            ice_servers,
+            ice_from_hub: false,
+            bytes: MIB,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+struct PeerProc {
+    home: String,
+    index: usize,
+    lines: mpsc::Receiver<String>,
+}
+
+impl PeerProc {
+    /// The next report (a `NATPEER {json}` line) whose `event` is one of `events`, or a panic
+    /// (with every process's log) after `within`.
+    fn expect(&self, lab: &Lab, events: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let Some(report) = line.strip_prefix("NATPEER ") else {
+                        continue;
+                    };
+                    let report: Value = serde_json::from_str(report).expect("a JSON report");
+                    if events.iter().any(|e| report["event"] == *e) {
+                        return report;
+                    }
+                }
+                Err(_) => panic!(
+                    "peer {}: no {events:?} within {within:?}\n{}",
+                    self.home,
+                    lab.logs()
+                ),
+            }
+        }
+    }
+}
+
+/// Run by the tests in a home namespace: joins the swarm through the hub, and for each peer
+/// that connects reports the selected path, exchanges `NAT_PEER_BYTES` each way through the byte
+/// stream, checks them and reports again; reports every disconnection; leaves when stdin ends.
+/// Reports are `NATPEER {json}` lines on stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper process, started in a namespace by the NAT tests"]
+async fn nat_peer() {
+    use swarm::{IceServer, Swarm, SwarmEvent, SwarmOptions};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Ok(hub) = std::env::var("NAT_PEER_HUB") else {
+        panic!("run only by the NAT tests");
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let env = |key: &str| std::env::var(key).unwrap_or_default();
+    let app = env("NAT_PEER_APP");
+    let bytes: usize = env("NAT_PEER_BYTES").parse().unwrap_or(MIB);
+    let handshake_ms: u64 = env("NAT_PEER_HANDSHAKE_MS").parse().unwrap_or(10_000);
+    let ice: Value = serde_json::from_str(&env("NAT_PEER_ICE")).unwrap_or(Value::Null);
+    let ice_servers: Vec<IceServer> = ice
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|server| IceServer {
+            urls: server["urls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u.as_str().map(String::from))
+                .collect(),
+            username: server["username"].as_str().unwrap_or("").into(),
+            credential: server["credential"].as_str().unwrap_or("").into(),
+        })
+        .collect();
+    let report = |value: Value| {
+        println!("NATPEER {value}");
+    };
+
+    let options = SwarmOptions {
+        // Every interface but loopback: the home's one address.
+        udp_addrs: vec!["0.0.0.0:0".parse().expect("an address")],
+        ice_servers,
+        handshake_timeout: Duration::from_millis(handshake_ms),
+        announce_alone: Duration::from_millis(500),
+        announce_with_peers: Duration::from_secs(2),
+        announce_jitter: Duration::from_millis(300),
+        ..SwarmOptions::default()
+    };
+    let joined = Instant::now();
+    let mut swarm = Swarm::join([hub], &app, options)
+        .await
+        .expect("join the swarm");
+    let own_id = swarm.id().to_string();
+    report(json!({"event": "joined", "id": own_id}));
+
+    let mut stdin_closed = {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+            let _ = tx.send(());
+        });
+        rx
+    };
+    loop {
+        let event = tokio::select! {
+            event = swarm.next_event() => event,
+            _ = &mut stdin_closed => break,
+        };
+        match event {
+            Some(SwarmEvent::Connected { id, peer }) => {
+                let open_ms = joined.elapsed().as_millis() as u64;
+                let path = path_json(peer.path().await);
+                report(json!({"event": "connected", "peer": id, "open_ms": open_ms, "path": path}));
+                let own_seed = seed(&own_id);
+                let their_seed = seed(&id);
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let (mut reader, mut writer) = tokio::io::split(peer.stream());
+                    let sending = async {
+                        writer.write_all(&random_bytes(bytes, own_seed)).await?;
+                        writer.flush().await
+                    };
+                    let receiving = async {
+                        let mut got = vec![0u8; bytes];
+                        reader.read_exact(&mut got).await.map(|_| got)
+                    };
+                    let (sent, received) = tokio::join!(sending, receiving);
+                    let intact = received
+                        .as_ref()
+                        .is_ok_and(|got| *got == random_bytes(bytes, their_seed));
+                    // The pair's counters include what is still queued in SCTP when the
+                    // writes return: wait (a little) until they show every byte sent.
+                    let mut path = peer.path().await;
+                    let settle = Instant::now();
+                    while path.as_ref().is_some_and(|p| p.bytes_sent < bytes as u64)
+                        && settle.elapsed() < Duration::from_secs(5)
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        path = peer.path().await;
+                    }
+                    let path = path_json(path);
+                    println!(
+                        "NATPEER {}",
+                        json!({
+                            "event": "transferred",
+                            "peer": id,
+                            "sent": sent.is_ok(),
+                            "intact": intact,
+                            "error": received.err().map(|e| e.to_string()),
+                            "ms": started.elapsed().as_millis() as u64,
+                            "path": path,
+                        })
+                    );
+                    // Keep the stream (and so the connection) until the process leaves.
+                    std::future::pending::<()>().await;
+                    drop((reader, writer));
+                });
+            }
+            Some(SwarmEvent::Disconnected { id, reason }) => {
+                report(json!({
+                    "event": "disconnected",
+                    "peer": id,
+                    "reason": format!("{reason:?}"),
+                    "after_ms": joined.elapsed().as_millis() as u64,
+                }));
+            }
+            None => break,
+        }
+    }
+    swarm.close().await;
+    report(json!({"event": "left"}));
+}
+
+fn path_json(path: Option<swarm::SelectedPath>) -> Value {
+    match path {
+        None => Value::Null,
+        Some(path) => json!({
+            "local": {"kind": path.local.kind.as_str(), "address": path.local.address.map(|a| a.to_string()),
+                      "protocol": path.local.protocol},
+            "remote": {"kind": path.remote.kind.as_str(), "address": path.remote.address.map(|a| a.to_string()),
+                       "protocol": path.remote.protocol},
+            "relayed": path.is_relayed(),
+            "rtt_ms": path.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+            "bytes_sent": path.bytes_sent,
+            "bytes_received": path.bytes_received,
+        }),
+    }
+}
+
+fn seed(id: &str) -> u64 {
+    // FNV-1a: each side derives the other's bytes from its id.
+    id.bytes().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn ip_of(address: &Value) -> String {
+    let address = address.as_str().unwrap_or_default();
+    address
+        .rsplit_once(':')
+        .map(|(ip, _)| ip.to_string())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+/// Two peers connect and exchange MIB each way; returns both sides' `connected` and
+/// `transferred` reports.
+fn connect_pair(lab: &mut Lab, setup: &PeerSetup, app: &str) -> [(Value, Value); 2] {
+    let a = lab.start_peer("a", app, setup);
+    let b = lab.start_peer("b", app, setup);
+    let mut out = Vec::new();
+    for peer in [&a, &b] {
+        let connected = peer.expect(lab, &["connected", "disconnected"], PEER_DEADLINE);
+        assert_eq!(
+            connected["event"],
+            "connected",
+            "peer {}: {connected}\n{}",
+            peer.home,
+            lab.logs()
+        );
+        out.push(connected);
+    }
+    for (i, peer) in [&a, &b].into_iter().enumerate() {
+        let transferred = peer.expect(lab, &["transferred"], PEER_DEADLINE);
+        assert!(
+            transferred["sent"] == true && transferred["intact"] == true,
+            "peer {}: {transferred}\n{}",
+            peer.home,
+            lab.logs()
+        );
+        out[i] = json!([out[i].clone(), transferred]);
+    }
+    lab.stop_peer(&a);
+    lab.stop_peer(&b);
+    let pair = |v: &Value| (v[0].clone(), v[1].clone());
+    [pair(&out[0]), pair(&out[1])]
+}
+
+fn print_figures(test: &str, reports: &[(Value, Value); 2]) {
+    for (home, (connected, transferred)) in ["a", "b"].iter().zip(reports) {
+        let path = &transferred["path"];
+        println!(
+            "{test}: peer {home}: join→open {} ms, {} MiB each way in {} ms, path {} {} → {} {}, \
+             rtt {} ms, {} bytes sent / {} received on the pair",
+            connected["open_ms"],
+            MIB >> 20,
+            transferred["ms"],
+            path["local"]["kind"],
+            path["local"]["address"],
+            path["remote"]["kind"],
+            path["remote"]["address"],
+            path["rtt_ms"],
+            path["bytes_sent"],
+            path["bytes_received"],
+        );
+    }
+}
+
+/// The selected path after the transfer carried it: at least the MiB each way.
+fn assert_path_carried_the_bytes(home: &str, path: &Value) {
+    let sent = path["bytes_sent"].as_u64().unwrap_or(0);
+    let received = path["bytes_received"].as_u64().unwrap_or(0);
+    assert!(
+        sent >= MIB as u64 && received >= MIB as u64,
+        "peer {home}: the selected pair carried {sent} bytes out and {received} in, under 1 MiB: \
+         {path}"
+    );
+}
+
+#[test]
+fn cone_nats_connect_directly_through_server_reflexive_addresses() {
+    let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut lab = Lab::up(&[("a", "cone"), ("b", "cone")]);
+    lab.start_coturn();
+    lab.start_hub(&[]);
+    // STUN and TURN both offered, as a real deployment would: ICE must prefer the direct path.
+    let setup = PeerSetup::new(ice_servers(Some((&["udp"], now_unix() + 3600))));
+    let reports = connect_pair(&mut lab, &setup, "cone");
+    print_figures("cone↔cone", &reports);
+    for (home, other) in [("a", "b"), ("b", "a")] {
+        let (_, transferred) = &reports[usize::from(home == "b")];
+        let path = &transferred["path"];
+        assert_eq!(path["relayed"], false, "peer {home}: relayed: {path}");
+        for end in ["local", "remote"] {
+            assert_ne!(path[end]["kind"], "relay", "peer {home}: {path}");
+        }
+        // The other side as its NAT shows it to the internet: its router's address, learnt by
+        // STUN (srflx) or from its check (prflx); nothing local to a home can be reached.
+        assert!(
+            path["remote"]["kind"] == "srflx" || path["remote"]["kind"] == "prflx",
+            "peer {home}: the remote end is not the other NAT's mapping: {path}"
+        );
+        assert_eq!(
+            ip_of(&path["remote"]["address"]),
+            lab.wan(other),
+            "peer {home}: {path}"
+        );
+        assert_path_carried_the_bytes(home, path);
+    }
+}
+
+#[test]
+fn symmetric_nats_connect_through_the_turn_relay() {
+    let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut lab = Lab::up(&[("a", "symmetric"), ("b", "symmetric")]);
+    lab.start_coturn();
+    lab.start_hub(&[]);
+    let setup = PeerSetup::new(ice_servers(Some((&["udp"], now_unix() + 3600))));
+    let reports = connect_pair(&mut lab, &setup, "symmetric");
+    print_figures("symmetric↔symmetric", &reports);
+    for (i, home) in ["a", "b"].into_iter().enumerate() {
+        let path = &reports[i].1["path"];
+        assert_eq!(path["relayed"], true, "peer {home}: not relayed: {path}");
+        // Whichever end is the relay, it is an address on coturn.
+        let relay_end = if path["local"]["kind"] == "relay" {
+            "local"
+        } else {
+            "remote"
+        };
+        assert_eq!(path[relay_end]["kind"], "relay", "peer {home}: {path}");
+        assert_eq!(
+            ip_of(&path[relay_end]["address"]),
+            INET,
+            "peer {home}: {path}"
+        );
+        assert_path_carried_the_bytes(home, path);
+    }
+}
+
+#[test]
+fn an_expired_turn_credential_is_refused_and_symmetric_nats_then_fail() {
+    let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut lab = Lab::up(&[("a", "symmetric"), ("b", "symmetric")]);
+    let coturn = lab.start_coturn();
+    lab.start_hub(&[]);
+    // Expired a minute ago; otherwise what the relayed test uses.
+    let expiry = now_unix() - 60;
+    let mut setup = PeerSetup::new(ice_servers(Some((&["udp"], expiry))));
+    setup.handshake_timeout = Duration::from_secs(6);
+    let a = lab.start_peer("a", "expired", &setup);
+    let b = lab.start_peer("b", "expired", &setup);
+    for peer in [&a, &b] {
+        let report = peer.expect(&lab, &["connected", "disconnected"], PEER_DEADLINE);
+        assert_eq!(
+            report["event"], "disconnected",
+            "peer {}: {report}",
+            peer.home
+        );
+        assert_eq!(
+            report["reason"], "IceFailed",
+            "peer {}: {report}",
+            peer.home
+        );
+    }
+    // coturn saw the allocations and refused them for the credential: a 401 to a request that
+    // carried the expired username (the first 401 of every allocation, the challenge, carries
+    // none), and no allocation succeeded.
+    let log = lab.log_of(coturn);
+    let refused = format!("user <{expiry}:nat-test>: incoming packet message processed, error 401");
+    assert!(
+        log.contains(&refused) && !log.contains("ALLOCATE processed, success"),
+        "coturn's log shows no refused credential:\n{}",
+        tail(&log, 60)
+    );
+    lab.stop_peer(&a);
+    lab.stop_peer(&b);
+}
+
+#[test]
+fn udp_blocked_to_cone_fails_clearly_as_webrtc_rs_has_no_turn_over_tcp() {
+    // webrtc-rs 0.21.1 gathers TURN over UDP only: `RTCTurnRelayer::gather` in
+    // webrtc-0.21.1/src/peer_connection/transport/turn_relayer.rs skips every URL whose
+    // transport is not UDP ("Skipping unsupported non-UDP TURN url") and every `turns:` URL
+    // ("Skipping unsupported secure TURN url"). From a home where only TCP leaves, there is then
+    // no candidate the other side can reach, so this asserts the failure is reported, with the
+    // reason, within the handshake timeout, and that the swarm says why at join.
+    let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut lab = Lab::up(&[("a", "udp-blocked"), ("b", "cone")]);
+    lab.start_coturn();
+    lab.start_hub(&[]);
+    let mut setup = PeerSetup::new(ice_servers(Some((&["udp", "tcp"], now_unix() + 3600))));
+    setup.handshake_timeout = Duration::from_secs(6);
+    let a = lab.start_peer("a", "blocked", &setup);
+    let b = lab.start_peer("b", "blocked", &setup);
+    let started = Instant::now();
+    for peer in [&a, &b] {
+        let report = peer.expect(&lab, &["connected", "disconnected"], PEER_DEADLINE);
+        assert_eq!(
+            report["event"], "disconnected",
+            "peer {}: {report}",
+            peer.home
+        );
+        assert_eq!(
+            report["reason"], "IceFailed",
+            "peer {}: {report}",
+            peer.home
+        );
+    }
+    println!(
+        "udp-blocked↔cone: both sides reported IceFailed {:?} after starting",
+        started.elapsed()
+    );
+    assert!(
+        lab.log_of(a.index)
+            .contains("cannot use TURN over TCP or TLS"),
+        "the blocked peer did not say why:\n{}",
+        lab.log_of(a.index)
+    );
+    lab.stop_peer(&a);
+    lab.stop_peer(&b);
+}
+
+#[test]
+fn symmetric_nats_without_turn_report_ice_failed_and_retry() {
+    let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut lab = Lab::up(&[("a", "symmetric"), ("b", "symmetric")]);
+    lab.start_coturn(); // for STUN only: no TURN URL is given
+    lab.start_hub(&[]);
+    let mut setup = PeerSetup::new(ice_servers(None));
+    let handshake = Duration::from_secs(5);
+    setup.handshake_timeout = handshake;
+    let a = lab.start_peer("a", "no-turn", &setup);
+    let b = lab.start_peer("b", "no-turn", &setup);
+    let joined = a.expect(&lab, &["joined"], PEER_DEADLINE);
+    let mut failures = Vec::new();
+    for attempt in 0..2 {
+        let report = a.expect(&lab, &["connected", "disconnected"], PEER_DEADLINE);
+        assert_eq!(
+            report["event"], "disconnected",
+            "attempt {attempt}: {report}"
+        );
+        assert_eq!(report["reason"], "IceFailed", "attempt {attempt}: {report}");
+        failures.push(report["after_ms"].as_u64().unwrap_or(u64::MAX));
+    }
+    println!("symmetric↔symmetric without TURN: IceFailed at {failures:?} ms after joining");
+    // The first attempt starts within an announce period (≤ 0.8 s here) of both having joined,
+    // and fails at its handshake timeout, not ICE's own 30 s.
+    assert!(
+        failures[0] < (handshake + Duration::from_secs(4)).as_millis() as u64,
+        "the first failure came {} ms after joining ({joined})",
+        failures[0]
+    );
+    assert!(failures[1] > failures[0], "a second attempt was made");
+    // Nothing hangs: both leave at once when told.
+    lab.stop_peer(&a);
+    lab.stop_peer(&b);
+}
