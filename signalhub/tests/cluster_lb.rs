@@ -6,20 +6,24 @@
 //! Needs `redis-server`, `haproxy`, `node` and `js/node_modules` (`bash .ci/run` installs them all);
 //! without them the tests fail with the command that installs them.
 
+#[path = "support/cluster.rs"]
+mod cluster;
 mod common;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::redis::{free_port, RedisServer};
-use common::{metric, request};
+use cluster::{LoadBalancer, RedisServer};
+use common::metric;
 use serde_json::{json, Value};
 
 #[path = "support/node_script.rs"]
 mod node_script;
 use node_script::{require_js_setup, NodeScript};
+
+fn node(redis: &RedisServer) -> cluster::Node {
+    cluster::Node::start(Path::new(env!("CARGO_BIN_EXE_signalhub")), redis)
+}
 
 /// The longest wait for any one expected event (the machine may be loaded).
 const STEP: Duration = Duration::from_secs(60);
@@ -29,163 +33,6 @@ const JS: &[(&str, Option<&str>)] = &[
     ("signalhubws", Some("1.0.12")),
     ("ws", None),
 ];
-
-/// One hub process, a node of the cluster.
-struct Node {
-    addr: SocketAddr,
-    child: Child,
-}
-
-impl Node {
-    async fn start(redis: &RedisServer) -> Node {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_signalhub"))
-            .args(["listen", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--redis", &redis.url(), "--quiet", "--trust-forwarded-for"])
-            .args(["--shutdown-grace-secs", "2"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a signalhub process");
-        let node = Node {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            child,
-        };
-        let deadline = Instant::now() + STEP;
-        loop {
-            if tokio::net::TcpStream::connect(node.addr).await.is_ok() {
-                let health = request(node.addr, "GET", "/health", b"").await;
-                if health.status == 200 && health.text() == "ok\n" {
-                    return node;
-                }
-            }
-            assert!(Instant::now() < deadline, "node {} did not join", node.addr);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn metrics(&self) -> String {
-        request(self.addr, "GET", "/metrics", b"").await.text()
-    }
-
-    async fn subscribers(&self) -> i64 {
-        let info = request(self.addr, "GET", "/", b"").await;
-        let value: Value = serde_json::from_str(&info.text()).expect("info JSON");
-        value["subscribers"].as_i64().expect("subscribers")
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the node did not exit on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// HAProxy in front of the nodes, as the README's example configures it.
-struct LoadBalancer {
-    addr: SocketAddr,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl LoadBalancer {
-    fn start(nodes: &[&Node]) -> LoadBalancer {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let servers: String = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, node)| format!("    server node{i} {} check\n", node.addr))
-            .collect();
-        // The README's example, with this test's address and nodes.
-        let example = include_str!("../../docker/haproxy.cfg");
-        let mut config: String = example
-            .lines()
-            .filter(|line| !line.trim_start().starts_with("server node"))
-            .map(|line| {
-                if line.trim() == "bind :8080" {
-                    format!("    bind 127.0.0.1:{port}\n")
-                } else {
-                    format!("{line}\n")
-                }
-            })
-            .collect();
-        assert!(
-            config.contains(&format!("bind 127.0.0.1:{port}")),
-            "the example binds :8080"
-        );
-        config.push_str(&servers);
-        let path: PathBuf = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).expect("write haproxy.cfg");
-        let check = Command::new("haproxy")
-            .args(["-c", "-q", "-f"])
-            .arg(&path)
-            .status()
-            .unwrap_or_else(|err| {
-                panic!("cannot run haproxy ({err}): install it with `apt-get install haproxy` (bash .ci/run does)")
-            });
-        assert!(check.success(), "haproxy refused the configuration");
-        let child = Command::new("haproxy")
-            .args(["-db", "-f"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start haproxy");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + STEP;
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "haproxy did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        LoadBalancer {
-            addr,
-            child,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-}
-
-impl Drop for LoadBalancer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn is_probe(data: &Value) -> bool {
     data.get("probe").is_some()
@@ -251,11 +98,7 @@ fn assert_once_in_order(who: &str, got: &[(String, u64)], publishers: &[&str], c
 async fn js_clients_on_three_nodes_exchange_across_transports_exactly_once_in_order() {
     require_js_setup(JS);
     let redis = RedisServer::start();
-    let nodes = [
-        Node::start(&redis).await,
-        Node::start(&redis).await,
-        Node::start(&redis).await,
-    ];
+    let nodes = [node(&redis), node(&redis), node(&redis)];
     let ws_url = nodes[1].url().replacen("http://", "ws://", 1);
     // X: SSE subscriber of `ch` on node 0; A: signalhubws client of `ch` on node 1; Z: a
     // signalhub client on node 2 that only broadcasts.
@@ -337,7 +180,7 @@ async fn js_clients_on_three_nodes_exchange_across_transports_exactly_once_in_or
     }
     z.close().await;
     for node in &nodes {
-        let text = node.metrics().await;
+        let text = node.metrics();
         assert_eq!(metric(&text, "signalhub_cluster_redis_connected"), 1.0);
         assert_eq!(
             metric(&text, "signalhub_cluster_publishes_dropped_total"),
@@ -351,11 +194,7 @@ async fn js_clients_on_three_nodes_exchange_across_transports_exactly_once_in_or
 async fn behind_haproxy_a_killed_nodes_clients_reconnect_to_the_others() {
     require_js_setup(JS);
     let redis = RedisServer::start();
-    let mut nodes = vec![
-        Node::start(&redis).await,
-        Node::start(&redis).await,
-        Node::start(&redis).await,
-    ];
+    let mut nodes = vec![node(&redis), node(&redis), node(&redis)];
     let lb = LoadBalancer::start(&nodes.iter().collect::<Vec<_>>());
     let mut client = NodeScript::spawn(
         "signalhub-client.mjs",
@@ -366,7 +205,7 @@ async fn behind_haproxy_a_killed_nodes_clients_reconnect_to_the_others() {
     // Which node the load balancer gave it.
     let mut home = None;
     for (i, node) in nodes.iter().enumerate() {
-        if metric(&node.metrics().await, "signalhub_subscribers") == 1.0 {
+        if metric(&node.metrics(), "signalhub_subscribers") == 1.0 {
             home = Some(i);
         }
     }
@@ -413,7 +252,7 @@ async fn behind_haproxy_a_killed_nodes_clients_reconnect_to_the_others() {
     // Its record would live 5 s more; withdrawn, the count falls within one report (1 s). The
     // client behind HAProxy may be back on node 0 by then: at most 1.
     let stopped = Instant::now();
-    while nodes[0].subscribers().await > 1 {
+    while nodes[0].subscribers().unwrap_or(2) > 1 {
         assert!(
             stopped.elapsed() < Duration::from_secs(2),
             "the stopped node's count went at once, not after its record's TTL"
@@ -425,10 +264,10 @@ async fn behind_haproxy_a_killed_nodes_clients_reconnect_to_the_others() {
 }
 
 /// Waits until `node` counts `n` subscribers in the cluster (`GET /`).
-async fn eventually_count(node: &Node, n: i64) {
+async fn eventually_count(node: &cluster::Node, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let count = node.subscribers().await;
+        let count = node.subscribers().unwrap_or(-1);
         if count == n {
             return;
         }

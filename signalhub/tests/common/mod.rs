@@ -3,8 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod redis;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 

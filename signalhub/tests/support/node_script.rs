@@ -15,7 +15,14 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 pub fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../js")
+    // Included by member crates' tests (`signalhub/`, `swarm/`) and by the root package's.
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = if manifest.join("js").is_dir() {
+        manifest
+    } else {
+        manifest.join("..")
+    };
+    root.join("js")
 }
 
 /// Fails (never skips) when Node or the npm packages are missing, naming the setup command.
