@@ -9,7 +9,7 @@
 //!   parted room gone from the list);
 //! - one chat: line editing (Left/Home/End, Ctrl+U/W/K/Y, Backspace/Delete), Up/Down history, the
 //!   input scrolling sideways, a wide character's cursor column, scrolling that stops at the first
-//!   line with a `-- more --` mark and comes back with one PgDn, a resize that keeps the lines
+//!   line with a `-- more (N) --` mark and comes back with one PgDn, a resize that keeps the lines
 //!   (scrolled up too), `//text` and `/clear`, the status window reachable with Alt+1 and
 //!   Ctrl+K/J, and times in the local time zone (TZ set here).
 //!
@@ -169,6 +169,13 @@ impl Screen<'_> {
         rows.get(rows.len().saturating_sub(2))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// `N` of the status line's `-- more (N) --`: lines below the view while scrolled up.
+    fn more(&self) -> Option<usize> {
+        let status = self.status();
+        let (_, rest) = status.split_once("more (")?;
+        rest.split_once(')')?.0.parse().ok()
     }
 
     /// The lines pane: each row right of the room list's border (all of it when narrow).
@@ -368,12 +375,11 @@ async fn two_chats_in_terminals() {
 
         // Scrolled up, a line that arrives does not move the view; PgDn brings it.
         bob.keys(&["PPage"]);
-        bob.wait("scrolled up", |s| s.status().contains("more --"));
+        bob.wait("scrolled up", |s| s.more().is_some());
         let before = bob.pane();
+        let below = bob.more().unwrap_or_default();
         alice.enter("while bob reads");
-        alice.wait_text("<alice> while bob reads");
-        // Time for it to reach bob (it does: it is on his screen below).
-        std::thread::sleep(Duration::from_secs(2));
+        bob.wait("one more line below", |s| s.more() == Some(below + 1));
         assert_eq!(bob.pane(), before, "the view moved");
         bob.keys(&["NPage", "NPage", "NPage"]);
         bob.wait_text("<alice> while bob reads");
@@ -579,7 +585,7 @@ async fn one_chat_edits_scrolls_and_resizes() {
             carol.keys(&["PPage"]);
         }
         carol.wait("the first line at the top", |s| {
-            s.status().contains("-- top, more --")
+            s.status().contains("-- top, more (")
         });
         let pane = carol.pane();
         assert!(
@@ -589,7 +595,7 @@ async fn one_chat_edits_scrolls_and_resizes() {
         );
         carol.keys(&["NPage"]);
         carol.wait("one PgDn moves at once", |s| {
-            !s.pane()[0].contains("-!- joined #solo") && s.status().contains("-- more --")
+            !s.pane()[0].contains("-!- joined #solo") && s.status().contains("-- more (")
         });
         for _ in 0..12 {
             carol.keys(&["NPage"]);
@@ -613,7 +619,7 @@ async fn one_chat_edits_scrolls_and_resizes() {
         });
         // Scrolled up, a resize keeps the same line at the bottom of the view.
         carol.keys(&["PPage"]);
-        carol.wait("scrolled up", |s| s.status().contains("more --"));
+        carol.wait("scrolled up", |s| s.more().is_some());
         let bottom = |s: &Screen| {
             s.pane()
                 .iter()

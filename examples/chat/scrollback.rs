@@ -195,8 +195,8 @@ pub struct Row {
 pub struct Screen {
     /// Top to bottom, at most the height.
     pub rows: Vec<Row>,
-    /// Rows below the view (0 when following new lines).
-    pub below: usize,
+    /// Lines (entries) with rows below the view (0 when following new lines).
+    pub lines_below: usize,
     /// The first line is at the top (nothing more above).
     pub at_top: bool,
 }
@@ -303,9 +303,15 @@ impl Scrollback {
         let end = (self.scroll + height).min(total);
         let mut rows: Vec<Row> = below_first[self.scroll..end].to_vec();
         rows.reverse();
+        let hidden = &below_first[..self.scroll.min(total)];
+        let lines_below = hidden
+            .iter()
+            .enumerate()
+            .filter(|(i, row)| *i == 0 || hidden[i - 1].entry != row.entry)
+            .count();
         Screen {
             rows,
-            below: self.scroll,
+            lines_below,
             at_top: exhausted && end == total,
         }
     }
@@ -413,14 +419,14 @@ mod tests {
         let mut back = numbered(30);
         let screen = back.rows(80, 10);
         assert!(texts(&back, &screen)[9].ends_with("line 29"));
-        assert_eq!(screen.below, 0);
+        assert_eq!(screen.lines_below, 0);
         for _ in 0..50 {
             back.scroll_up(5);
             back.rows(80, 10);
         }
         let screen = back.rows(80, 10);
         assert!(screen.at_top);
-        assert_eq!(screen.below, 20);
+        assert_eq!(screen.lines_below, 20);
         assert!(texts(&back, &screen)[0].ends_with("line 0"));
         back.scroll_down(5);
         let screen = back.rows(80, 10);
@@ -429,7 +435,7 @@ mod tests {
             "one PgDn moves"
         );
         back.scroll_down(100);
-        assert_eq!(back.rows(80, 10).below, 0);
+        assert_eq!(back.rows(80, 10).lines_below, 0);
     }
 
     #[test]
@@ -442,6 +448,7 @@ mod tests {
         back.insert(Entry::notice(100, "new"));
         let screen = back.rows(80, 10);
         assert_eq!(texts(&back, &screen), before);
+        assert_eq!(screen.lines_below, 11, "one more line below");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The chat's full-screen terminal UI (ratatui + crossterm), laid out and keyed as an irssi or
 //! weechat user expects: numbered windows on the left (1 is the status window, then the rooms in
 //! the order joined, each with its unread count and a `!` when a line names you), the current
-//! window's lines (local time, wrapped with an indent, `-- more --` in the status line while
-//! scrolled up), a status line (time, nick, window, peers, activity) and an input line that edits
-//! and scrolls sideways (see `editor.rs`). Replies to commands (help, errors) show in the current
-//! window; peers joining and leaving and nick changes show in their room.
+//! window's lines (local time, wrapped with an indent, `-- more (N) --` in the status line while
+//! scrolled up, N the lines below), a status line (time, nick, window, peers, activity) and an
+//! input line that edits and scrolls sideways (see `editor.rs`). Replies to commands (help,
+//! errors) show in the current window; peers joining and leaving and nick changes show in their
+//! room.
 //!
 //! Keys: Enter sends; Ctrl+K/Ctrl+J, Ctrl+P/Ctrl+N, Alt+Left/Right or Ctrl/Alt+Up/Down go to the
 //! previous/next window, Alt+1…9 and Alt+0 to window 1…10 (Ctrl+K kills to the end of the line
@@ -448,7 +449,7 @@ fn draw_rooms(frame: &mut Frame, ui: &Ui, area: Rect) {
     );
 }
 
-/// The current window's rows; how many rows are below the view, and whether the first line is
+/// The current window's rows; how many lines are below the view, and whether the first line is
 /// at the top.
 fn draw_lines(frame: &mut Frame, ui: &mut Ui, area: Rect) -> (usize, bool) {
     ui.page = area.height as usize;
@@ -494,11 +495,11 @@ fn draw_lines(frame: &mut Frame, ui: &mut Ui, area: Rect) -> (usize, bool) {
         lines.push(Line::from(spans));
     }
     frame.render_widget(Paragraph::new(lines), area);
-    (screen.below, screen.at_top)
+    (screen.lines_below, screen.at_top)
 }
 
-/// `[12:00:00] [nick] [2:#room] 1 peer [Act: 3,4!] -- more --` (`-- top, more --` when scrolled
-/// up to the first line).
+/// `[12:00:00] [nick] [2:#room] 1 peer [Act: 3,4!] -- more (5) --`: while scrolled up, how many
+/// lines are below (weechat's `-MORE(5)-`), and `top` when the first line is at the top.
 fn draw_status(frame: &mut Frame, chat: &Chat, ui: &Ui, area: Rect, (more, top): (usize, bool)) {
     let window = &ui.windows[ui.active];
     let mut text = format!(
@@ -524,11 +525,8 @@ fn draw_status(frame: &mut Frame, chat: &Chat, ui: &Ui, area: Rect, (more, top):
         text.push_str(&format!(" [Act: {}]", act.join(",")));
     }
     if more > 0 {
-        text.push_str(if top {
-            " -- top, more --"
-        } else {
-            " -- more --"
-        });
+        let top = if top { "top, " } else { "" };
+        text.push_str(&format!(" -- {top}more ({more}) --"));
     }
     frame.render_widget(
         Paragraph::new(text).style(Style::default().bg(Color::Blue).fg(Color::White)),
