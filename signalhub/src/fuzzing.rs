@@ -4,7 +4,8 @@
 
 use axum::http::Method;
 
-use crate::server::routes::{self, PathLimits, Route};
+use crate::server::limits::PathLimits;
+use crate::server::routes::{self, Route};
 
 /// What the hub's route parser decided, with owned fields.
 #[derive(Debug, Clone, PartialEq, Eq)]

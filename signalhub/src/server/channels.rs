@@ -24,8 +24,8 @@ use slab::Slab;
 use tokio_util::sync::CancellationToken;
 
 use super::broker::{Broker, Inbound, Origin, Topic};
+use super::connection::ConnectionContext;
 use super::metrics::Metrics;
-use super::{ConnectionContext, HubState};
 
 /// A channel key as JS signalhub keeps it: `<app>/<channel>`, raw (never percent-decoded).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -681,7 +681,7 @@ pub(crate) fn ws_frame(app: &str, channel: &str, body: &[u8]) -> Bytes {
 /// An SSE response's membership in its channels; leaving is done on drop, so a closed
 /// connection can never stay subscribed.
 pub(crate) struct Subscription {
-    state: Arc<HubState>,
+    registry: Arc<Registry>,
     slots: Vec<(ChannelKey, usize)>,
     pub(crate) outbox: Arc<Outbox>,
     /// Keeps the connection counted (and its kill switch alive) for as long as the stream lives.
@@ -689,30 +689,34 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
+    /// Subscribes one connection to `keys`. `log`: a `subscribe:` line per key (unless the hub
+    /// is quiet); `closing`: the hub is shutting down, so the stream ends after its head.
     pub(crate) fn open(
-        state: &Arc<HubState>,
+        registry: &Arc<Registry>,
         conn: &Arc<ConnectionContext>,
         keys: Vec<ChannelKey>,
+        log: bool,
+        closing: bool,
     ) -> Self {
-        if !state.config.quiet {
+        if log {
             for key in &keys {
                 tracing::info!(target: "signalhub::traffic", peer = %conn.peer, "subscribe: {key}");
             }
         }
-        let outbox = state.registry.outbox(conn);
+        let outbox = registry.outbox(conn);
         let slots = keys
             .into_iter()
             .map(|key| {
-                let slot = state.registry.add(&key, &outbox);
+                let slot = registry.add(&key, &outbox);
                 (key, slot)
             })
             .collect();
-        state.metrics.sse_connections.inc();
-        if state.shutdown.is_cancelled() {
+        registry.metrics.sse_connections.inc();
+        if closing {
             outbox.close();
         }
         Subscription {
-            state: state.clone(),
+            registry: registry.clone(),
             slots,
             outbox,
             _conn: conn.clone(),
@@ -723,9 +727,9 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         for (key, slot) in self.slots.drain(..) {
-            self.state.registry.remove(&key, slot);
+            self.registry.remove(&key, slot);
         }
-        self.state.metrics.sse_connections.dec();
+        self.registry.metrics.sse_connections.dec();
     }
 }
 

@@ -20,9 +20,10 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::channels::{ChannelKey, Next, Subscription};
+use super::connection::ConnectionContext;
 use super::response;
 use super::routes::{self, Route};
-use super::{ConnectionContext, HubState};
+use super::state::HubState;
 
 /// The most bytes of a request head read here; a longer head goes to hyper, which has its own limit.
 const MAX_HEAD: usize = 16 * 1024;
@@ -74,7 +75,7 @@ where
         Ok(Some(())) => {}
         Ok(None) => return First::Gone,
         Err(_) => {
-            state.metrics.reject(super::Rejection::Timeout);
+            state.metrics.reject(super::metrics::Rejection::Timeout);
             return First::Gone;
         }
     }
@@ -139,7 +140,13 @@ pub(crate) async fn serve_subscription<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let subscription = Subscription::open(&state, &conn, keys);
+    let subscription = Subscription::open(
+        &state.registry,
+        &conn,
+        keys,
+        !state.config.quiet,
+        state.shutdown.is_cancelled(),
+    );
     let (mut reader, mut writer) = tokio::io::split(io);
     // The client has nothing more to send: reading only notices that it has gone. A client that
     // sends anyway is closed at its first bytes rather than read and discarded for as long as it
@@ -148,7 +155,9 @@ pub(crate) async fn serve_subscription<S>(
         let mut sink = [0u8; 512];
         if let Ok(n) = reader.read(&mut sink).await {
             if n > 0 {
-                state.metrics.reject(super::Rejection::UnexpectedBytes);
+                state
+                    .metrics
+                    .reject(super::metrics::Rejection::UnexpectedBytes);
                 tracing::debug!(peer = %conn.peer, "closed a subscription whose client sent {n} bytes up it");
             }
         }
@@ -183,7 +192,7 @@ pub(crate) async fn serve_subscription<S>(
         result = stream => {
             if let Err(err) = result {
                 if err.kind() == io::ErrorKind::TimedOut {
-                    state.metrics.reject(super::Rejection::WriteTimeout);
+                    state.metrics.reject(super::metrics::Rejection::WriteTimeout);
                 }
                 tracing::debug!(peer = %conn.peer, "subscriber connection ended: {err}");
             }

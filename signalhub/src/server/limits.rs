@@ -159,6 +159,14 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Limits on the request target, taken from the hub's configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PathLimits {
+    pub max_target_bytes: usize,
+    pub max_name_bytes: usize,
+    pub max_channels: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

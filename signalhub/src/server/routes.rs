@@ -18,11 +18,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 
 use super::channels::{ChannelKey, Subscription};
-use super::limits::client_key;
+use super::connection::ConnectionContext;
+use super::limits::{client_key, PathLimits};
 use super::message::validate_message;
 use super::metrics::Rejection;
 use super::response::{add_cors, closing, empty, error, respond};
-use super::{sse, web, ws, ConnectionContext, HubState};
+use super::state::HubState;
+use super::{sse, web, ws};
 
 /// What a request asks for, decided from its method and raw target alone.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,14 +52,6 @@ pub(crate) enum Route<'a> {
     NotFound,
     /// A target that names the API but cannot be served; the reason is the response body.
     Invalid(Rejection, StatusCode, String),
-}
-
-/// Limits on the request target, taken from the hub's configuration.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PathLimits {
-    pub max_target_bytes: usize,
-    pub max_name_bytes: usize,
-    pub max_channels: usize,
 }
 
 /// Maps a method and raw request target (path and query, as sent) to a [`Route`].
@@ -264,7 +258,13 @@ pub(crate) async fn handle(
                 .iter()
                 .map(|channel| ChannelKey::new(app, channel))
                 .collect();
-            let subscription = Subscription::open(&state, &conn, keys);
+            let subscription = Subscription::open(
+                &state.registry,
+                &conn,
+                keys,
+                !state.config.quiet,
+                state.shutdown.is_cancelled(),
+            );
             sse::response(subscription)
         }
         Route::Broadcast { key } => {

@@ -19,8 +19,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::channels::{Next, Outbox};
+use super::connection::ConnectionContext;
 use super::metrics::Rejection;
-use super::{ConnectionContext, HubState};
+use super::state::HubState;
 
 /// The WebSocket read buffer's starting size.
 const WS_READ_BUFFER: usize = 2 * 1024;
