@@ -7,8 +7,8 @@
 //! - a page and the `chat` example (plain-line mode) exchange lines both ways, each showing the
 //!   other's line exactly as it shows its own (`HH:MM:SS <nick> text`, UTC); `/me` both ways
 //!   reads `HH:MM:SS * nick does x` on both; the page shows notices of the peer joining and
-//!   leaving and of its nick change; and after `/part` + `/join` the page shows each history
-//!   line once.
+//!   leaving and of its nick change; after `/part` + `/join` the page shows each history line
+//!   once; `/names` lists the nicks and `/clear` empties the window.
 //!
 //! Needs `node`, `js/node_modules` and the page bundle (`npm ci --prefix js`, which builds it) and
 //! Chromium (`apt-get install chromium`); without them the tests fail, they do not skip.
@@ -540,6 +540,13 @@ async fn a_rust_chat_and_a_browser_page_talk_both_ways() {
             after, before,
             "the same lines, once each, after /part + /join"
         );
+
+        // /names: the page's nick first, then the nicks that wrote, as the terminal's /names.
+        webby.request(json!({"cmd": "input", "text": "/names"}));
+        webby.expect_notice(&["#mixed: webster rustacean "]);
+        // /clear empties the window (only the window: the log is not touched).
+        webby.request(json!({"cmd": "input", "text": "/clear"}));
+        assert_eq!(webby.lines(), Vec::<String>::new());
 
         rusty.quit();
         webby.expect_notice(&["peer ", " left #mixed (0 peers)"]);
