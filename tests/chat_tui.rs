@@ -58,6 +58,29 @@ async fn start_hub() -> RunningHub {
         .expect("serve the hub")
 }
 
+/// The chat example's executable, checked to be newer than the UI's modules too
+/// (`support::example` checks `examples/chat.rs`; the UI lives in `examples/chat/`).
+fn chat_exe() -> PathBuf {
+    let exe = example("chat");
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/chat");
+    for entry in std::fs::read_dir(&dir).expect("examples/chat/").flatten() {
+        let source = entry.path();
+        if source.extension().is_some_and(|e| e == "rs") {
+            if let (Some(src), Some(bin)) = (modified(&source), modified(&exe)) {
+                assert!(
+                    bin >= src,
+                    "{} is older than {}: run `cargo build --example chat` (or a plain `cargo \
+                     test`)",
+                    exe.display(),
+                    source.display()
+                );
+            }
+        }
+    }
+    exe
+}
+
 /// A tmux server of its own (its own socket), killed when dropped.
 struct Tmux {
     socket: String,
@@ -91,7 +114,7 @@ impl Tmux {
 
     /// A chat in a new WIDTH × HEIGHT terminal, in `room` as `nick`.
     fn chat(&self, hub: &str, nick: &str, room: &str) -> Screen<'_> {
-        let exe = example("chat");
+        let exe = chat_exe();
         let exe = exe.to_str().expect("a UTF-8 path");
         let tz = format!("TZ={TZ}");
         let (w, h) = (WIDTH.to_string(), HEIGHT.to_string());
