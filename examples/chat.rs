@@ -875,7 +875,9 @@ async fn run_plain(chat: &mut Chat, mut updates: mpsc::UnboundedReceiver<Update>
         shutdown_signal().await;
         signal.notify_one();
     });
-    eprintln!("-!- you are {}; /help for commands", chat.nick);
+    // Notices carry what peers chose (nicks, ids): control characters are never written raw.
+    let notice = |text: &str| eprintln!("-!- {}", scrollback::clean(text));
+    notice(&format!("you are {}; /help for commands", chat.nick));
     loop {
         tokio::select! {
             () = quit.notified() => break,
@@ -884,7 +886,7 @@ async fn run_plain(chat: &mut Chat, mut updates: mpsc::UnboundedReceiver<Update>
                     let Some(input) = Input::parse(&line) else { continue };
                     let reply = chat.handle(input).await;
                     for message in reply.messages {
-                        eprintln!("-!- {message}");
+                        notice(&message);
                     }
                     if reply.quit {
                         break;
@@ -899,8 +901,8 @@ async fn run_plain(chat: &mut Chat, mut updates: mpsc::UnboundedReceiver<Update>
                 let tag = |room: &str| if several { format!("{room} ") } else { String::new() };
                 match update {
                     Update::Line { room, key, line, .. } => {
-                        for notice in notices {
-                            eprintln!("-!- {}{notice}", tag(&room));
+                        for text in notices {
+                            notice(&format!("{}{text}", tag(&room)));
                         }
                         if printed.insert((room.clone(), key)) {
                             println!("{}{}", tag(&room), line.render());
@@ -909,13 +911,13 @@ async fn run_plain(chat: &mut Chat, mut updates: mpsc::UnboundedReceiver<Update>
                     Update::Peer { room, id, joined, peers, reason, .. } => {
                         let what = if joined { "joined" } else { "left" };
                         let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
-                        eprintln!(
-                            "-!- {room}: peer {} {what} ({}){why}",
+                        notice(&format!(
+                            "{room}: peer {} {what} ({}){why}",
                             short_id(&id),
                             plural(peers, "peer")
-                        );
+                        ));
                     }
-                    Update::Status { text, .. } => eprintln!("-!- {}", scrollback::clean(&text)),
+                    Update::Status { text, .. } => notice(&text),
                 }
             }
         }
