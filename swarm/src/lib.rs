@@ -37,6 +37,8 @@
 //! assert_eq!(Key::compute(&received.links, &received.value), received.key);
 //! ```
 
+#[cfg(feature = "webrtc")]
+pub mod ice_servers;
 pub mod log;
 #[cfg(feature = "webrtc")]
 pub mod peer;

@@ -52,6 +52,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::ice_servers::{self, HubIceServers, IceServersError};
 use crate::log::sign::Keypair;
 use crate::peer::{
     unsupported_ice_urls, CloseReason, IceServer, Peer, PeerConfig, PeerError, PeerEvent,
@@ -67,6 +68,14 @@ pub const GLARE_WINDOW: Duration = Duration::from_secs(2);
 /// How soon after a glare with a JS peer the swarm announces again: time for our offer to reach
 /// it and end its attempt, so that the announce finds it with none and it offers.
 pub const ANNOUNCE_SOON: Duration = Duration::from_millis(300);
+
+/// How long the first announce waits for the hub's ICE servers
+/// ([`SwarmOptions::ice_servers_from_hub`]): connections made before they arrive would have no
+/// TURN server. A hub that hands out none answers at once (404).
+pub const FIRST_ICE_SERVERS_WAIT: Duration = Duration::from_secs(3);
+
+/// How soon to ask the hub again after fetching its ICE servers failed.
+const ICE_SERVERS_RETRY: Duration = Duration::from_secs(30);
 
 /// The key a swarm of this crate adds to its signal messages, and its value: "I resolve glare by
 /// the id rule" (the greater id keeps its offer). JS webrtc-swarm ignores unknown keys.
@@ -90,6 +99,12 @@ pub struct SwarmOptions {
     pub max_peers: usize,
     /// STUN/TURN servers (empty: host candidates only).
     pub ice_servers: Vec<IceServer>,
+    /// Also use the STUN/TURN servers the hub hands out at `GET /ice-servers` (`signalhub
+    /// listen --ice-server … --turn-secret …`; a hub without them answers 404, which is fine):
+    /// fetched at join (the first announce waits up to [`FIRST_ICE_SERVERS_WAIT`] for them) and
+    /// again before their TURN credential expires, and added to `ice_servers` for every new
+    /// connection. On by default.
+    pub ice_servers_from_hub: bool,
     /// Local UDP addresses for host candidates (see [`PeerConfig::udp_addrs`]).
     pub udp_addrs: Vec<SocketAddr>,
     /// Resolve remote mDNS (`*.local`) candidates, as browsers send them.
@@ -119,6 +134,7 @@ impl Default for SwarmOptions {
             id: None,
             max_peers: usize::MAX,
             ice_servers: Vec::new(),
+            ice_servers_from_hub: true,
             udp_addrs: PeerConfig::default().udp_addrs,
             resolve_mdns: false,
             engine_tick: crate::peer::DEFAULT_ENGINE_TICK,
@@ -140,6 +156,7 @@ impl std::fmt::Debug for SwarmOptions {
             .field("id", &self.id)
             .field("max_peers", &self.max_peers)
             .field("ice_servers", &self.ice_servers)
+            .field("ice_servers_from_hub", &self.ice_servers_from_hub)
             .field("udp_addrs", &self.udp_addrs)
             .field("signed", &self.keypair.is_some())
             .field("handshake_timeout", &self.handshake_timeout)
@@ -291,6 +308,7 @@ impl Swarm {
         let (peers_tx, peers) = watch::channel(Vec::new());
         let stop = CancellationToken::new();
         let (notices_tx, notices) = mpsc::unbounded_channel();
+        let (ice_results_tx, ice_results) = mpsc::unbounded_channel();
         let inbox_hubs = inbox.connected_hubs();
         let swarm_loop = SwarmLoop {
             id: id.clone(),
@@ -308,6 +326,9 @@ impl Swarm {
             peers: peers_tx,
             notices_tx,
             notices,
+            hub_ice_servers: Vec::new(),
+            ice_results_tx,
+            ice_results,
             tasks: JoinSet::new(),
         };
         info!(%id, app, "joining the swarm");
@@ -409,9 +430,16 @@ struct SwarmLoop {
     outboxes: HashMap<String, Outbox>,
     /// Set to announce shortly, out of turn (after a glare with a JS peer).
     announce_soon: bool,
+    /// The STUN/TURN servers the hub handed out last (see
+    /// [`SwarmOptions::ice_servers_from_hub`]), used with the options' own.
+    hub_ice_servers: Vec<IceServer>,
+    ice_results_tx: mpsc::UnboundedSender<IceServersResult>,
+    ice_results: mpsc::UnboundedReceiver<IceServersResult>,
     /// Peer pumps, outboxes and announces.
     tasks: JoinSet<()>,
 }
+
+type IceServersResult = Result<Option<HubIceServers>, IceServersError>;
 
 impl SwarmLoop {
     async fn run(mut self, stop: CancellationToken) {
@@ -421,6 +449,16 @@ impl SwarmLoop {
         let mut stall_check = tokio::time::interval(Duration::from_millis(500));
         stall_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut inbox_open = false;
+        let ice_refresh = tokio::time::sleep_until(far);
+        tokio::pin!(ice_refresh);
+        // Until the hub's ICE servers are in (or FIRST_ICE_SERVERS_WAIT has passed), the first
+        // announce waits: the offers it brings would otherwise be made without TURN.
+        let joined = Instant::now();
+        let mut ice_pending = self.options.ice_servers_from_hub;
+        let mut announce_held = false;
+        if ice_pending {
+            self.fetch_ice_servers();
+        }
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
@@ -436,7 +474,13 @@ impl SwarmLoop {
                     }
                     inbox_open = open;
                 }
-                () = &mut announce => {
+                () = &mut announce, if !announce_held => {
+                    if ice_pending && joined.elapsed() < FIRST_ICE_SERVERS_WAIT {
+                        debug!("holding the first announce for the hub's ICE servers");
+                        announce_held = true;
+                        announce.as_mut().reset(joined + FIRST_ICE_SERVERS_WAIT);
+                        continue;
+                    }
                     if self.connected_count() < self.options.max_peers {
                         self.announce();
                     } else {
@@ -447,6 +491,23 @@ impl SwarmLoop {
                 Some(message) = self.all.next() => self.on_all(message).await,
                 Some(message) = self.inbox.next() => self.on_inbox(message).await,
                 Some(notice) = self.notices.recv() => self.on_notice(notice),
+                Some(result) = self.ice_results.recv() => {
+                    ice_pending = false;
+                    let again = self.on_ice_servers(result);
+                    ice_refresh.as_mut().reset(again.map_or(far, |after| Instant::now() + after));
+                    if std::mem::take(&mut announce_held) {
+                        announce.as_mut().reset(Instant::now());
+                    }
+                }
+                () = &mut ice_refresh => {
+                    ice_refresh.as_mut().reset(far);
+                    self.fetch_ice_servers();
+                }
+                () = tokio::time::sleep_until(joined + FIRST_ICE_SERVERS_WAIT), if announce_held => {
+                    debug!("no ICE servers from the hub in time; announcing without them");
+                    announce_held = false;
+                    announce.as_mut().reset(Instant::now());
+                }
                 _ = stall_check.tick() => self.drop_stalled(),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
@@ -474,6 +535,52 @@ impl SwarmLoop {
         if drained.await.is_err() {
             warn!("swarm tasks did not end in 5 s; aborting them");
             self.tasks.shutdown().await;
+        }
+    }
+
+    /// Asks the hubs for their ICE servers, in a task; the answer comes to the loop.
+    fn fetch_ice_servers(&mut self) {
+        let hubs = self.client.hubs().to_vec();
+        let timeout = self.options.client.request_timeout;
+        let results = self.ice_results_tx.clone();
+        self.tasks.spawn(async move {
+            let _ = results.send(ice_servers::fetch(&hubs, timeout).await);
+        });
+    }
+
+    /// Takes the hubs' answer; returns when to ask again.
+    fn on_ice_servers(&mut self, result: IceServersResult) -> Option<Duration> {
+        match result {
+            Ok(Some(answer)) => {
+                let now = std::time::SystemTime::now();
+                if answer.is_expired(now) {
+                    warn!(hub = %answer.hub, "the hub's TURN credential has expired already (clocks apart?)");
+                }
+                let urls: Vec<&str> = answer
+                    .servers
+                    .iter()
+                    .flat_map(|server| server.urls.iter().map(String::as_str))
+                    .collect();
+                debug!(hub = %answer.hub, ?urls, "ICE servers from the hub");
+                let unsupported = unsupported_ice_urls(&answer.servers);
+                if !unsupported.is_empty() && self.hub_ice_servers.is_empty() {
+                    info!(
+                        ?unsupported,
+                        "the hub offers ICE server URLs the WebRTC engine cannot use (TURN over \
+                         TCP or TLS); using the others"
+                    );
+                }
+                self.hub_ice_servers = answer.servers.clone();
+                answer.refresh_in(now)
+            }
+            Ok(None) => {
+                debug!("the hub hands out no ICE servers");
+                None
+            }
+            Err(error) => {
+                warn!(%error, "cannot fetch ICE servers from the hub; retrying in 30 s");
+                Some(ICE_SERVERS_RETRY)
+            }
         }
     }
 
@@ -662,7 +769,13 @@ impl SwarmLoop {
     async fn start_peer(&mut self, id: String, offer: Option<Signal>) {
         let config = PeerConfig {
             initiator: offer.is_none(),
-            ice_servers: self.options.ice_servers.clone(),
+            ice_servers: self
+                .options
+                .ice_servers
+                .iter()
+                .chain(&self.hub_ice_servers)
+                .cloned()
+                .collect(),
             udp_addrs: self.options.udp_addrs.clone(),
             resolve_mdns: self.options.resolve_mdns,
             engine_tick: self.options.engine_tick,
