@@ -306,7 +306,7 @@ impl Lab {
             ),
             (
                 "RUST_LOG",
-                std::env::var("NAT_PEER_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("NAT_PEER_LOG").unwrap_or_else(|_| "warn,swarm=info".into()),
             ),
         ];
         let ns = self.home_ns(home);
@@ -548,6 +548,42 @@ fn ice_servers(turn: Option<(&[&str], u64)>) -> Value {
     Value::Array(servers)
 }
 
+/// `signalhub listen` flags that hand out the lab's STUN server and coturn (TURN over
+/// `transports`) with credentials from TURN_SECRET, valid `ttl` seconds.
+fn hub_ice_flags(transports: &[&str], ttl: u64) -> Vec<String> {
+    let mut flags = vec![
+        "--turn-secret".to_string(),
+        TURN_SECRET.to_string(),
+        "--turn-ttl".to_string(),
+        ttl.to_string(),
+        "--ice-server".to_string(),
+        format!("stun:{INET}:{TURN_PORT}"),
+    ];
+    for transport in transports {
+        flags.push("--ice-server".to_string());
+        flags.push(match *transport {
+            "udp" => format!("turn:{INET}:{TURN_PORT}"),
+            other => format!("turn:{INET}:{TURN_PORT}?transport={other}"),
+        });
+    }
+    flags
+}
+
+/// Asserts that coturn granted allocations only to credentials the hub issued (its usernames
+/// end in `:signalhub`; the test's own end in `:nat-test`).
+fn assert_hub_credentials_used(lab: &Lab, coturn: usize) {
+    let log = lab.log_of(coturn);
+    let granted: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("ALLOCATE processed, success"))
+        .collect();
+    assert!(
+        !granted.is_empty() && granted.iter().all(|line| line.contains(":signalhub>")),
+        "coturn's allocations were not all made with hub-issued credentials:\n{}",
+        granted.join("\n")
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The peer process and what it reports.
 
@@ -559,12 +595,21 @@ struct PeerSetup {
 }
 
 impl PeerSetup {
+    /// Peers given `ice_servers` themselves (and not asking the hub).
     fn new(ice_servers: Value) -> PeerSetup {
         PeerSetup {
             ice_servers,
             ice_from_hub: false,
             bytes: MIB,
             handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Peers that take their ICE servers from the hub only.
+    fn from_hub() -> PeerSetup {
+        PeerSetup {
+            ice_from_hub: true,
+            ..PeerSetup::new(json!([]))
         }
     }
 }
@@ -623,6 +668,7 @@ async fn nat_peer() {
     let app = env("NAT_PEER_APP");
     let bytes: usize = env("NAT_PEER_BYTES").parse().unwrap_or(MIB);
     let handshake_ms: u64 = env("NAT_PEER_HANDSHAKE_MS").parse().unwrap_or(10_000);
+    let ice_from_hub = env("NAT_PEER_ICE_FROM_HUB") == "true";
     let ice: Value = serde_json::from_str(&env("NAT_PEER_ICE")).unwrap_or(Value::Null);
     let ice_servers: Vec<IceServer> = ice
         .as_array()
@@ -647,6 +693,7 @@ async fn nat_peer() {
         // Every interface but loopback: the home's one address.
         udp_addrs: vec!["0.0.0.0:0".parse().expect("an address")],
         ice_servers,
+        ice_servers_from_hub: ice_from_hub,
         handshake_timeout: Duration::from_millis(handshake_ms),
         announce_alone: Duration::from_millis(500),
         announce_with_peers: Duration::from_secs(2),
@@ -790,6 +837,11 @@ fn ip_of(address: &Value) -> String {
 fn connect_pair(lab: &mut Lab, setup: &PeerSetup, app: &str) -> [(Value, Value); 2] {
     let a = lab.start_peer("a", app, setup);
     let b = lab.start_peer("b", app, setup);
+    finish_pair(lab, a, b)
+}
+
+/// Waits for peers `a` and `b` to connect and exchange MIB each way, then stops them.
+fn finish_pair(lab: &mut Lab, a: PeerProc, b: PeerProc) -> [(Value, Value); 2] {
     let mut out = Vec::new();
     for peer in [&a, &b] {
         let connected = peer.expect(lab, &["connected", "disconnected"], PEER_DEADLINE);
@@ -854,10 +906,11 @@ fn cone_nats_connect_directly_through_server_reflexive_addresses() {
     let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     let mut lab = Lab::up(&[("a", "cone"), ("b", "cone")]);
     lab.start_coturn();
-    lab.start_hub(&[]);
-    // STUN and TURN both offered, as a real deployment would: ICE must prefer the direct path.
-    let setup = PeerSetup::new(ice_servers(Some((&["udp"], now_unix() + 3600))));
-    let reports = connect_pair(&mut lab, &setup, "cone");
+    // STUN and TURN both offered by the hub, as a real deployment would: ICE must prefer the
+    // direct path.
+    let flags = hub_ice_flags(&["udp"], 3600);
+    lab.start_hub(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let reports = connect_pair(&mut lab, &PeerSetup::from_hub(), "cone");
     print_figures("cone↔cone", &reports);
     for (home, other) in [("a", "b"), ("b", "a")] {
         let (_, transferred) = &reports[usize::from(home == "b")];
@@ -885,11 +938,17 @@ fn cone_nats_connect_directly_through_server_reflexive_addresses() {
 fn symmetric_nats_connect_through_the_turn_relay() {
     let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     let mut lab = Lab::up(&[("a", "symmetric"), ("b", "symmetric")]);
-    lab.start_coturn();
-    lab.start_hub(&[]);
-    let setup = PeerSetup::new(ice_servers(Some((&["udp"], now_unix() + 3600))));
-    let reports = connect_pair(&mut lab, &setup, "symmetric");
+    let coturn = lab.start_coturn();
+    let flags = hub_ice_flags(&["udp"], 3600);
+    lab.start_hub(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let reports = connect_pair(&mut lab, &PeerSetup::from_hub(), "symmetric");
     print_figures("symmetric↔symmetric", &reports);
+    assert_hub_credentials_used(&lab, coturn);
+    assert_relayed(&reports);
+}
+
+/// Both sides of a relayed pair: the path goes through coturn and carried the bytes.
+fn assert_relayed(reports: &[(Value, Value); 2]) {
     for (i, home) in ["a", "b"].into_iter().enumerate() {
         let path = &reports[i].1["path"];
         assert_eq!(path["relayed"], true, "peer {home}: not relayed: {path}");
@@ -959,8 +1018,9 @@ fn udp_blocked_to_cone_fails_clearly_as_webrtc_rs_has_no_turn_over_tcp() {
     let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     let mut lab = Lab::up(&[("a", "udp-blocked"), ("b", "cone")]);
     lab.start_coturn();
-    lab.start_hub(&[]);
-    let mut setup = PeerSetup::new(ice_servers(Some((&["udp", "tcp"], now_unix() + 3600))));
+    let flags = hub_ice_flags(&["udp", "tcp"], 3600);
+    lab.start_hub(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut setup = PeerSetup::from_hub();
     setup.handshake_timeout = Duration::from_secs(6);
     let a = lab.start_peer("a", "blocked", &setup);
     let b = lab.start_peer("b", "blocked", &setup);
@@ -983,8 +1043,7 @@ fn udp_blocked_to_cone_fails_clearly_as_webrtc_rs_has_no_turn_over_tcp() {
         started.elapsed()
     );
     assert!(
-        lab.log_of(a.index)
-            .contains("cannot use TURN over TCP or TLS"),
+        lab.log_of(a.index).contains("TURN over TCP or TLS"),
         "the blocked peer did not say why:\n{}",
         lab.log_of(a.index)
     );
@@ -1026,4 +1085,46 @@ fn symmetric_nats_without_turn_report_ice_failed_and_retry() {
     // Nothing hangs: both leave at once when told.
     lab.stop_peer(&a);
     lab.stop_peer(&b);
+}
+
+#[test]
+fn hub_credentials_are_refreshed_before_they_expire() {
+    let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut lab = Lab::up(&[("a", "symmetric"), ("b", "symmetric")]);
+    let coturn = lab.start_coturn();
+    // Credentials valid 10 s: A fetches one at join and, at 4/5 of its life, another.
+    let flags = hub_ice_flags(&["udp"], 10);
+    lab.start_hub(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let setup = PeerSetup::from_hub();
+    let a = lab.start_peer("a", "refresh", &setup);
+    a.expect(&lab, &["joined"], PEER_DEADLINE);
+    // B comes after A's first credential expired: A's side of the connection is made (and its
+    // TURN allocation asked for) only now, so it must use a credential fetched since.
+    std::thread::sleep(Duration::from_secs(12));
+    let b = lab.start_peer("b", "refresh", &setup);
+    let reports = finish_pair(&mut lab, a, b);
+    print_figures("symmetric↔symmetric, refreshed credential", &reports);
+    assert_relayed(&reports);
+    assert_hub_credentials_used(&lab, coturn);
+    // Both sides got an allocation, and coturn refused no hub credential (an expired one would
+    // be a 401 to a request that carries its username).
+    let log = lab.log_of(coturn);
+    let granted = log
+        .lines()
+        .filter(|line| line.contains("ALLOCATE processed, success"))
+        .count();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(":signalhub>: incoming packet") && line.contains("error 401"))
+        .collect();
+    assert!(
+        granted >= 2,
+        "{granted} allocation(s) granted:\n{}",
+        tail(&log, 60)
+    );
+    assert!(
+        refused.is_empty(),
+        "coturn refused hub credentials:\n{}",
+        refused.join("\n")
+    );
 }
