@@ -45,8 +45,8 @@ use clap::Parser;
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 use swarm::{
-    CloseReason, Key, Log, LogOptions, PeerReplication, PeerReplicationError,
-    PeerReplicationOptions, Swarm, SwarmEvent, SwarmOptions, SwarmPeer,
+    CloseReason, Key, Log, LogOptions, PathEnd, PeerReplication, PeerReplicationError,
+    PeerReplicationOptions, SelectedPath, Swarm, SwarmEvent, SwarmOptions, SwarmPeer,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, watch};
@@ -241,40 +241,77 @@ impl Room {
         self.peers.borrow().len()
     }
 
-    /// Who is connected, and how: `/peers`. `SwarmPeer` tells the id and which side offered;
-    /// the time connected is counted here.
-    pub fn describe_peers(&self) -> String {
+    /// Who is connected, and how: `/peers`. For each peer its id, which side offered, the path
+    /// ICE selected (each end's candidate type and address, direct or through a TURN relay, the
+    /// round-trip time, the bytes each way) and how long it has been connected.
+    pub async fn describe_peers(&self) -> Vec<String> {
         let peers = self.peers.borrow().clone();
         if peers.is_empty() {
-            return format!("{}: no peers connected", self.name);
+            return vec![format!("{}: no peers connected", self.name)];
         }
         let since = self.since.lock().map(|s| s.clone()).unwrap_or_default();
-        let list: Vec<String> = peers
-            .iter()
-            .map(|peer| {
-                let side = if peer.is_initiator() {
-                    "we offered"
-                } else {
-                    "they offered"
-                };
-                let age = since
-                    .get(peer.id())
-                    .map(|t| format!(", connected {}", ago(t.elapsed())))
-                    .unwrap_or_default();
-                format!("{} ({side}, WebRTC data channel{age})", peer.id())
-            })
-            .collect();
-        format!(
-            "{}: {} connected: {}",
+        let mut lines = vec![format!(
+            "{}: {} connected:",
             self.name,
-            plural(peers.len(), "peer"),
-            list.join("; ")
-        )
+            plural(peers.len(), "peer")
+        )];
+        for peer in &peers {
+            let side = if peer.is_initiator() {
+                "we offered"
+            } else {
+                "they offered"
+            };
+            let path = match peer.path().await {
+                Some(path) => describe_path(&path),
+                None => "closing".to_string(),
+            };
+            let age = since
+                .get(peer.id())
+                .map(|t| format!(", connected {}", ago(t.elapsed())))
+                .unwrap_or_default();
+            lines.push(format!("  {} ({side}): {path}{age}", peer.id()));
+        }
+        lines
     }
 
     pub async fn leave(self) {
         self.stop.cancel();
         let _ = self.task.await;
+    }
+}
+
+/// `host 127.0.0.1:50001 -> host 127.0.0.1:50002 udp, direct, rtt 1 ms, 4.1 kB out, 3.9 kB in`.
+fn describe_path(path: &SelectedPath) -> String {
+    let end = |end: &PathEnd| match end.address {
+        Some(address) => format!("{} {address}", end.kind),
+        // The engine does not report a remote peer-reflexive candidate's address.
+        None => end.kind.to_string(),
+    };
+    let via = if path.is_relayed() {
+        "relayed by TURN"
+    } else {
+        "direct"
+    };
+    let rtt = path
+        .rtt
+        .map(|rtt| format!(", rtt {} ms", rtt.as_millis()))
+        .unwrap_or_default();
+    format!(
+        "{} -> {} {}, {via}{rtt}, {} out, {} in",
+        end(&path.local),
+        end(&path.remote),
+        path.local.protocol,
+        bytes(path.bytes_sent),
+        bytes(path.bytes_received)
+    )
+}
+
+/// `512 B`, `4.1 kB`, `2.3 MB`.
+fn bytes(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        _ => format!("{:.1} MB", n as f64 / 1e6),
     }
 }
 
@@ -380,16 +417,14 @@ impl RoomTask {
     }
 }
 
-/// Why a peer left, in words. (By name: the swarm crate is growing new reasons, and one this
-/// chat does not know yet is shown as it is called.)
-fn reason_text(reason: &CloseReason) -> String {
-    match format!("{reason:?}").as_str() {
-        "Local" => "closed here".into(),
-        "ChannelClosed" => "it closed the channel".into(),
-        "Disconnected" => "connection lost".into(),
-        "Failed" => "connection failed".into(),
-        "IceFailed" => "no network path found".into(),
-        other => other.to_string(),
+/// Why a peer left, in words.
+fn reason_text(reason: &CloseReason) -> &'static str {
+    match reason {
+        CloseReason::Local => "closed here",
+        CloseReason::ChannelClosed => "it closed the channel",
+        CloseReason::Disconnected => "connection lost",
+        CloseReason::IceFailed => "no network path to it",
+        CloseReason::Failed => "connection failed",
     }
 }
 
@@ -441,7 +476,7 @@ async fn run_room(task: RoomTask, mut swarm: Swarm, stop: CancellationToken) {
                     if let Ok(mut since) = task.since.lock() {
                         since.remove(&id);
                     }
-                    peer_update(id, false, swarm.peers().len(), Some(reason_text(&reason)));
+                    peer_update(id, false, swarm.peers().len(), Some(reason_text(&reason).to_string()));
                 }
                 None => break,
             },
@@ -656,8 +691,7 @@ impl Chat {
                 nicks.retain(|n| *n != self.nick);
                 nicks.insert(0, self.nick.clone());
                 Reply::say(format!(
-                    "{room}: {} — nicks that wrote here, most recent first, you first \
-                     (chatwizard has no presence); {} connected now",
+                    "{room}: {} (you, then the nicks that wrote here, latest first); {} connected",
                     nicks.join(" "),
                     plural(joined.peer_count(), "peer")
                 ))
@@ -671,8 +705,12 @@ impl Chat {
                 if rooms.is_empty() {
                     return Reply::say("in no room: no peers");
                 }
+                let mut messages = Vec::new();
+                for room in rooms {
+                    messages.extend(room.describe_peers().await);
+                }
                 Reply {
-                    messages: rooms.iter().map(|r| r.describe_peers()).collect(),
+                    messages,
                     quit: false,
                 }
             }
@@ -991,5 +1029,7 @@ mod tests {
         assert_eq!(plural(1, "peer"), "1 peer");
         assert_eq!(plural(0, "peer"), "0 peers");
         assert_eq!(short_id("c0123456789abcdef"), "c0123456");
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(4_100), "4.1 kB");
     }
 }

@@ -5,8 +5,8 @@
 //! - two chats: peers joining and leaving as notices, a long line wrapped with its continuation
 //!   rows indented under the text, `/help` in the room window, `/me` as `* nick does x`, a nick
 //!   change as a notice, an unread count with a mention mark in the room list, Tab completing a
-//!   nick, `/names` and `/peers`, and `/part` + `/join` showing every history line once (and the
-//!   parted room gone from the list);
+//!   nick, `/names`, `/peers` with the path ICE selected, and `/part` + `/join` showing every
+//!   history line once (and the parted room gone from the list);
 //! - one chat: line editing (Left/Home/End, Ctrl+U/W/K/Y, Backspace/Delete), Up/Down history, the
 //!   input scrolling sideways, a wide character's cursor column, scrolling that stops at the first
 //!   line with a `-- more (N) --` mark and comes back with one PgDn, a resize that keeps the lines
@@ -439,8 +439,13 @@ async fn two_chats_in_terminals() {
         bob.enter("/names");
         bob.wait_text("#tui: bob alicia");
         bob.enter("/peers");
+        // /peers: the peer and the path ICE selected (host candidates on loopback, direct).
         bob.wait("the peer list", |s| {
-            s.text().contains("#tui: 1 peer connected: ") && s.text().contains("offered")
+            let text = s.text();
+            text.contains("-!- #tui: 1 peer connected:")
+                && text.contains(" offered): host 127.0.0.1:")
+                && text.matches("host 127.0.0.1:").count() == 2
+                && text.contains("udp, direct")
         });
 
         // Part and join again: the window goes, then the history shows once.
