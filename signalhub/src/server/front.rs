@@ -85,15 +85,21 @@ where
     }
 }
 
-/// The channels of a plain, valid HTTP/1.1 subscribe request with nothing after its head;
-/// `None` for anything hyper should serve.
+/// The channels of a plain, valid HTTP/1.1 subscribe request; `None` for anything hyper should
+/// serve.
+///
+/// Bytes after the head (requests pipelined behind the subscribe) are dropped: a subscription's
+/// response never ends, so nothing behind it would ever be answered, on any path. Serving it here
+/// rather than in hyper matters because hyper, holding those unread bytes, would not read on and
+/// so would not notice the client leave until a heartbeat failed to write (30 s); here the
+/// connection is read, and closed at once on end of stream (or on further bytes).
 fn subscription_keys(state: &HubState, buf: &[u8]) -> Option<Vec<ChannelKey>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(head_len) = request.parse(buf).ok()? else {
+    let httparse::Status::Complete(_) = request.parse(buf).ok()? else {
         return None;
     };
-    if head_len != buf.len() || request.method? != "GET" || request.version? != 1 {
+    if request.method? != "GET" || request.version? != 1 {
         return None;
     }
     // A body (which hyper refuses for a subscription) or an upgrade: hyper's to answer.

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::StatusCode;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -431,7 +432,17 @@ where
         service_fn(move |request: Request<Incoming>| {
             let state = state.clone();
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(routes::handle(state, conn, request.map(Body::new)).await) }
+            // Its own task: hyper drops a request's future when the client shuts its side after
+            // sending it (hyper notices the end of stream to let go of subscribers that leave,
+            // so half-close is off), and a broadcast whose body was read in full must still
+            // reach its subscribers, as Node's http server (JS signalhub) delivers it.
+            let handler = tokio::spawn(routes::handle(state, conn, request.map(Body::new)));
+            async move {
+                Ok::<_, Infallible>(handler.await.unwrap_or_else(|err| {
+                    tracing::error!("request handler failed: {err}");
+                    response::error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+                }))
+            }
         })
     };
     let mut builder = http1::Builder::new();
