@@ -13,8 +13,9 @@
 //!   (scrolled up too), `//text` and `/clear`, the status window reachable with Alt+1 and
 //!   Ctrl+K/J, and times in the local time zone (TZ set here).
 //!
-//! The screen captured at the end of the two-chat test is written to
-//! `target/chat-tui-screen.txt` (the README's picture of the chat comes from there).
+//! The screen captured near the end of the two-chat test is written to
+//! `target/debug/chat-tui-screen.txt` (the README's picture of the chat, kept in
+//! `examples/chat/SCREEN.txt`, comes from there).
 //!
 //! Needs tmux (`apt-get install tmux`); without it the tests fail, they do not skip.
 
@@ -329,8 +330,14 @@ fn starts_with_time(row: &str) -> bool {
         })
 }
 
+/// `target/<profile>/chat-tui-screen.txt`, next to the test's own directory (wherever the
+/// target directory is).
 fn screen_file() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/chat-tui-screen.txt")
+    let me = std::env::current_exe().expect("the test executable");
+    me.parent()
+        .and_then(std::path::Path::parent)
+        .expect("the test runs from target/<profile>/deps")
+        .join("chat-tui-screen.txt")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
