@@ -117,6 +117,14 @@ pub struct PeerConfig {
     /// Local UDP addresses to gather host candidates on. A wildcard (`0.0.0.0:0`) stands for
     /// every non-loopback interface, so loopback must be listed on its own; port 0 picks a free
     /// port. Unspecified addresses are never advertised.
+    ///
+    /// With STUN or TURN servers (a peer set up for the internet) loopback addresses are left
+    /// out, unless nothing else is listed, and the other side's loopback candidates are not
+    /// used: from a loopback socket nothing but loopback is reachable (the engine's checks to
+    /// every other address failed with EINVAL, an error logged per check), and a TURN server
+    /// refuses to relay to loopback (`403 Forbidden IP`, which webrtc 0.21 asks again on every
+    /// check, an error logged each time). Peers on one machine still meet through its
+    /// interface addresses.
     pub udp_addrs: Vec<SocketAddr>,
     /// Resolve remote mDNS (`*.local`) host candidates, as browsers send them. Off by default:
     /// it opens a multicast socket. Local candidates always carry plain IP addresses.
@@ -284,6 +292,9 @@ impl PeerError {
 /// [`Peer::recv`] and the hub at once (both are cancel-safe).
 pub struct Peer {
     initiator: bool,
+    /// Whether the other side's loopback candidates are left out (see
+    /// [`PeerConfig::udp_addrs`]).
+    skip_remote_loopback: bool,
     shared: Arc<Shared>,
     negotiation: Mutex<Negotiation>,
     events: Mutex<mpsc::UnboundedReceiver<PeerEvent>>,
@@ -352,7 +363,7 @@ impl Peer {
             reader_done: Notify::new(),
         });
 
-        let ice_servers = config
+        let ice_servers: Vec<RTCIceServer> = config
             .ice_servers
             .into_iter()
             .filter_map(|server| {
@@ -370,6 +381,12 @@ impl Peer {
                 })
             })
             .collect();
+        let for_internet = !ice_servers.is_empty();
+        let mut udp_addrs = config.udp_addrs;
+        if for_internet && udp_addrs.iter().any(|a| !a.ip().is_loopback()) {
+            udp_addrs.retain(|a| !a.ip().is_loopback());
+        }
+        let skip_remote_loopback = for_internet && !udp_addrs.iter().any(|a| a.ip().is_loopback());
         let tick = config.engine_tick.max(Duration::from_millis(1));
         // While checking, a finer tick: the DTLS ClientHello goes out on the first tick after
         // ICE connects, and that tick was scheduled while checking.
@@ -397,7 +414,7 @@ impl Peer {
             .with_handler(Arc::new(Handler {
                 shared: shared.clone(),
             }))
-            .with_udp_addrs(config.udp_addrs)
+            .with_udp_addrs(udp_addrs)
             .with_data_channel_send_buffer_limit(SEND_BUFFER_LIMIT)
             .build()
             .await
@@ -407,6 +424,7 @@ impl Peer {
 
         let peer = Peer {
             initiator: config.initiator,
+            skip_remote_loopback,
             shared,
             negotiation: Mutex::new(Negotiation::default()),
             events: Mutex::new(events_rx),
@@ -564,7 +582,7 @@ impl Peer {
                     debug!("holding a remote candidate until the remote description");
                     negotiation.pending.push(candidate);
                 } else {
-                    add_candidate(&connection, candidate).await;
+                    add_candidate(&connection, candidate, self.skip_remote_loopback).await;
                 }
                 Ok(())
             }
@@ -586,7 +604,7 @@ impl Peer {
                     .await
                     .map_err(PeerError::bad("offer"))?;
                 negotiation.remote_sdp = Some(sdp);
-                flush_pending(&connection, &mut negotiation).await;
+                flush_pending(&connection, &mut negotiation, self.skip_remote_loopback).await;
 
                 let answer = connection
                     .create_answer(None)
@@ -618,7 +636,7 @@ impl Peer {
                     .await
                     .map_err(PeerError::bad("answer"))?;
                 negotiation.remote_sdp = Some(sdp);
-                flush_pending(&connection, &mut negotiation).await;
+                flush_pending(&connection, &mut negotiation, self.skip_remote_loopback).await;
                 Ok(())
             }
         }
@@ -829,13 +847,25 @@ fn is_repeat(
     }
 }
 
-async fn flush_pending(connection: &Arc<dyn PeerConnection>, negotiation: &mut Negotiation) {
+async fn flush_pending(
+    connection: &Arc<dyn PeerConnection>,
+    negotiation: &mut Negotiation,
+    skip_loopback: bool,
+) {
     for candidate in std::mem::take(&mut negotiation.pending) {
-        add_candidate(connection, candidate).await;
+        add_candidate(connection, candidate, skip_loopback).await;
     }
 }
 
-async fn add_candidate(connection: &Arc<dyn PeerConnection>, candidate: IceCandidate) {
+async fn add_candidate(
+    connection: &Arc<dyn PeerConnection>,
+    candidate: IceCandidate,
+    skip_loopback: bool,
+) {
+    if skip_loopback && candidate_ip(&candidate.candidate).is_some_and(|ip| ip.is_loopback()) {
+        debug!(candidate = %candidate.candidate, "not using a remote loopback candidate");
+        return;
+    }
     let init = RTCIceCandidateInit {
         candidate: candidate.candidate,
         sdp_mid: candidate.sdp_mid,
@@ -846,6 +876,13 @@ async fn add_candidate(connection: &Arc<dyn PeerConnection>, candidate: IceCandi
     if let Err(error) = connection.add_ice_candidate(init.clone()).await {
         warn!(%error, candidate = %init.candidate, "skipping a remote candidate");
     }
+}
+
+/// The address of an SDP candidate line (`candidate:F 1 udp P ADDRESS PORT typ …`), if it is an
+/// IP address (not an mDNS name).
+fn candidate_ip(candidate: &str) -> Option<IpAddr> {
+    let line = candidate.strip_prefix("a=").unwrap_or(candidate);
+    line.split_ascii_whitespace().nth(4)?.parse().ok()
 }
 
 /// The engine's callbacks. They run on the engine's driver, so they only hand things on.
@@ -1041,6 +1078,19 @@ fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candidate_addresses_are_read() {
+        let host = "candidate:3831815203 1 udp 2130706431 127.0.0.1 50886 typ host";
+        assert_eq!(candidate_ip(host), Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        let srflx = "a=candidate:1 1 udp 1694498815 198.51.100.11 50886 typ srflx raddr 10.1.0.2 rport 50886";
+        assert_eq!(candidate_ip(srflx), "198.51.100.11".parse().ok());
+        assert_eq!(
+            candidate_ip("candidate:1 1 udp 1 6a1f0c.local 50886 typ host"),
+            None
+        );
+        assert_eq!(candidate_ip(""), None);
+    }
 
     #[test]
     fn tcp_and_tls_turn_urls_are_unsupported() {

@@ -69,9 +69,11 @@ pub const GLARE_WINDOW: Duration = Duration::from_secs(2);
 /// it and end its attempt, so that the announce finds it with none and it offers.
 pub const ANNOUNCE_SOON: Duration = Duration::from_millis(300);
 
-/// How long the first announce waits for the hub's ICE servers
-/// ([`SwarmOptions::ice_servers_from_hub`]): connections made before they arrive would have no
-/// TURN server. A hub that hands out none answers at once (404).
+/// How long a joining swarm waits for the hub's ICE servers
+/// ([`SwarmOptions::ice_servers_from_hub`]) before it starts connections: its first announce,
+/// and the announces and offers it hears, wait (they are handled in order once the servers are
+/// in). Connections made before would have no TURN server. A hub that hands out none answers
+/// at once (404).
 pub const FIRST_ICE_SERVERS_WAIT: Duration = Duration::from_secs(3);
 
 /// How soon to ask the hub again after fetching its ICE servers failed.
@@ -101,7 +103,7 @@ pub struct SwarmOptions {
     pub ice_servers: Vec<IceServer>,
     /// Also use the STUN/TURN servers the hub hands out at `GET /ice-servers` (`signalhub
     /// listen --ice-server … --turn-secret …`; a hub without them answers 404, which is fine):
-    /// fetched at join (the first announce waits up to [`FIRST_ICE_SERVERS_WAIT`] for them) and
+    /// fetched at join (connections wait up to [`FIRST_ICE_SERVERS_WAIT`] for them) and
     /// again before their TURN credential expires, and added to `ice_servers` for every new
     /// connection. On by default.
     pub ice_servers_from_hub: bool,
@@ -451,15 +453,18 @@ impl SwarmLoop {
         let mut inbox_open = false;
         let ice_refresh = tokio::time::sleep_until(far);
         tokio::pin!(ice_refresh);
-        // Until the hub's ICE servers are in (or FIRST_ICE_SERVERS_WAIT has passed), the first
-        // announce waits: the offers it brings would otherwise be made without TURN.
+        // Until the hub's ICE servers are in (or FIRST_ICE_SERVERS_WAIT has passed), nothing
+        // starts a connection: the announce waits, and announces and offers heard meanwhile are
+        // held, then handled in order. Connections made before would have no TURN server.
         let joined = Instant::now();
-        let mut ice_pending = self.options.ice_servers_from_hub;
-        let mut announce_held = false;
-        if ice_pending {
+        let mut holding = self.options.ice_servers_from_hub;
+        let mut held: Vec<(bool, Value)> = Vec::new();
+        let mut announce_due = false;
+        if holding {
             self.fetch_ice_servers();
         }
         loop {
+            let mut release = false;
             tokio::select! {
                 () = stop.cancelled() => break,
                 changed = self.inbox_hubs.changed() => {
@@ -474,42 +479,62 @@ impl SwarmLoop {
                     }
                     inbox_open = open;
                 }
-                () = &mut announce, if !announce_held => {
-                    if ice_pending && joined.elapsed() < FIRST_ICE_SERVERS_WAIT {
+                () = &mut announce, if !announce_due => {
+                    if holding {
                         debug!("holding the first announce for the hub's ICE servers");
-                        announce_held = true;
-                        announce.as_mut().reset(joined + FIRST_ICE_SERVERS_WAIT);
-                        continue;
-                    }
-                    if self.connected_count() < self.options.max_peers {
-                        self.announce();
+                        announce_due = true;
                     } else {
-                        debug!("full: not announcing");
+                        if self.connected_count() < self.options.max_peers {
+                            self.announce();
+                        } else {
+                            debug!("full: not announcing");
+                        }
+                        announce.as_mut().reset(Instant::now() + self.announce_period());
                     }
-                    announce.as_mut().reset(Instant::now() + self.announce_period());
                 }
-                Some(message) = self.all.next() => self.on_all(message).await,
-                Some(message) = self.inbox.next() => self.on_inbox(message).await,
+                Some(message) = self.all.next() => {
+                    if holding {
+                        held.push((true, message));
+                    } else {
+                        self.on_all(message).await;
+                    }
+                }
+                Some(message) = self.inbox.next() => {
+                    if holding {
+                        held.push((false, message));
+                    } else {
+                        self.on_inbox(message).await;
+                    }
+                }
                 Some(notice) = self.notices.recv() => self.on_notice(notice),
                 Some(result) = self.ice_results.recv() => {
-                    ice_pending = false;
                     let again = self.on_ice_servers(result);
                     ice_refresh.as_mut().reset(again.map_or(far, |after| Instant::now() + after));
-                    if std::mem::take(&mut announce_held) {
-                        announce.as_mut().reset(Instant::now());
-                    }
+                    release = holding;
                 }
                 () = &mut ice_refresh => {
                     ice_refresh.as_mut().reset(far);
                     self.fetch_ice_servers();
                 }
-                () = tokio::time::sleep_until(joined + FIRST_ICE_SERVERS_WAIT), if announce_held => {
-                    debug!("no ICE servers from the hub in time; announcing without them");
-                    announce_held = false;
-                    announce.as_mut().reset(Instant::now());
+                () = tokio::time::sleep_until(joined + FIRST_ICE_SERVERS_WAIT), if holding => {
+                    debug!("no ICE servers from the hub in time; going on without them");
+                    release = true;
                 }
                 _ = stall_check.tick() => self.drop_stalled(),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+            if release {
+                holding = false;
+                for (on_all, message) in std::mem::take(&mut held) {
+                    if on_all {
+                        self.on_all(message).await;
+                    } else {
+                        self.on_inbox(message).await;
+                    }
+                }
+                if std::mem::take(&mut announce_due) {
+                    announce.as_mut().reset(Instant::now());
+                }
             }
             if std::mem::take(&mut self.announce_soon) {
                 announce.as_mut().reset(Instant::now() + ANNOUNCE_SOON);
