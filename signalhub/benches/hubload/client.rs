@@ -707,7 +707,9 @@ pub(crate) struct Plan {
 /// A window that has not moved for this long counts as a stall and is written off.
 pub(crate) const STALL: Duration = Duration::from_secs(2);
 
-pub(crate) async fn poster(mut conn: PostConn, plan: Arc<Plan>, shared: Arc<Shared>) {
+/// Posts the plan's messages; path `i` goes out on `conns[i % conns.len()]` (one connection per
+/// hub when a cluster's nodes take the posts in turn).
+pub(crate) async fn poster(mut conns: Vec<PostConn>, plan: Arc<Plan>, shared: Arc<Shared>) {
     let mut consecutive_errors = 0u32;
     loop {
         if plan.stop.load(Relaxed) {
@@ -738,7 +740,10 @@ pub(crate) async fn poster(mut conn: PostConn, plan: Arc<Plan>, shared: Arc<Shar
             }
         }
         let seq = plan.sent.fetch_add(1, SeqCst);
-        let path = &plan.paths[seq as usize % plan.paths.len()];
+        let index = seq as usize % plan.paths.len();
+        let path = &plan.paths[index];
+        let at = index % conns.len();
+        let conn = &mut conns[at];
         match conn.post(path, seq, plan.body_bytes).await {
             Ok(200) => {
                 consecutive_errors = 0;

@@ -7,7 +7,14 @@ use crate::*;
 pub(crate) enum Kind {
     Rust,
     Js,
-    External { url: String, pid: Option<u32> },
+    External {
+        url: String,
+        pid: Option<u32>,
+    },
+    /// The Rust hub as one node of a cluster on this Redis (`--redis URL`).
+    Node {
+        redis: String,
+    },
 }
 
 #[derive(Clone)]
@@ -65,7 +72,7 @@ impl HubProc {
                     overflows_at_start: listen_overflows(),
                 })
             }
-            Kind::Rust => {
+            Kind::Rust | Kind::Node { .. } => {
                 let port = free_port()?;
                 let mut command = Command::new(env!("CARGO_BIN_EXE_signalhub"));
                 command.args([
@@ -84,6 +91,9 @@ impl HubProc {
                     "--max-connections-per-ip",
                     "0",
                 ]);
+                if let Kind::Node { redis } = &target.kind {
+                    command.args(["--redis", redis]);
+                }
                 (command, port)
             }
             Kind::Js => {
@@ -155,10 +165,6 @@ impl HubProc {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    pub(crate) fn cpu(&self) -> Option<f64> {
-        self.pid.and_then(|pid| cpu_secs(Some(pid)))
     }
 
     pub(crate) fn rss(&self) -> Option<u64> {
@@ -244,7 +250,7 @@ pub(crate) async fn finish_hub(
             .problems
             .push(format!("{}: {label}: {p}", target.name));
     }
-    for p in hub.stop(matches!(target.kind, Kind::Rust)) {
+    for p in hub.stop(matches!(target.kind, Kind::Rust | Kind::Node { .. })) {
         report
             .problems
             .push(format!("{}: {label}: {p}", target.name));

@@ -33,10 +33,21 @@
 //! Client sockets are bound to several loopback source addresses (127.0.0.2, ...) so that the
 //! ephemeral port range of one address is no limit.
 //!
+//! With `--cluster N` it starts a `redis-server` and N hub nodes (`signalhub listen --redis`) as
+//! well as a single hub, and runs `idle` (100 000 subscribers held across the nodes by worker
+//! processes), `fanout`, `channels` and `inflight` across nodes against the single hub: see
+//! `cluster_scenarios.rs`.
+//!
+//! ```text
+//! cargo bench -p signalhub --bench hubload -- --cluster 6 [--scenario idle,fanout,channels,inflight]
+//!     [--rounds 3] [--max-idle 100000] [--worker-subscribers 15000] [--threads N]
+//! ```
+//!
 //! The files: `main.rs` (command line, settings, the run), `client.rs` (the load clients: SSE
 //! readers, posters, idle connections), `scenarios.rs` (each scenario, and how its figures go into
 //! the report), `hubs.rs` (starting and stopping the hubs under test), `report.rs` (latency
-//! histogram, the Markdown table) and `sys.rs` (clock and `/proc`).
+//! histogram, the Markdown table), `sys.rs` (clock and `/proc`), `cluster.rs` (Redis, cluster
+//! nodes, generator worker processes) and `cluster_scenarios.rs` (the `--cluster` scenarios).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -57,12 +68,16 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 mod client;
+mod cluster;
+mod cluster_scenarios;
 mod hubs;
 mod report;
 mod scenarios;
 mod sys;
 
 use client::*;
+use cluster::*;
+use cluster_scenarios::*;
 use hubs::*;
 use report::*;
 use scenarios::*;
@@ -120,6 +135,21 @@ struct Opts {
     /// Worker threads of the generator's runtime (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run N hub nodes on one redis-server (started here) and compare them with a single hub, in
+    /// the `idle`, `fanout`, `channels` and `inflight` scenarios (the default with --cluster).
+    #[arg(long, value_name = "N", conflicts_with = "hub", value_parser = clap::value_parser!(u16).range(2..))]
+    cluster: Option<u16>,
+    /// With --cluster: most idle subscribers one generator process (worker) holds; the idle
+    /// scenario starts as many workers as it needs.
+    #[arg(long, default_value_t = 15_000)]
+    worker_subscribers: usize,
+    /// With --cluster: rounds of each delivery scenario, the single hub and the cluster taking
+    /// turns (default 3; 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Internal: run as a load-generator worker of --cluster (a job on standard input).
+    #[arg(long, hide = true)]
+    worker: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -156,6 +186,7 @@ struct Cfg {
     body_bytes: usize,
     concurrency: usize,
     ramp_batch: usize,
+    rounds: usize,
 }
 
 impl Cfg {
@@ -184,6 +215,7 @@ impl Cfg {
             body_bytes: opts.body_bytes.max(40),
             concurrency: opts.concurrency.max(1),
             ramp_batch: if quick { 1_000 } else { 2_500 },
+            rounds: opts.rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
         }
     }
 }
@@ -246,6 +278,9 @@ fn self_check() {
 
 fn main() -> Result<()> {
     let opts = Opts::parse();
+    if opts.worker {
+        return worker_main();
+    }
     self_check();
     let cfg = Cfg::new(&opts);
     let want_fds = (cfg.max_idle_rust.max(cfg.max_idle_js) + 10_000) as u64;
@@ -255,6 +290,9 @@ fn main() -> Result<()> {
         builder.worker_threads(threads.max(1));
     }
     let runtime = builder.enable_all().build()?;
+    if let Some(n) = opts.cluster {
+        return runtime.block_on(run_cluster(&opts, &cfg, n.into(), limit_note));
+    }
     runtime.block_on(run(opts, cfg, limit_note))
 }
 

@@ -218,14 +218,19 @@ impl Report {
 
     pub(crate) fn print(&self, targets: &[Target]) {
         let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
-        let ratio = names.contains(&"rust") && names.contains(&"js");
+        self.print_columns(&names, ("rust", "js"), "issue target (rust/js)");
+    }
+
+    /// The table with a column per name, and `a/b` with the goal when both columns are there.
+    pub(crate) fn print_columns(&self, names: &[&str], (a, b): (&str, &str), goal: &str) {
+        let ratio = names.contains(&a) && names.contains(&b);
         let mut out = String::new();
         let _ = write!(out, "| scenario | metric |");
-        for name in &names {
+        for name in names {
             let _ = write!(out, " {name} |");
         }
         if ratio {
-            let _ = write!(out, " rust/js | issue target (rust/js) |");
+            let _ = write!(out, " {a}/{b} | {goal} |");
         }
         out.push('\n');
         let columns = 2 + names.len() + if ratio { 2 } else { 0 };
@@ -244,7 +249,7 @@ impl Report {
             last_scenario = &row.scenario;
             let _ = write!(out, "| {scenario} | {} |", row.metric);
             let get = |name: &str| row.values.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
-            for name in &names {
+            for name in names {
                 match get(name) {
                     Some(v) => {
                         let _ = write!(out, " {} |", fmt_value(v, row.unit));
@@ -253,7 +258,7 @@ impl Report {
                 }
             }
             if ratio {
-                match get("rust").zip(get("js")) {
+                match get(a).zip(get(b)) {
                     Some((r, j)) if j != 0.0 && row.ratio => {
                         let q = r / j;
                         let text = if q >= 10.0 {

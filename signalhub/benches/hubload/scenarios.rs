@@ -6,6 +6,8 @@ use crate::*;
 pub(crate) struct Snapshot {
     pub(crate) at: Instant,
     pub(crate) hub_cpu: Option<f64>,
+    /// CPU seconds of each measured process (a cluster's nodes and Redis).
+    pub(crate) parts: Vec<Option<f64>>,
     pub(crate) gen_cpu: f64,
     pub(crate) machine: Option<f64>,
     pub(crate) delivered: u64,
@@ -13,9 +15,20 @@ pub(crate) struct Snapshot {
 }
 
 pub(crate) fn snapshot(hub: &HubProc, shared: &Shared) -> Snapshot {
+    // The hub's CPU is that of its process.
+    snapshot_of(&[hub.pid], shared)
+}
+
+/// A snapshot whose hub CPU is the sum over `pids` (unknown if one is).
+pub(crate) fn snapshot_of(pids: &[Option<u32>], shared: &Shared) -> Snapshot {
+    let parts: Vec<Option<f64>> = pids
+        .iter()
+        .map(|&pid| pid.and_then(|p| cpu_secs(Some(p))))
+        .collect();
     Snapshot {
         at: Instant::now(),
-        hub_cpu: hub.cpu(),
+        hub_cpu: parts.iter().copied().sum(),
+        parts,
         gen_cpu: cpu_secs(None).unwrap_or(0.0),
         machine: machine_busy_secs(),
         delivered: shared.delivered.load(SeqCst),
@@ -28,7 +41,11 @@ pub(crate) struct Usage {
     pub(crate) secs: f64,
     pub(crate) work: u64,
     pub(crate) hub_cpu: Option<f64>,
+    /// CPU seconds of each measured process.
+    pub(crate) parts: Vec<Option<f64>>,
     pub(crate) gen_cpu: f64,
+    /// CPU seconds of all processes of the machine.
+    pub(crate) machine_cpu: Option<f64>,
     /// CPU seconds of every other process of the machine (other work competing for the cores).
     pub(crate) other_cpu: Option<f64>,
 }
@@ -45,13 +62,27 @@ impl Usage {
                 b.posts - a.posts
             },
             hub_cpu,
+            parts: a
+                .parts
+                .iter()
+                .zip(&b.parts)
+                .map(|(a, b)| a.zip(*b).map(|(a, b)| b - a))
+                .collect(),
             gen_cpu,
+            machine_cpu: a.machine.zip(b.machine).map(|(a, b)| b - a),
             other_cpu: a
                 .machine
                 .zip(b.machine)
                 .filter(|_| hub_cpu.is_some())
                 .map(|(a, b)| (b - a - gen_cpu - hub_cpu.unwrap_or(0.0)).max(0.0)),
         }
+    }
+
+    /// Idle share of the machine's cores during the run.
+    pub(crate) fn idle_pct(&self) -> Option<f64> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        self.machine_cpu
+            .map(|c| (100.0 - c * 100.0 / (self.secs * cores)).max(0.0))
     }
 
     pub(crate) fn other_pct(&self) -> Option<f64> {
@@ -94,8 +125,34 @@ pub(crate) struct DeliveryResult {
 
 pub(crate) static RUN: AtomicU64 = AtomicU64::new(0);
 
+/// Where a delivery run connects, and whose CPU it measures.
+pub(crate) struct Layout {
+    /// Subscriber `k` of each channel connects to `subscribers[k % len]`.
+    pub(crate) subscribers: Vec<Arc<HubAddr>>,
+    /// Posts to channel `c` go to `posts[c % len]`.
+    pub(crate) posts: Vec<Arc<HubAddr>>,
+    /// The processes whose CPU counts as the hub's.
+    pub(crate) pids: Vec<Option<u32>>,
+    /// Before posting, wait until each of these hubs reports at least this many Redis
+    /// subscriptions (`signalhub_cluster_redis_subscriptions`): a cluster node subscribes in
+    /// Redis a moment after its first local subscriber arrives.
+    pub(crate) settle: Vec<(Arc<HubAddr>, u64)>,
+}
+
+impl Layout {
+    /// Everything on one hub.
+    pub(crate) fn single(hub: &HubProc) -> Layout {
+        Layout {
+            subscribers: vec![hub.addr.clone()],
+            posts: vec![hub.addr.clone()],
+            pids: vec![hub.pid],
+            settle: Vec::new(),
+        }
+    }
+}
+
 pub(crate) async fn run_delivery(
-    hub: &HubProc,
+    layout: &Layout,
     spec: &DeliverySpec,
     cfg: &Cfg,
     label: &str,
@@ -103,7 +160,10 @@ pub(crate) async fn run_delivery(
     let run = RUN.fetch_add(1, Relaxed);
     let shared = Arc::new(Shared::default());
     let total = spec.channels * spec.subs_per_channel;
-    let sources = Sources::new(total + spec.posters, &hub.addr);
+    let sources = Sources::new(
+        total + spec.posters * layout.posts.len(),
+        &layout.subscribers[0],
+    );
     let opening = Arc::new(Semaphore::new(OPENING));
     let paths: Vec<String> = (0..spec.channels)
         .map(|c| format!("/v1/bench/r{run}-c{c}"))
@@ -118,8 +178,9 @@ pub(crate) async fn run_delivery(
             open_timeout: Duration::from_secs(10),
             status: None,
         };
+        let hub = &layout.subscribers[(i / spec.channels) % layout.subscribers.len()];
         readers.push(tokio::spawn(subscriber(
-            hub.addr.clone(),
+            hub.clone(),
             sub,
             shared.clone(),
             opening.clone(),
@@ -136,6 +197,12 @@ pub(crate) async fn run_delivery(
             shared.first_error().unwrap_or_default()
         );
     }
+    for (hub, want) in &layout.settle {
+        if let Err(err) = settle_subscriptions(hub, *want, Duration::from_secs(30)).await {
+            stop_readers(readers, &shared).await;
+            bail!("{label}: {err:#}");
+        }
+    }
     let plan = Arc::new(Plan {
         paths,
         fanout: spec.subs_per_channel as u64,
@@ -149,17 +216,21 @@ pub(crate) async fn run_delivery(
     });
     let posters: Vec<JoinHandle<()>> = (0..spec.posters)
         .map(|p| {
-            let conn = PostConn::new(hub.addr.clone(), sources.get(total + p));
-            tokio::spawn(poster(conn, plan.clone(), shared.clone()))
+            let conns = (layout.posts.iter().enumerate())
+                .map(|(h, hub)| {
+                    PostConn::new(hub.clone(), sources.get(total + p * layout.posts.len() + h))
+                })
+                .collect();
+            tokio::spawn(poster(conns, plan.clone(), shared.clone()))
         })
         .collect();
     tokio::time::sleep(spec.warmup).await;
     reset_latencies();
-    let a = snapshot(hub, &shared);
+    let a = snapshot_of(&layout.pids, &shared);
     shared.recording.store(true, SeqCst);
     tokio::time::sleep(cfg.duration).await;
     shared.recording.store(false, SeqCst);
-    let b = snapshot(hub, &shared);
+    let b = snapshot_of(&layout.pids, &shared);
     plan.stop.store(true, SeqCst);
     shared.notify.notify_waiters();
     for handle in posters {
@@ -245,7 +316,7 @@ pub(crate) async fn run_post(hub: &HubProc, cfg: &Cfg) -> Result<PostResult> {
     let posters: Vec<JoinHandle<()>> = (0..cfg.concurrency)
         .map(|p| {
             tokio::spawn(poster(
-                PostConn::new(hub.addr.clone(), sources.get(p)),
+                vec![PostConn::new(hub.addr.clone(), sources.get(p))],
                 plan.clone(),
                 shared.clone(),
             ))
@@ -589,7 +660,7 @@ pub(crate) async fn delivery(
                     continue;
                 }
             };
-        match run_delivery(&hub, spec, cfg, label).await {
+        match run_delivery(&Layout::single(&hub), spec, cfg, label).await {
             Ok(result) => {
                 record_delivery(report, label, &target.name, &result, p99_goal);
                 for p in result.problems {
