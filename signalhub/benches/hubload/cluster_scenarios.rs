@@ -294,6 +294,9 @@ async fn compare(
                 variant.suffix,
                 cpu_goal,
             );
+            if let Some(also) = variant.also {
+                record_cluster_delivery(report, label, variant.column, &merged, also, cpu_goal);
+            }
         }
     }
     // Per-round figures: each cluster variant against the single hub's same round.
