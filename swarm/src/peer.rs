@@ -53,6 +53,18 @@ const CHECK_TICK: Duration = Duration::from_millis(5);
 /// 200 ms apart).
 const ICE_CHECK_SPAN: Duration = Duration::from_millis(1400);
 
+/// How long after ICE starts checking the controlling side may nominate a pair whose end is a
+/// server-reflexive, peer-reflexive or relay candidate. rtc-ice 0.21's defaults (500 ms, 1 s,
+/// 2 s) hold every such pair back that long even when it is the only one that works, in case a
+/// better one succeeds meanwhile: through symmetric NATs every connection took 2.1 s, and a
+/// connection whose first check came before the other side's candidate (a peer-reflexive pair)
+/// 1 s more. Host pairs still win when they work: they are checked first, succeed within
+/// milliseconds and have the highest priority; the NAT tests assert that a cone NAT's direct
+/// path is still chosen over the relay.
+const SRFLX_WAIT: Duration = Duration::from_millis(100);
+const PRFLX_WAIT: Duration = Duration::from_millis(100);
+const RELAY_WAIT: Duration = Duration::from_millis(300);
+
 /// How long [`Peer::close`] waits for the data channel's closing handshake, which is what lets
 /// the other side notice at once, before it tears the connection down anyway.
 const CHANNEL_CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -408,6 +420,9 @@ impl Peer {
                     .with_multicast_dns_mode(mdns)
                     .with_ice_timeouts(None, None, Some(tick))
                     .with_ice_connection_attempts(Some(check_tick), Some(checks))
+                    .with_srflx_acceptance_min_wait(Some(SRFLX_WAIT))
+                    .with_prflx_acceptance_min_wait(Some(PRFLX_WAIT))
+                    .with_relay_acceptance_min_wait(Some(RELAY_WAIT))
                     .build(),
             )
             .with_runtime(socket_buffers_runtime()?)
