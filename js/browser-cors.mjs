@@ -1,7 +1,7 @@
 // A cross-origin page in headless Chromium subscribes to a hub with EventSource and broadcasts
 // with fetch, for the Rust test in signalhub/tests/browser.rs.
 //
-//   node js/browser-cors.mjs <hub url> [timeout seconds, default 90]
+//   node js/browser-cors.mjs <hub url> [timeout seconds, default 90] [page port, default any]
 //
 // It serves a small static page on 127.0.0.1:<some other port> (so the page's origin differs from
 // the hub's), opens it in Chromium (/usr/bin/chromium, driven by playwright-core, with a fresh
@@ -27,7 +27,7 @@ import path from 'node:path'
 import { chromium } from 'playwright-core'
 
 const CHROMIUM = '/usr/bin/chromium'
-const [hubUrl, timeoutArg] = process.argv.slice(2)
+const [hubUrl, timeoutArg, pagePortArg] = process.argv.slice(2)
 if (!hubUrl) {
   console.error('usage: node browser-cors.mjs <hub url> [timeout seconds]')
   process.exit(64)
@@ -89,7 +89,26 @@ window.outcome = new Promise((resolve) => {
     }
   }
   const es = new EventSource(hub + '/v1/app/ch')
-  es.onerror = () => out.eventSourceErrors.push('error, readyState ' + es.readyState)
+  es.onerror = async () => {
+    out.eventSourceErrors.push('error, readyState ' + es.readyState)
+    // Refused for good (a private hub's 403 or 401): record what a POST gets too, and finish.
+    if (es.readyState === EventSource.CLOSED && !fetched) {
+      fetched = true
+      try {
+        const response = await fetch(hub + '/v1/app/ch', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: out.sent
+        })
+        out.fetchStatus = response.status
+        await response.text()
+      } catch (err) {
+        out.fetchError = String(err)
+      }
+      document.getElementById('status').textContent = 'refused'
+      resolve(out)
+    }
+  }
   es.onmessage = (event) => {
     if (out.received === null) out.received = event.data
     finish()
@@ -128,7 +147,7 @@ const server = http.createServer((req, res) => {
 })
 await new Promise((resolve, reject) => {
   server.once('error', reject)
-  server.listen(0, '127.0.0.1', resolve)
+  server.listen(Number(pagePortArg) || 0, '127.0.0.1', resolve)
 })
 const origin = `http://127.0.0.1:${server.address().port}`
 const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'signalhub-browser-'))

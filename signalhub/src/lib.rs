@@ -22,6 +22,8 @@ pub mod fuzzing;
 mod server;
 
 pub use server::{
-    default_max_connections, turn_credential, ClusterError, Hub, HubConfig, HubError,
-    IceConfigError, IceServers, Metrics, RedisConfig, Rejection, RunningHub, MAX_REFUSALS,
+    default_max_connections, generate_token_keys, mint_token, parse_signing_key,
+    parse_verifying_key, turn_credential, Access, ClusterError, Hub, HubConfig, HubError,
+    IceConfigError, IceServers, KeyError, Metrics, RedisConfig, Rejection, RunningHub, TokenClaims,
+    MAX_REFUSALS,
 };

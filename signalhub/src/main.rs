@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use signalhub::client::Client;
-use signalhub::{Hub, HubConfig, IceServers, RedisConfig};
+use signalhub::{Access, Hub, HubConfig, IceServers, RedisConfig};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +38,25 @@ enum Command {
         #[command(flatten)]
         hubs: HubArgs,
     },
+    /// Mint a token for a private hub (`listen --token-key`): prints it, and the hub URL to give
+    /// clients when --hub is set.
+    Token {
+        /// The app (or `*` pattern, e.g. `chat-*`) the token is for.
+        #[arg(long)]
+        app: String,
+        /// How long it is valid: seconds, or with a unit: 90s, 30m, 12h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+        /// The secret key (64 hex digits, from `signalhub keygen`).
+        #[arg(long, env = "SIGNALHUB_TOKEN_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The hub's URL: also print the token-bearing hub URL (`<hub>/t/<token>`).
+        #[arg(long)]
+        hub: Option<String>,
+    },
+    /// Make a key pair for tokens: the secret signs them (`signalhub token`), the public key goes
+    /// to the hub (`listen --token-key`).
+    Keygen,
     /// Broadcast one JSON message to a channel.
     Broadcast {
         app: String,
@@ -156,6 +175,23 @@ struct ListenArgs {
         hide_env_values = true
     )]
     redis: Option<String>,
+    /// Answer browsers only from this origin (repeatable; e.g. https://app.example): others get
+    /// 403. Requests without an Origin header (not a browser) are not affected. Default: any (*).
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
+    /// Serve only this app (repeatable; `*` matches any run of characters, e.g. chat-*): others
+    /// get 404. Default: every app.
+    #[arg(long = "apps", value_name = "PATTERN")]
+    apps: Vec<String>,
+    /// Require tokens signed by this Ed25519 public key (64 hex digits, from `signalhub keygen`;
+    /// repeatable, to rotate keys). Clients put the token in the hub URL: https://HOST/t/<token>.
+    #[arg(
+        long = "token-key",
+        value_name = "KEY",
+        env = "SIGNALHUB_TOKEN_KEYS",
+        value_delimiter = ','
+    )]
+    token_keys: Vec<String>,
     /// Seconds a TURN credential from GET /ice-servers is valid.
     #[arg(long, default_value_t = 3600)]
     turn_ttl: u64,
@@ -224,6 +260,18 @@ impl ListenArgs {
             web_root: self.web.clone(),
             ice_servers: self.ice_servers()?,
             redis: self.redis.as_deref().map(RedisConfig::new).transpose()?,
+            access: Access {
+                origins: self.allow_origins.clone(),
+                apps: self.apps.clone(),
+                token_keys: self
+                    .token_keys
+                    .iter()
+                    .map(|key| {
+                        signalhub::parse_verifying_key(key)
+                            .with_context(|| format!("--token-key {key:?}"))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            },
         })
     }
 }
@@ -247,6 +295,18 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Listen(args) => listen(*args).await,
         Command::Health { url } => health(url).await,
+        Command::Token {
+            app,
+            ttl,
+            secret,
+            hub,
+        } => token(&app, ttl, &secret, hub.as_deref()),
+        Command::Keygen => {
+            let (secret, public) = signalhub::generate_token_keys();
+            println!("secret key (for `signalhub token --secret`; keep it off the hub): {secret}");
+            println!("public key (for `signalhub listen --token-key`): {public}");
+            Ok(())
+        }
         Command::Subscribe { app, channel, hubs } => subscribe(&app, &channel, hubs.hubs).await,
         Command::Broadcast {
             app,
@@ -282,6 +342,43 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
     }
     hub.run_until(shutdown_signal()).await?;
     tracing::info!("signalhub stopped");
+    Ok(())
+}
+
+/// `90`, `90s`, `30m`, `12h`, `7d`.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: a number of seconds, or with s, m, h or d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (s, m, h or d)")),
+    };
+    match number.checked_mul(scale) {
+        Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(format!("{text:?}: must be positive and not absurdly long")),
+    }
+}
+
+fn token(app: &str, ttl: Duration, secret: &str, hub: Option<&str>) -> anyhow::Result<()> {
+    let key = signalhub::parse_signing_key(secret).context("--secret")?;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .saturating_add(ttl)
+        .as_secs();
+    let token = signalhub::mint_token(&key, app, exp);
+    match hub {
+        Some(hub) => println!("{}/t/{token}", hub.trim_end_matches('/')),
+        None => println!("{token}"),
+    }
     Ok(())
 }
 

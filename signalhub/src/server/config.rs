@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::access::Access;
 use super::ice::IceServers;
 use super::redis_broker::RedisConfig;
 
@@ -67,6 +68,8 @@ pub struct HubConfig {
     /// Makes this hub one node of a cluster: every hub started with the same Redis serves the
     /// same subscribers (see `redis_broker.rs`). `None`: a single hub.
     pub redis: Option<RedisConfig>,
+    /// Who may use the hub: browser origins, apps, tokens (see `access.rs`). Default: everyone.
+    pub access: Access,
 }
 
 impl Default for HubConfig {
@@ -93,6 +96,7 @@ impl Default for HubConfig {
             web_root: None,
             ice_servers: None,
             redis: None,
+            access: Access::default(),
         }
     }
 }

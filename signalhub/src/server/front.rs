@@ -19,6 +19,7 @@ use axum::http::Method;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::access;
 use super::channels::{ChannelKey, Next, Subscription};
 use super::connection::ConnectionContext;
 use super::response;
@@ -34,10 +35,20 @@ const MAX_BATCH_ITEMS: usize = 64;
 /// The most bytes one write sends.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
+/// What an answer says in `Access-Control-Allow-Origin`.
+pub(crate) enum Cors {
+    /// `*`: a hub open to every origin.
+    Any,
+    /// This (allowed) origin, with `Vary: Origin`.
+    Origin(String),
+    /// Nothing: a hub with an origin list, asked by a client that is not a browser.
+    None,
+}
+
 /// What to do with a connection after its first request head has been looked at.
 pub(crate) enum First {
-    /// A subscription served here.
-    Subscribe(Vec<ChannelKey>),
+    /// A subscription served here, and what its answer grants for CORS.
+    Subscribe(Vec<ChannelKey>, Cors),
     /// Anything else: hyper serves it, starting with these bytes.
     Hyper(Bytes),
     /// The client closed or sent nothing in time.
@@ -80,7 +91,7 @@ where
         }
     }
     match subscription_keys(state, &buf) {
-        Some(keys) => First::Subscribe(keys),
+        Some((keys, origin)) => First::Subscribe(keys, origin),
         None => First::Hyper(Bytes::from(buf)),
     }
 }
@@ -93,7 +104,7 @@ where
 /// rather than in hyper matters because hyper, holding those unread bytes, would not read on and
 /// so would not notice the client leave until a heartbeat failed to write (30 s); here the
 /// connection is read, and closed at once on end of stream (or on further bytes).
-fn subscription_keys(state: &HubState, buf: &[u8]) -> Option<Vec<ChannelKey>> {
+fn subscription_keys(state: &HubState, buf: &[u8]) -> Option<(Vec<ChannelKey>, Cors)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(_) = request.parse(buf).ok()? else {
@@ -111,23 +122,67 @@ fn subscription_keys(state: &HubState, buf: &[u8]) -> Option<Vec<ChannelKey>> {
     if expects_more {
         return None;
     }
-    match routes::route(&Method::GET, request.path?, state.path_limits) {
-        Route::Subscribe { app, channels } => Some(
-            channels
+    let target = request.path?;
+    let (path_token, target) = match access::split_token_path(target) {
+        Some((token, rest)) => (Some(token), rest),
+        None => (None, target),
+    };
+    let Route::Subscribe { app, channels } = routes::route(&Method::GET, target, state.path_limits)
+    else {
+        return None;
+    };
+    let mut cors = Cors::Any;
+    let rules = &state.config.access;
+    if !rules.is_public() {
+        let header = |name: &str| {
+            request
+                .headers
                 .iter()
-                .map(|channel| ChannelKey::new(app, channel))
-                .collect(),
-        ),
-        _ => None,
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+        };
+        let origin = header("origin");
+        let token = access::find_token(path_token, target, header("cookie"));
+        // A refusal is hyper's to answer, with its message and metric.
+        rules.check_origin(origin).ok()?;
+        rules.check_app(app, token).ok()?;
+        if rules.restricts_origins() {
+            cors = match rules.allow_origin_value(origin) {
+                Some(origin) => Cors::Origin(origin.to_string()),
+                None => Cors::None,
+            };
+        }
     }
+    Some((
+        channels
+            .iter()
+            .map(|channel| ChannelKey::new(app, channel))
+            .collect(),
+        cors,
+    ))
 }
 
 /// The SSE response head, as hyper writes it for the same response (so that a subscriber cannot
 /// tell which path served it).
-fn response_head() -> Vec<u8> {
+fn response_head(cors: &Cors) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    head.extend_from_slice(response::raw_cors_lines().as_bytes());
+    let any = "Access-Control-Allow-Origin: *\r\n";
+    match cors {
+        Cors::Any => head.extend_from_slice(response::raw_cors_lines().as_bytes()),
+        // A private hub names the (allowed) origin, or none, as hyper's path does.
+        Cors::Origin(origin) => {
+            let line = format!("Access-Control-Allow-Origin: {origin}\r\n");
+            let lines = response::raw_cors_lines().replacen(any, &line, 1);
+            head.extend_from_slice(lines.as_bytes());
+            head.extend_from_slice(b"Vary: Origin\r\n");
+        }
+        Cors::None => {
+            let lines = response::raw_cors_lines().replacen(any, "", 1);
+            head.extend_from_slice(lines.as_bytes());
+            head.extend_from_slice(b"Vary: Origin\r\n");
+        }
+    }
     head.extend_from_slice(
         b"Content-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\nDate: ",
     );
@@ -143,6 +198,7 @@ pub(crate) async fn serve_subscription<S>(
     conn: Arc<ConnectionContext>,
     io: S,
     keys: Vec<ChannelKey>,
+    cors: Cors,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -169,7 +225,7 @@ pub(crate) async fn serve_subscription<S>(
         }
     };
     let stream = async {
-        writer.write_all(&response_head()).await?;
+        writer.write_all(&response_head(&cors)).await?;
         writer.flush().await?;
         let mut batch = Vec::new();
         loop {

@@ -54,11 +54,23 @@ pub enum Rejection {
     AmbiguousFraming,
     /// A client that read nothing for the write timeout: the connection is closed.
     WriteTimeout,
+    /// A browser request from an origin not in `--allow-origin` (403).
+    OriginNotAllowed,
+    /// An app not in `--apps` (404).
+    AppNotServed,
+    /// No token, on a hub that needs one (401).
+    TokenMissing,
+    /// A token that is malformed or not signed by a trusted key (403).
+    TokenInvalid,
+    /// A token past its expiry (403).
+    TokenExpired,
+    /// A token for another app (403).
+    TokenWrongApp,
 }
 
 impl Rejection {
     /// Every reason, so that each is exported (at zero) from the start.
-    pub const ALL: [Rejection; 19] = [
+    pub const ALL: [Rejection; 25] = [
         Rejection::BodyTooLarge,
         Rejection::BodyHasNewline,
         Rejection::EmptyBody,
@@ -78,6 +90,12 @@ impl Rejection {
         Rejection::UnexpectedBytes,
         Rejection::AmbiguousFraming,
         Rejection::WriteTimeout,
+        Rejection::OriginNotAllowed,
+        Rejection::AppNotServed,
+        Rejection::TokenMissing,
+        Rejection::TokenInvalid,
+        Rejection::TokenExpired,
+        Rejection::TokenWrongApp,
     ];
 
     /// The label value, in snake case.
@@ -102,6 +120,12 @@ impl Rejection {
             Rejection::UnexpectedBytes => "unexpected_bytes",
             Rejection::AmbiguousFraming => "ambiguous_framing",
             Rejection::WriteTimeout => "write_timeout",
+            Rejection::OriginNotAllowed => "origin_not_allowed",
+            Rejection::AppNotServed => "app_not_served",
+            Rejection::TokenMissing => "token_missing",
+            Rejection::TokenInvalid => "token_invalid",
+            Rejection::TokenExpired => "token_expired",
+            Rejection::TokenWrongApp => "token_wrong_app",
         }
     }
 }

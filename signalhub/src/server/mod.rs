@@ -5,6 +5,7 @@
 //! and a kill switch that closes a connection from outside (a subscriber dropped for falling
 //! behind may have hyper blocked in a write, where no response body is ever polled again).
 
+pub(crate) mod access;
 mod broker;
 mod channels;
 mod config;
@@ -45,6 +46,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use access::{
+    generate_token_keys, mint_token, parse_signing_key, parse_verifying_key, Access, KeyError,
+    TokenClaims,
+};
 use channels::{FanOut, QueueLimits, Registry, SHARDS};
 pub use config::{default_max_connections, HubConfig, MAX_REFUSALS};
 use connection::ConnectionContext;
@@ -414,7 +419,9 @@ where
     };
     match first {
         front::First::Gone => {}
-        front::First::Subscribe(keys) => front::serve_subscription(state, conn, io, keys).await,
+        front::First::Subscribe(keys, origin) => {
+            front::serve_subscription(state, conn, io, keys, origin).await
+        }
         front::First::Hyper(prefix) => {
             serve_with_hyper(state, conn, front::Rewind::new(prefix, io)).await
         }

@@ -17,6 +17,8 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, Stat
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 
+use super::access::{find_token, split_token_path, Denial};
+use super::broker::app_of;
 use super::channels::{ChannelKey, Subscription};
 use super::connection::ConnectionContext;
 use super::limits::{client_key, PathLimits};
@@ -161,8 +163,63 @@ fn name_too_long<'a>(what: &str, name: &str, limits: PathLimits) -> Route<'a> {
     )
 }
 
-/// Serves one request.
+/// Serves one request: on a private hub, its origin, app and token are checked first (see
+/// `access.rs`), and its answer names the request's origin for CORS.
 pub(crate) async fn handle(
+    state: Arc<HubState>,
+    conn: Arc<ConnectionContext>,
+    request: Request<Body>,
+) -> Response<Body> {
+    if state.config.access.is_public() {
+        return serve(state, conn, request).await;
+    }
+    let origin = header_str(request.headers(), header::ORIGIN).map(str::to_string);
+    let access = &state.config.access;
+    let mut response = match access.check_origin(origin.as_deref()) {
+        Ok(()) => serve(state.clone(), conn, request).await,
+        Err(denial) => refuse_access(&state, denial),
+    };
+    if access.restricts_origins() {
+        let headers = response.headers_mut();
+        headers.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        if let Some(value) = access
+            .allow_origin_value(origin.as_deref())
+            .and_then(|allowed| HeaderValue::from_str(allowed).ok())
+        {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        }
+    }
+    response
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn refuse_access(state: &HubState, denial: Denial) -> Response<Body> {
+    state.metrics.reject(denial.reason);
+    error(denial.status, denial.message)
+}
+
+/// The token a request carries (its `/t/<token>` path prefix, `?token=` or cookie), and its
+/// target without the prefix.
+fn token_and_target(request: &Request<Body>) -> (Option<String>, String) {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let (path_token, rest) = match split_token_path(target) {
+        Some((token, rest)) => (Some(token), rest),
+        None => (None, target),
+    };
+    let cookie = header_str(request.headers(), header::COOKIE);
+    let token = find_token(path_token, rest, cookie).map(str::to_string);
+    (token, rest.to_string())
+}
+
+async fn serve(
     state: Arc<HubState>,
     conn: Arc<ConnectionContext>,
     request: Request<Body>,
@@ -171,15 +228,34 @@ pub(crate) async fn handle(
         state.metrics.reject(Rejection::AmbiguousFraming);
         return closing(error(StatusCode::BAD_REQUEST, message));
     }
+    let (token, target) = token_and_target(&request);
+    let access = &state.config.access;
     if is_websocket_upgrade(request.headers()) {
-        return websocket(state, conn, request).await;
+        // signalhubws connects to `<hub url>/<app>`: the app is the last path segment.
+        let path = target.split('?').next().unwrap_or(&target);
+        let app = path.rsplit('/').next().unwrap_or("");
+        if !app.is_empty() {
+            if let Err(denial) = access.check_app(app, token.as_deref()) {
+                return refuse_access(&state, denial);
+            }
+        }
+        return websocket(state, conn, request, app.to_string()).await;
     }
-    let target = request
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    match route(request.method(), target, state.path_limits) {
+    let target = target.as_str();
+    let routed = route(request.method(), target, state.path_limits);
+    let denied = match &routed {
+        Route::Subscribe { app, .. } => access.check_app(app, token.as_deref()).err(),
+        Route::Broadcast { key } => access.check_app(app_of(key), token.as_deref()).err(),
+        // TURN credentials are a relay anyone could use: only for holders of a token.
+        Route::IceServers if state.config.ice_servers.is_some() => {
+            access.check_token(None, token.as_deref()).err()
+        }
+        _ => None,
+    };
+    if let Some(denial) = denied {
+        return refuse_access(&state, denial);
+    }
+    match routed {
         Route::Preflight => empty(StatusCode::OK),
         Route::Info => match &state.config.web_root {
             // With a web root, `GET /` is the page for browsers and the info JSON for the rest.
@@ -442,10 +518,8 @@ async fn websocket(
     state: Arc<HubState>,
     conn: Arc<ConnectionContext>,
     request: Request<Body>,
+    app: String,
 ) -> Response<Body> {
-    let path = request.uri().path();
-    // signalhubws connects to `<hub url>/<app>`: the app is the last path segment.
-    let app = path.rsplit('/').next().unwrap_or("");
     if app.is_empty() {
         state.metrics.reject(Rejection::MalformedPath);
         return error(
@@ -464,7 +538,6 @@ async fn websocket(
             ),
         );
     }
-    let app = app.to_string();
     let client = client_key(
         request.headers(),
         conn.peer.ip(),
