@@ -4,6 +4,9 @@
 //! Off a terminal, stderr has notices but no colour codes and none of the WebRTC engine's
 //! routine warnings; `/me`, `//text` and `/part` + `/join` print as they should, each line once.
 //!
+//! Also through a hub cluster (two chats on different nodes of one Redis), and through a private
+//! hub with a token-bearing hub URL.
+//!
 //! The example's executable is the one `cargo test` builds next to the test binaries.
 
 use std::io::{BufRead, BufReader, Write};
@@ -15,7 +18,9 @@ use std::time::{Duration, Instant};
 use signalhub::{Hub, HubConfig, RunningHub};
 
 mod support;
-use support::{collect_stderr, example, stdout_lines};
+use support::{collect_stderr, example, signalhub_binary, stdout_lines};
+#[path = "../signalhub/tests/support/cluster.rs"]
+mod cluster;
 
 /// How long one line may take to show up (a WebRTC handshake plus a replication round).
 const STEP: Duration = Duration::from_secs(45);
@@ -320,4 +325,71 @@ async fn plain_mode_has_no_escape_codes_or_engine_warnings() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chats_on_different_nodes_of_a_cluster_talk() {
+    let redis = cluster::RedisServer::start();
+    let binary = signalhub_binary();
+    let nodes = [
+        cluster::Node::start(&binary, &redis),
+        cluster::Node::start(&binary, &redis),
+    ];
+    let (first, second) = (nodes[0].url(), nodes[1].url());
+    tokio::task::spawn_blocking(move || {
+        let mut alice = ChatProcess::start(&first, "alice", "#cluster", None);
+        let mut bob = ChatProcess::start(&second, "bob", "#cluster", None);
+        alice.say("hello from node one");
+        bob.expect_line("alice", "hello from node one");
+        bob.say("and back from node two");
+        alice.expect_line("bob", "and back from node two");
+        alice.quit();
+        bob.quit();
+    })
+    .await
+    .expect("the chats talked across nodes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chats_talk_through_a_private_hub_with_a_token_in_the_hub_url() {
+    let (secret, public) = signalhub::generate_token_keys();
+    let secret = signalhub::parse_signing_key(&secret).expect("a key");
+    let hub = Hub::bind(
+        "127.0.0.1:0",
+        HubConfig {
+            quiet: true,
+            access: signalhub::Access {
+                token_keys: vec![signalhub::parse_verifying_key(&public).expect("a key")],
+                ..signalhub::Access::default()
+            },
+            ..HubConfig::default()
+        },
+    )
+    .await
+    .expect("bind a hub")
+    .spawn()
+    .expect("serve the hub");
+    // The chat's app (chatwizard's rooms): any app, for an hour.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        + 3600;
+    let token = signalhub::mint_token(&secret, "*", exp);
+    let url = format!("{}/t/{token}", hub.url());
+    tokio::task::spawn_blocking(move || {
+        let mut alice = ChatProcess::start(&url, "alice", "#private", None);
+        let mut bob = ChatProcess::start(&url, "bob", "#private", None);
+        alice.say("only with a token");
+        bob.expect_line("alice", "only with a token");
+        alice.quit();
+        bob.quit();
+    })
+    .await
+    .expect("the chats talked through the private hub");
+    assert_eq!(
+        hub.metrics().rejected(signalhub::Rejection::TokenMissing),
+        0
+    );
+    hub.shutdown().await.expect("clean shutdown");
 }

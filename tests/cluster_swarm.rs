@@ -10,36 +10,21 @@
 mod cluster;
 #[path = "../signalhub/tests/support/node_script.rs"]
 mod node_script;
+mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cluster::{LoadBalancer, Node, RedisServer};
 use node_script::{require_js_setup, NodeScript};
 use serde_json::json;
 use signalhub::client::ClientOptions;
+use support::signalhub_binary;
 use swarm::{Swarm, SwarmEvent, SwarmOptions, SwarmPeer};
 use tokio::time::timeout;
 
 /// Long enough for a WebRTC handshake on a loaded 2-core machine.
 const STEP: Duration = Duration::from_secs(45);
-
-/// The `signalhub` binary `cargo test` built next to this test.
-fn signalhub_binary() -> PathBuf {
-    let me = std::env::current_exe().expect("the test executable");
-    let profile_dir = me
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
-    let exe = profile_dir.join(format!("signalhub{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        exe.exists(),
-        "{} is missing: a plain `cargo test` builds it; with a filter, run `cargo build -p signalhub` first",
-        exe.display()
-    );
-    exe
-}
 
 /// Loopback host candidates only; quick announces and hub reconnects.
 fn options() -> SwarmOptions {

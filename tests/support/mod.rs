@@ -37,6 +37,23 @@ pub fn example(name: &str) -> PathBuf {
     exe
 }
 
+/// The `signalhub` binary `cargo test` builds next to the test binaries (`target/<profile>/`).
+/// Fails, naming the command that builds it, when it is missing.
+pub fn signalhub_binary() -> PathBuf {
+    let me = std::env::current_exe().expect("the test executable");
+    let profile_dir = me
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let exe = profile_dir.join(format!("signalhub{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        exe.exists(),
+        "{} is missing: a plain `cargo test` builds it; with a filter, run `cargo build -p signalhub` first",
+        exe.display()
+    );
+    exe
+}
+
 /// `js/`, where the Node scripts and their packages are.
 pub fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
