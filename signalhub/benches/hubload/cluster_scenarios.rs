@@ -409,6 +409,8 @@ fn record_cluster_delivery(
         column,
         u.hub_us(),
     );
+    // Redis's share (the last process measured), on the cluster only.
+    report.add_row(scenario, &m("  of which Redis"), Unit::CpuUs, "");
     if u.parts.len() > 1 {
         let redis = u.parts.last().copied().flatten();
         let work = u.work.max(1) as f64;

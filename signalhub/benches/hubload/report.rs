@@ -207,6 +207,24 @@ impl Report {
         self.rows[index].values.push((target.to_string(), v));
     }
 
+    /// Adds a row without values yet, so that it stands where a later value would not put it.
+    pub(crate) fn add_row(&mut self, scenario: &str, metric: &str, unit: Unit, goal: &'static str) {
+        if !self
+            .rows
+            .iter()
+            .any(|r| r.scenario == scenario && r.metric == metric)
+        {
+            self.rows.push(Row {
+                scenario: scenario.to_string(),
+                metric: metric.to_string(),
+                unit,
+                goal,
+                values: Vec::new(),
+                ratio: true,
+            });
+        }
+    }
+
     /// Leaves the Rust/JS ratio of a row blank.
     pub(crate) fn no_ratio(&mut self, scenario: &str, metric: &str) {
         for row in &mut self.rows {
