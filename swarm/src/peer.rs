@@ -58,12 +58,14 @@ const ICE_CHECK_SPAN: Duration = Duration::from_millis(1400);
 /// 2 s) hold every such pair back that long even when it is the only one that works, in case a
 /// better one succeeds meanwhile: through symmetric NATs every connection took 2.1 s, and a
 /// connection whose first check came before the other side's candidate (a peer-reflexive pair)
-/// 1 s more. Host pairs still win when they work: they are checked first, succeed within
-/// milliseconds and have the highest priority; the NAT tests assert that a cone NAT's direct
-/// path is still chosen over the relay.
+/// 1 s more. Host pairs still win when they work: they are checked first and succeed within
+/// milliseconds. The relay keeps a second: libwebrtc (Node's wrtc, browsers) paces its checks,
+/// and its first check of a NAT-to-NAT (srflx) pair can come ~1 s in; with 300 ms a Rust peer
+/// nominated the relay before the direct path to a Node peer behind a cone NAT had been tried
+/// (the NAT tests assert the direct path is chosen, against Rust and against Node).
 const SRFLX_WAIT: Duration = Duration::from_millis(100);
 const PRFLX_WAIT: Duration = Duration::from_millis(100);
-const RELAY_WAIT: Duration = Duration::from_millis(300);
+const RELAY_WAIT: Duration = Duration::from_millis(1000);
 
 /// How long [`Peer::close`] waits for the data channel's closing handshake, which is what lets
 /// the other side notice at once, before it tears the connection down anyway.
@@ -611,8 +613,8 @@ impl Peer {
                 if is_repeat(&negotiation, &sdp, "offer")? {
                     return Ok(());
                 }
-                let offer =
-                    RTCSessionDescription::offer(sdp.clone()).map_err(PeerError::bad("offer"))?;
+                let offer = RTCSessionDescription::offer(self.usable_sdp(&sdp))
+                    .map_err(PeerError::bad("offer"))?;
                 self.shared.remember_mid(&offer);
                 connection
                     .set_remote_description(offer)
@@ -644,8 +646,8 @@ impl Peer {
                 if is_repeat(&negotiation, &sdp, "answer")? {
                     return Ok(());
                 }
-                let answer =
-                    RTCSessionDescription::answer(sdp.clone()).map_err(PeerError::bad("answer"))?;
+                let answer = RTCSessionDescription::answer(self.usable_sdp(&sdp))
+                    .map_err(PeerError::bad("answer"))?;
                 connection
                     .set_remote_description(answer)
                     .await
@@ -655,6 +657,24 @@ impl Peer {
                 Ok(())
             }
         }
+    }
+
+    /// The remote description as the engine gets it: without loopback candidates when they are
+    /// not used (libwebrtc puts the candidates it has gathered into its description too).
+    fn usable_sdp(&self, sdp: &str) -> String {
+        if !self.skip_remote_loopback {
+            return sdp.to_string();
+        }
+        sdp.split_inclusive('\n')
+            .filter(|line| {
+                let loopback = line.starts_with("a=candidate:")
+                    && candidate_ip(line.trim_end()).is_some_and(|ip| ip.is_loopback());
+                if loopback {
+                    debug!(candidate = %line.trim_end(), "not using a remote loopback candidate");
+                }
+                !loopback
+            })
+            .collect()
     }
 
     /// Whether the other side's offer or answer has been applied.
@@ -881,6 +901,7 @@ async fn add_candidate(
         debug!(candidate = %candidate.candidate, "not using a remote loopback candidate");
         return;
     }
+    debug!(candidate = %candidate.candidate, "adding a remote candidate");
     let init = RTCIceCandidateInit {
         candidate: candidate.candidate,
         sdp_mid: candidate.sdp_mid,
