@@ -124,6 +124,11 @@ export function attach (swarm, { emit, now }) {
         case 'id':
           reply.id = swarm.me
           break
+        case 'path': {
+          const [peer] = targets(cmd.to)
+          Object.assign(reply, await selectedPath(peer._pc))
+          break
+        }
         case 'close':
           await new Promise((resolve) => {
             const timer = setTimeout(resolve, 3000)
@@ -141,6 +146,36 @@ export function attach (swarm, { emit, now }) {
   }
 
   return handle
+}
+
+// The selected candidate pair of an RTCPeerConnection, from its stats: the transport's
+// selectedCandidatePairId where the engine reports it, else the nominated, succeeded pair.
+async function selectedPath (pc) {
+  if (!pc) throw new Error('the peer has no connection')
+  const report = await pc.getStats()
+  const stats = new Map()
+  report.forEach((value, key) => stats.set(key, value))
+  let pair = null
+  for (const s of stats.values()) {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId) || pair
+  }
+  if (!pair) {
+    for (const s of stats.values()) {
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = pair || s
+    }
+  }
+  if (!pair) throw new Error('no selected candidate pair')
+  const end = (id) => {
+    const c = stats.get(id)
+    return c ? { type: c.candidateType, address: c.address || c.ip, port: c.port, protocol: c.protocol } : null
+  }
+  return {
+    local: end(pair.localCandidateId),
+    remote: end(pair.remoteCandidateId),
+    bytesSent: pair.bytesSent,
+    bytesReceived: pair.bytesReceived,
+    rtt: pair.currentRoundTripTime
+  }
 }
 
 function drained (peer, failed) {

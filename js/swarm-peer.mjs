@@ -4,8 +4,11 @@
 //
 // Usage: node js/swarm-peer.mjs '<config JSON>'
 //   config: {"hubs": ["http://127.0.0.1:PORT", ...], "app": "<app>",
-//            "id"?: "<uuid to use, default a cuid>", "maxPeers"?: N}
-//   The swarm uses `config: {iceServers: []}` (loopback only, no STUN).
+//            "id"?: "<uuid to use, default a cuid>", "maxPeers"?: N,
+//            "iceServers"?: [RTCIceServer, ...], "iceServersFromHub"?: true}
+//   The swarm uses `config: {iceServers}`: by default none (host candidates only, no STUN); with
+//   "iceServersFromHub", also those the first hub hands out at GET /ice-servers (a 404 means
+//   none), which is how any webrtc-swarm user takes the hub's STUN/TURN servers and credentials.
 //
 // Commands, one JSON object a line on stdin; replies, one a line on stdout. A command may carry
 // "seq": any value, echoed in its reply. A failed command replies {"reply":<cmd>,"error":"..."}.
@@ -23,6 +26,8 @@
 //        from the first write until the data channel's bufferedAmount is back to 0
 //   {"cmd":"peers"}                                      -> {"reply":"peers","ids":[...connected ids]}
 //   {"cmd":"id"}                                         -> {"reply":"id","id":"<swarm.me>"}
+//   {"cmd":"path","to":id}  -> {"reply":"path","local":{"type","address","port","protocol"},
+//        "remote":{…},"bytesSent":N,"bytesReceived":N,"rtt":seconds}: the selected candidate pair
 //   {"cmd":"close"}  swarm.close(), then {"reply":"close"}, {"event":"closed"} and exit 0
 // End of stdin closes the same way.
 // Events:
@@ -77,12 +82,25 @@ try {
 process.on('uncaughtException', (err) => fatal('uncaught: ' + (err && err.stack ? err.stack : String(err))))
 process.on('unhandledRejection', (err) => fatal('unhandled rejection: ' + (err && err.stack ? err.stack : String(err))))
 
+const iceServers = Array.isArray(config.iceServers) ? [...config.iceServers] : []
+if (config.iceServersFromHub) {
+  // What a plain webrtc-swarm user does to use the hub's STUN/TURN servers: fetch them, pass them
+  // as config.iceServers. (TURN credentials expire: a long-running peer fetches them again.)
+  try {
+    const res = await fetch(config.hubs[0].replace(/\/$/, '') + '/ice-servers')
+    if (res.ok) iceServers.push(...await res.json())
+    else if (res.status !== 404) out({ event: 'error', message: `GET /ice-servers: ${res.status}` })
+  } catch (err) {
+    out({ event: 'error', message: 'GET /ice-servers failed: ' + err.message })
+  }
+}
+
 const hub = signalhub(config.app, config.hubs)
 const swarm = webrtcSwarm(hub, {
   wrtc,
   uuid: config.id || undefined,
   maxPeers: config.maxPeers || undefined,
-  config: { iceServers: [] }
+  config: { iceServers }
 })
 const handle = attach(swarm, { emit: out, now: () => performance.now() })
 
