@@ -301,6 +301,10 @@ impl Lab {
             ("NAT_PEER_ICE_FROM_HUB", setup.ice_from_hub.to_string()),
             ("NAT_PEER_BYTES", setup.bytes.to_string()),
             (
+                "NAT_PEER_EXPECT_FILL",
+                setup.expect_fill.map(|f| f.to_string()).unwrap_or_default(),
+            ),
+            (
                 "NAT_PEER_HANDSHAKE_MS",
                 setup.handshake_timeout.as_millis().to_string(),
             ),
@@ -316,6 +320,46 @@ impl Lab {
             index,
             lines,
         }
+    }
+
+    /// Starts a JS webrtc-swarm peer (js/swarm-peer.mjs in Node, @roamhq/wrtc) in `home`, taking
+    /// its ICE servers from the hub as a webrtc-swarm user would.
+    fn start_node_peer(&mut self, home: &str, app: &str) -> PeerProc {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../js/swarm-peer.mjs");
+        let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../js/node_modules/webrtc-swarm");
+        assert!(
+            modules.exists(),
+            "{} is missing: run `npm ci --prefix js` (Node.js 20)",
+            modules.display()
+        );
+        let config = json!({
+            "hubs": [format!("http://{INET}:{HUB_PORT}")],
+            "app": app,
+            "iceServersFromHub": true,
+        });
+        let ns = self.home_ns(home);
+        let (index, lines) = self.spawn(
+            &format!("node-{home}"),
+            &ns,
+            Path::new("node"),
+            &[script.to_string_lossy().into_owned(), config.to_string()],
+            &[],
+        );
+        PeerProc {
+            home: home.to_string(),
+            index,
+            lines,
+        }
+    }
+
+    /// Writes one line to a process's stdin (a command to a Node peer).
+    fn send_line(&mut self, peer: &PeerProc, line: &Value) {
+        let stdin = self.processes[peer.index]
+            .child
+            .stdin
+            .as_mut()
+            .expect("the peer's stdin is open");
+        writeln!(stdin, "{line}").expect("write a command to the peer");
     }
 
     /// Tells a peer to leave (closes its stdin) and waits for it to exit.
@@ -590,6 +634,8 @@ fn assert_hub_credentials_used(lab: &Lab, coturn: usize) {
 struct PeerSetup {
     ice_servers: Value,
     ice_from_hub: bool,
+    /// The other side sends bytes all of this value (a Node peer) rather than the id-seeded ones.
+    expect_fill: Option<u8>,
     bytes: usize,
     handshake_timeout: Duration,
 }
@@ -600,6 +646,7 @@ impl PeerSetup {
         PeerSetup {
             ice_servers,
             ice_from_hub: false,
+            expect_fill: None,
             bytes: MIB,
             handshake_timeout: Duration::from_secs(10),
         }
@@ -621,6 +668,43 @@ struct PeerProc {
 }
 
 impl PeerProc {
+    /// The next JSON line (a Node peer's event or reply) that `wanted` accepts, or a panic after
+    /// `within`; a `fatal` event fails at once.
+    fn expect_json(
+        &self,
+        lab: &Lab,
+        what: &str,
+        within: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                        continue;
+                    };
+                    assert_ne!(
+                        value["event"],
+                        "fatal",
+                        "node peer {}: {value}\n{}",
+                        self.home,
+                        lab.logs()
+                    );
+                    if wanted(&value) {
+                        return value;
+                    }
+                }
+                Err(_) => panic!(
+                    "node peer {}: no {what} within {within:?}\n{}",
+                    self.home,
+                    lab.logs()
+                ),
+            }
+        }
+    }
+
     /// The next report (a `NATPEER {json}` line) whose `event` is one of `events`, or a panic
     /// (with every process's log) after `within`.
     fn expect(&self, lab: &Lab, events: &[&str], within: Duration) -> Value {
@@ -728,6 +812,10 @@ async fn nat_peer() {
                 report(json!({"event": "connected", "peer": id, "open_ms": open_ms, "path": path}));
                 let own_seed = seed(&own_id);
                 let their_seed = seed(&id);
+                // A Node peer (js/swarm-peer.mjs "blast") sends bytes of one value instead.
+                let fill: Option<u8> = std::env::var("NAT_PEER_EXPECT_FILL")
+                    .ok()
+                    .and_then(|v| v.parse().ok());
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let (mut reader, mut writer) = tokio::io::split(peer.stream());
@@ -740,9 +828,10 @@ async fn nat_peer() {
                         reader.read_exact(&mut got).await.map(|_| got)
                     };
                     let (sent, received) = tokio::join!(sending, receiving);
-                    let intact = received
-                        .as_ref()
-                        .is_ok_and(|got| *got == random_bytes(bytes, their_seed));
+                    let intact = received.as_ref().is_ok_and(|got| match fill {
+                        Some(fill) => got.iter().all(|&b| b == fill),
+                        None => *got == random_bytes(bytes, their_seed),
+                    });
                     // The pair's counters include what is still queued in SCTP when the
                     // writes return: wait (a little) until they show every byte sent.
                     let mut path = peer.path().await;
@@ -1143,5 +1232,111 @@ fn hub_credentials_are_refreshed_before_they_expire() {
         refused.is_empty(),
         "coturn refused hub credentials:\n{}",
         refused.join("\n")
+    );
+}
+
+/// A Rust peer in home `a` and a JS webrtc-swarm peer (Node, @roamhq/wrtc) in home `b`, both
+/// behind `kind` NATs and taking ICE servers from the hub, connect and move 1 MiB each way.
+/// Returns the Rust side's `connected` and `transferred` reports and Node's selected path.
+fn rust_and_node(kind: &str) -> (Value, Value, Value, Lab) {
+    let mut lab = Lab::up(&[("a", kind), ("b", kind)]);
+    lab.start_coturn();
+    let flags = hub_ice_flags(&["udp"], 3600);
+    lab.start_hub(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let app = format!("node-{kind}");
+    let mut setup = PeerSetup::from_hub();
+    setup.expect_fill = Some(0x78); // what js/swarm-peer.mjs "blast" sends
+    let rust = lab.start_peer("a", &app, &setup);
+    let node = lab.start_node_peer("b", &app);
+    let rust_id = rust.expect(&lab, &["joined"], PEER_DEADLINE)["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let connect = node.expect_json(&lab, "a connection", PEER_DEADLINE, |e| {
+        e["event"] == "connect" && e["id"] == rust_id.as_str()
+    });
+    lab.send_line(&node, &json!({"cmd": "sink", "to": rust_id, "expect": MIB}));
+    lab.send_line(&node, &json!({"cmd": "blast", "to": rust_id, "bytes": MIB}));
+    let connected = rust.expect(&lab, &["connected", "disconnected"], PEER_DEADLINE);
+    assert_eq!(
+        connected["event"],
+        "connected",
+        "{connected}\n{}",
+        lab.logs()
+    );
+    let transferred = rust.expect(&lab, &["transferred"], PEER_DEADLINE);
+    assert!(
+        transferred["sent"] == true && transferred["intact"] == true,
+        "Rust side: {transferred}\n{}",
+        lab.logs()
+    );
+    node.expect_json(&lab, "1 MiB from Rust", PEER_DEADLINE, |e| {
+        e["event"] == "sunk" && e["bytes"].as_u64().unwrap_or(0) >= MIB as u64
+    });
+    lab.send_line(&node, &json!({"cmd": "path", "to": rust_id}));
+    let node_path = node.expect_json(&lab, "the path", PEER_DEADLINE, |e| e["reply"] == "path");
+    assert!(node_path.get("error").is_none(), "{node_path}");
+    println!(
+        "Rust↔Node, {kind}: Rust join→open {} ms, Node connect at {} ms; Rust path {} → {}; \
+         Node path {} {} → {} {}",
+        connected["open_ms"],
+        connect["ms"],
+        transferred["path"]["local"],
+        transferred["path"]["remote"],
+        node_path["local"]["type"],
+        node_path["local"]["address"],
+        node_path["remote"]["type"],
+        node_path["remote"]["address"],
+    );
+    let log = lab.log_of(rust.index);
+    for noise in ["TURN permission request failed", "Failed to write packet"] {
+        let count = log.matches(noise).count();
+        assert_eq!(
+            count,
+            0,
+            "Rust side: {count} × {noise:?}:\n{}",
+            tail(&log, 20)
+        );
+    }
+    lab.stop_peer(&rust);
+    (connected, transferred, node_path, lab)
+}
+
+#[test]
+fn rust_and_node_behind_cone_nats_connect_directly() {
+    let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let (_, transferred, node_path, lab) = rust_and_node("cone");
+    let path = &transferred["path"];
+    assert_eq!(path["relayed"], false, "Rust side relayed: {path}");
+    assert!(
+        path["remote"]["kind"] == "srflx" || path["remote"]["kind"] == "prflx",
+        "Rust side: the remote end is not the other NAT's mapping: {path}"
+    );
+    if path["remote"]["kind"] == "srflx" {
+        assert_eq!(ip_of(&path["remote"]["address"]), lab.wan("b"), "{path}");
+    }
+    assert_path_carried_the_bytes("a", path);
+    for end in ["local", "remote"] {
+        assert_ne!(
+            node_path[end]["type"], "relay",
+            "Node side relayed: {node_path}"
+        );
+    }
+    assert!(
+        node_path["remote"]["type"] == "srflx" || node_path["remote"]["type"] == "prflx",
+        "Node side: {node_path}"
+    );
+}
+
+#[test]
+fn rust_and_node_behind_symmetric_nats_connect_through_the_relay() {
+    let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let (_, transferred, node_path, _lab) = rust_and_node("symmetric");
+    let path = &transferred["path"];
+    assert_eq!(path["relayed"], true, "Rust side not relayed: {path}");
+    assert_path_carried_the_bytes("a", path);
+    assert!(
+        node_path["local"]["type"] == "relay" || node_path["remote"]["type"] == "relay",
+        "Node side not relayed: {node_path}"
     );
 }
