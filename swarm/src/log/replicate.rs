@@ -79,6 +79,20 @@ const QUEUED_MESSAGE_COST: usize = std::mem::size_of::<Message>() + 16;
 
 /// How much to write to the stream at once.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// Runs `f`, which blocks (signature checks, hashing, a redb commit that may wait for the disk),
+/// without holding up the runtime's other tasks: on a multi-threaded runtime the worker hands
+/// its other tasks to another thread first (`block_in_place`). A current-thread runtime has no
+/// other thread to hand them to: there `f` runs inline, as before (use a multi-threaded runtime,
+/// or [`super::async_log::AsyncLog`] for appends, where that matters).
+fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// How much already-arrived input is gathered before its nodes are inserted: the nodes of one
 /// gathering go into one store transaction, and on a durable store each costs a sync to disk
 /// (16 KiB, one read, holds only ~45 nodes; a WebRTC stream delivers 16 KiB messages).
@@ -507,7 +521,9 @@ impl Replication {
                                 None => break,
                             }
                         }
-                        session.on_messages(&mut decoder)?;
+                        // Verifying, hashing and the durable commit of what arrived block: on a
+                        // multi-threaded runtime, off the worker, so the other tasks run meanwhile.
+                        off_the_runtime(|| session.on_messages(&mut decoder))?;
                         self.progress.send_if_modified(|p| {
                             let modified = *p != session.progress;
                             *p = session.progress;
