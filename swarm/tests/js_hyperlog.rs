@@ -309,6 +309,118 @@ async fn live_appends_on_both_sides() {
     assert_eq!(s.progress.nodes_received, 2);
 }
 
+/// A TCP stream that counts the bytes written to it.
+struct CountingStream {
+    inner: TcpStream,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for CountingStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let result = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = result {
+            self.written
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The keep-alive frames a live Rust session sends while idle (one zero-length frame each
+/// `keep_alive`) are taken by JS hyperlog without complaint, for many periods, and the session
+/// still carries appends both ways afterwards. (The default period is 20 s; 100 ms here stands
+/// for 40 minutes of the default in 2 s.)
+#[tokio::test]
+async fn js_hyperlog_takes_the_keep_alive_frames_of_an_idle_live_session() {
+    let a = mem("RUST", LogOptions::default());
+    a.append("before").unwrap();
+    let mut js = JsPeer::start(json!({"id": "JS"})).await;
+    let port = js.listen(json!({"live": true})).await;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sock = CountingStream {
+        inner: TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect"),
+        written: written.clone(),
+    };
+    let options = ReplicateOptions {
+        keep_alive: Some(Duration::from_millis(100)),
+        ..ReplicateOptions::default()
+    };
+    let rep = Replication::new(&a, options);
+    let (mut progress, stop) = (rep.progress(), rep.stop_handle());
+    let task = tokio::spawn(rep.run(sock));
+    timeout(T, progress.wait_for(|p| p.synced))
+        .await
+        .expect("synced in time")
+        .expect("progress");
+    let before = written.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let keep_alives = written.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(
+        keep_alives >= 10,
+        "an idle live session sends keep-alive frames: {keep_alives} bytes in 2 s"
+    );
+    // JS took them all: no replication error, and the session still works both ways.
+    let jk = js.append("js after the keep-alives").await;
+    let mut sub = a.subscribe(a.changes());
+    loop {
+        let got = timeout(T, sub.next())
+            .await
+            .expect("in time")
+            .unwrap()
+            .unwrap();
+        if got.key == jk {
+            break;
+        }
+    }
+    let n = a.append("rust after the keep-alives").unwrap();
+    let key = n.key.to_hex();
+    js.event(move |v| v["event"] == "add" && v["key"] == key.as_str())
+        .await;
+    assert!(
+        !js.backlog.iter().any(|v| v["event"] == "repl-error"),
+        "JS reported a replication error: {:?}",
+        js.backlog
+    );
+    stop.stop();
+    let summary = timeout(T, task)
+        .await
+        .expect("ended in time")
+        .unwrap()
+        .expect("ok");
+    assert!(summary.live);
+    eprintln!("{keep_alives} keep-alive bytes in 2 s of idle live replication, all taken by JS");
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
