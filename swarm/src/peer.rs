@@ -10,7 +10,14 @@
 //! Remote candidates that arrive before the remote description are held back until it is set.
 //! [`PeerEvent::Connected`] means the data channel is open; [`PeerEvent::Closed`] is the last
 //! event. Messages are whole data-channel messages ([`Peer::send`], [`Peer::recv`]); text and
-//! binary messages are received alike, as bytes.
+//! binary messages are received alike, as bytes. [`Peer::selected_path`] tells which candidate
+//! pair ICE chose (host, server-reflexive, peer-reflexive or relay, both ends), its RTT and the
+//! bytes it carried.
+//!
+//! Across NATs (tested in a lab of network namespaces, `swarm/tests/nat.rs`): STUN and TURN over
+//! UDP work; TURN over TCP or TLS does not exist in webrtc 0.21 (such URLs are left out, see
+//! [`unsupported_ice_urls`]); with ICE servers set, loopback is neither offered nor used (see
+//! [`PeerConfig::udp_addrs`]); a failed ICE ends in [`CloseReason::IceFailed`].
 //!
 //! The peer needs a Tokio runtime: the engine spawns its driver task on the current one.
 

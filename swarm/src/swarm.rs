@@ -31,6 +31,12 @@
 //!   leaves (JS stops them for good); offers from unknown peers are refused while full.
 //! - **Hubs going away** leave connected peers alone; the subscriptions reconnect by themselves,
 //!   and the swarm announces at once when its inbox is back.
+//! - **ICE servers from the hub** ([`SwarmOptions::ice_servers_from_hub`], on by default): the
+//!   STUN/TURN servers and short-lived TURN credentials a hub hands out at `GET /ice-servers`
+//!   are fetched at join and before the credential expires, and used for every new connection.
+//! - **No path** (NATs that STUN cannot cross and no usable TURN): the handshake is reported as
+//!   [`SwarmEvent::Disconnected`] with [`CloseReason::IceFailed`] at the handshake timeout, and
+//!   retried on the next announce.
 //! - **Signed signalling** (with [`SwarmOptions::keypair`]): the id is the public key in hex and
 //!   every message is a signed envelope ([`crate::signal::seal`]); messages whose signature does
 //!   not verify for their claimed sender, app and channel are dropped.
