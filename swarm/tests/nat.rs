@@ -931,6 +931,16 @@ fn connect_pair(lab: &mut Lab, setup: &PeerSetup, app: &str) -> [(Value, Value);
 
 /// Waits for peers `a` and `b` to connect and exchange MIB each way, then stops them.
 fn finish_pair(lab: &mut Lab, a: PeerProc, b: PeerProc) -> [(Value, Value); 2] {
+    finish_pair_within(lab, a, b, PEER_DEADLINE)
+}
+
+/// [`finish_pair`], with `transfer_deadline` for the exchange.
+fn finish_pair_within(
+    lab: &mut Lab,
+    a: PeerProc,
+    b: PeerProc,
+    transfer_deadline: Duration,
+) -> [(Value, Value); 2] {
     let mut out = Vec::new();
     for peer in [&a, &b] {
         let connected = peer.expect(lab, &["connected", "disconnected"], PEER_DEADLINE);
@@ -944,7 +954,7 @@ fn finish_pair(lab: &mut Lab, a: PeerProc, b: PeerProc) -> [(Value, Value); 2] {
         out.push(connected);
     }
     for (i, peer) in [&a, &b].into_iter().enumerate() {
-        let transferred = peer.expect(lab, &["transferred"], PEER_DEADLINE);
+        let transferred = peer.expect(lab, &["transferred"], transfer_deadline);
         assert!(
             transferred["sent"] == true && transferred["intact"] == true,
             "peer {}: {transferred}\n{}",
@@ -1339,4 +1349,26 @@ fn rust_and_node_behind_symmetric_nats_connect_through_the_relay() {
         node_path["local"]["type"] == "relay" || node_path["remote"]["type"] == "relay",
         "Node side not relayed: {node_path}"
     );
+}
+
+#[test]
+fn a_relayed_pair_moves_64_mib_each_way() {
+    let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut lab = Lab::up(&[("a", "symmetric"), ("b", "symmetric")]);
+    lab.start_coturn();
+    let flags = hub_ice_flags(&["udp"], 3600);
+    lab.start_hub(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut setup = PeerSetup::from_hub();
+    setup.bytes = 64 * MIB;
+    let a = lab.start_peer("a", "relay-64", &setup);
+    let b = lab.start_peer("b", "relay-64", &setup);
+    let reports = finish_pair_within(&mut lab, a, b, Duration::from_secs(300));
+    for (home, (_, transferred)) in ["a", "b"].iter().zip(&reports) {
+        let ms = transferred["ms"].as_u64().unwrap_or(0).max(1);
+        println!(
+            "relayed 64 MiB each way: peer {home}: {ms} ms, {:.2} MB/s each way",
+            (64 * MIB) as f64 / 1000.0 / ms as f64
+        );
+    }
+    assert_relayed(&reports);
 }
