@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -97,8 +97,10 @@ impl RedisConfig {
 }
 
 const PREFIX: &str = "signalhub";
-/// Publishes waiting for Redis at most; past it (Redis slow or away) they are dropped and counted.
+/// Publishes waiting for Redis at most, and their bytes; past either (Redis slow or away) they
+/// are dropped and counted, so a slow Redis cannot grow the hub's memory.
 const PUBLISH_QUEUE: usize = 16 * 1024;
+const PUBLISH_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// Publishes sent in one pipeline at most.
 const PUBLISH_BATCH: usize = 256;
 /// Subscription changes in flight at once while catching up (e.g. after a reconnect).
@@ -146,6 +148,8 @@ struct Shared {
     down_since: Mutex<Option<Instant>>,
     subscriber_up: AtomicBool,
     publisher_up: AtomicBool,
+    /// Bytes of the publishes waiting for Redis.
+    queued_bytes: AtomicUsize,
 }
 
 impl Shared {
@@ -240,6 +244,7 @@ impl RedisBroker {
             down_since: Mutex::new(Some(Instant::now())),
             subscriber_up: AtomicBool::new(false),
             publisher_up: AtomicBool::new(false),
+            queued_bytes: AtomicUsize::new(0),
         });
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (interest_tx, interest_rx) = mpsc::unbounded_channel();
@@ -294,11 +299,19 @@ impl RedisBroker {
     }
 
     fn enqueue(&self, channel: String, payload: Bytes) {
+        let len = payload.len();
+        let queued = &self.shared.queued_bytes;
         if !self.shared.publisher_up.load(Ordering::Relaxed) {
             self.shared.metrics.publishes_dropped.inc();
             return;
         }
+        if queued.fetch_add(len, Ordering::Relaxed) + len > PUBLISH_QUEUE_BYTES {
+            queued.fetch_sub(len, Ordering::Relaxed);
+            self.shared.metrics.publishes_dropped.inc();
+            return;
+        }
         if self.publishes.try_send((channel, payload)).is_err() {
+            queued.fetch_sub(len, Ordering::Relaxed);
             self.shared.metrics.publishes_dropped.inc();
         }
     }
@@ -484,6 +497,8 @@ async fn publish(
         if received == 0 {
             return;
         }
+        let bytes: usize = batch.iter().map(|(_, payload)| payload.len()).sum();
+        shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         if !client.is_connected() {
             shared.metrics.publishes_dropped.inc_by(batch.len() as u64);
             batch.clear();
