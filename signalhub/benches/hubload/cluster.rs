@@ -35,6 +35,7 @@ impl RedisProc {
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
+            .die_with_parent()
             .spawn()
             .context("cannot start redis-server (Debian: apt-get install redis-server)")?;
         let mut redis = RedisProc {
@@ -250,6 +251,7 @@ impl WorkerProc {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .die_with_parent()
             .spawn()
             .context("cannot start a worker")?;
         let mut stdin = child.stdin.take().context("worker stdin")?;

@@ -122,7 +122,8 @@ impl HubProc {
         command
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
-            .stderr(file);
+            .stderr(file)
+            .die_with_parent();
         let child = match command.spawn() {
             Ok(child) => child,
             Err(err) => {

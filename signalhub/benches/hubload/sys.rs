@@ -58,6 +58,28 @@ pub(crate) fn machine_busy_secs() -> Option<f64> {
     Some(busy / clock_ticks_per_sec())
 }
 
+/// Children that die with this process: the Drop guards kill them at the end, on an error or a
+/// panic; this covers a hubload that is killed itself (SIGKILL, or SIGTERM to it alone).
+pub(crate) trait DieWithParent {
+    fn die_with_parent(&mut self) -> &mut Self;
+}
+
+impl DieWithParent for Command {
+    fn die_with_parent(&mut self) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe, and the closure allocates nothing. The signal comes
+        // when the spawning thread ends: hubload spawns from its main thread.
+        unsafe {
+            self.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
 /// Resident set size in KiB.
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(proc_path(Some(pid), "status")).ok()?;
