@@ -572,6 +572,9 @@ fn turn_rest_credentials_match_known_values() {
     assert_eq!(base64(&mac), "7/zfauXrL6LSdBbV8YTfnCWafHk=");
     assert_eq!(base64(b"ab"), "YWI=");
     assert_eq!(base64(b"a"), "YQ==");
+    // The same as the hub's (which uses the hmac and sha1 crates).
+    let (username, password) = turn_credential(1_796_400_000);
+    assert_eq!(password, signalhub::turn_credential(TURN_SECRET, &username));
 }
 
 /// The lab's STUN URL, and TURN URLs (`transports`: "udp", "tcp") with a credential expiring at
