@@ -45,7 +45,7 @@ impl RedisProc {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while redis_ping(port).await.is_err() {
             if let Some(status) = redis
                 .child
                 .as_mut()
@@ -122,15 +122,48 @@ impl Nodes {
         nodes.redis = Some(redis);
         // Each node says when both its connections to Redis are up.
         let deadline = Instant::now() + Duration::from_secs(20);
-        for hub in &nodes.nodes {
-            while metric(&hub.addr, "signalhub_cluster_redis_connected").await != Some(1.0) {
+        for (i, hub) in nodes.nodes.iter().enumerate() {
+            loop {
+                let connected = metric(&hub.addr, "signalhub_cluster_redis_connected").await;
+                if connected == Some(1.0) {
+                    break;
+                }
                 if Instant::now() > deadline {
-                    bail!("a cluster node did not connect to Redis within 20 s");
+                    let health = http_get(&hub.addr, "/health", Duration::from_secs(3))
+                        .await
+                        .map_or_else(|e| format!("{e:#}"), |(s, b)| format!("{s} {}", b.trim()));
+                    let redis = nodes.redis.as_ref().expect("started");
+                    bail!(
+                        "node{i} did not connect to Redis within 20 s (signalhub_cluster_redis_connected {connected:?}; /health: {health}; Redis on port {} answers PING: {}); its log:\n{}",
+                        redis.port,
+                        redis_ping(redis.port).await.map_or_else(|e| format!("no ({e:#})"), |_| "yes".into()),
+                        hub.log.as_deref().map(log_tail).unwrap_or_default()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         Ok(nodes)
+    }
+
+    /// [`Nodes::start`], and once more if that fails (a machine shared with others' tests may
+    /// take a free port between our look and our bind): the first failure goes into the notes.
+    pub(crate) async fn start_retry(
+        cluster: Option<usize>,
+        opts: &Opts,
+        tag: &str,
+        report: &mut Report,
+    ) -> Result<Nodes> {
+        match Nodes::start(cluster, opts, tag).await {
+            Ok(nodes) => Ok(nodes),
+            Err(err) => {
+                eprintln!("    starting the hubs failed, trying once more: {err:#}");
+                report.notes.push(format!(
+                    "{tag}: starting the hubs failed once, then retried: {err:#}"
+                ));
+                Nodes::start(cluster, opts, tag).await
+            }
+        }
     }
 
     pub(crate) fn addr(&self, i: usize) -> Arc<HubAddr> {
@@ -153,6 +186,25 @@ impl Nodes {
         }
         drop(self);
     }
+}
+
+/// Sends `PING` to the Redis on this loopback port and expects `+PONG`.
+pub(crate) async fn redis_ping(port: u16) -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(2), async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.write_all(b"PING\r\n").await?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await?;
+        if !buf[..n].starts_with(b"+PONG") {
+            bail!(
+                "answered {:?}, not +PONG",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| anyhow!("no answer to PING within 2 s"))?
 }
 
 /// The hub's `/metrics`, sample by sample (`name` or `name{labels}` → value).

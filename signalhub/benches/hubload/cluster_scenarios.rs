@@ -241,7 +241,7 @@ async fn compare(
     n: usize,
     report: &mut Report,
 ) {
-    let single = match Nodes::start(None, opts, "delivery").await {
+    let single = match Nodes::start_retry(None, opts, "delivery", report).await {
         Ok(nodes) => nodes,
         Err(err) => {
             eprintln!("    error: {err:#}");
@@ -249,7 +249,7 @@ async fn compare(
             return;
         }
     };
-    let cluster = match Nodes::start(Some(n), opts, "delivery").await {
+    let cluster = match Nodes::start_retry(Some(n), opts, "delivery", report).await {
         Ok(nodes) => nodes,
         Err(err) => {
             eprintln!("    error: {err:#}");
@@ -544,7 +544,7 @@ async fn cluster_idle(opts: &Opts, cfg: &Cfg, n: usize, report: &mut Report) {
             "[{column}] {label}: {} subscribers ...",
             thousands(count as f64)
         );
-        let nodes = match Nodes::start(cluster, opts, "idle").await {
+        let nodes = match Nodes::start_retry(cluster, opts, "idle", report).await {
             Ok(nodes) => nodes,
             Err(err) => {
                 eprintln!("    error: {err:#}");
