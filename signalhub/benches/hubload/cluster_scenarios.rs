@@ -508,7 +508,7 @@ async fn cluster_inflight(opts: &Opts, cfg: &Cfg, n: usize, report: &mut Report)
         },
     ];
     compare(&label, &spec, &variants, "", opts, cfg, n, report).await;
-    let quantile = |metric: &str| {
+    let quantile = |report: &Report, metric: &str| {
         report
             .rows
             .iter()
@@ -522,8 +522,8 @@ async fn cluster_inflight(opts: &Opts, cfg: &Cfg, n: usize, report: &mut Report)
     };
     for (q, goal) in [("p50", ""), ("p99", "≤ 2 ms (absolute)")] {
         let (a, s) = (
-            quantile(&format!("latency {q}{across}")),
-            quantile(&format!("latency {q}{same}")),
+            quantile(report, &format!("latency {q}{across}")),
+            quantile(report, &format!("latency {q}{same}")),
         );
         if let Some((a, s)) = a.zip(s) {
             let metric = format!("{q} node A → node B less {q} same node");
