@@ -113,13 +113,17 @@ phase "Debian base: $debian_image"
 
 # Makes IMAGE from a Containerfile on stdin, FROM the Debian image, with podman build OPTIONS.
 make_base() {
-  local image=$1 key=$2
+  local image=$1 key=$2 old
   shift 2
+  old=$("${pod[@]}" image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
   mkdir -p "$work/base"
   cat >"$work/base/Containerfile"
-  "${pod[@]}" build -q --pull=never --network host --label "$key_label=$key" "$@" \
+  # --no-cache: the layer cache knows the RUN lines, not the host files they copy from volumes.
+  "${pod[@]}" build -q --no-cache --pull=never --network host --label "$key_label=$key" "$@" \
     -t "$image" "$work/base" >/dev/null || fail "building the local base image $image"
   rm -rf "$work/base"
+  # The image this one replaces (if nothing else uses it: it is a GB for Rust).
+  [[ -z $old ]] || "${pod[@]}" rmi "$old" >/dev/null 2>&1 || true
 }
 # An image of that name without our label came from elsewhere (a registry): use it as it is.
 need_base() {
@@ -135,7 +139,8 @@ need_base() {
 sysroot=$(rustc --print sysroot) || fail "rustc --print sysroot"
 rust_version=$(rustc -V)
 rust_image=docker.io/library/rust:1-slim-bookworm
-rust_key=$(printf '%s|%s|gcc libc6-dev, toolchain bin+lib, v1' "$debian_key" "$rust_version" | sha256sum | cut -c1-16)
+rust_targets=$(cd "$sysroot/lib/rustlib" && echo */lib)
+rust_key=$(printf '%s|%s|%s|gcc libc6-dev, toolchain bin+lib, v1' "$debian_key" "$rust_version" "$rust_targets" | sha256sum | cut -c1-16)
 if need_base "$rust_image" "$rust_key"; then
   echo "[ci-image] making $rust_image: Debian + gcc, libc6-dev + $rust_version from $sysroot"
   make_base "$rust_image" "$rust_key" --volume "$sysroot:/host-toolchain:ro" <<EOF
@@ -192,8 +197,9 @@ size_mb=$(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1e6 }')
 echo "[ci-image] image size: $size bytes = $size_mb MB"
 ((size < 30000000)) || fail "the image is $size_mb MB, over the 30 MB goal"
 
-# Build layers of earlier runs that no tag uses any more (keeps this run's for the layer cache).
-"${pod[@]}" image prune -f --filter until=2h >/dev/null 2>&1 || true
+# Images of earlier runs that nothing uses any more (this run's layers stay: the next run's cache).
+"${pod[@]}" image prune -f --filter "until=$(date -u -d "@$start" +%Y-%m-%dT%H:%M:%SZ)" >/dev/null \
+  || echo "[ci-image] note: podman image prune failed (disk is not freed; the checks go on)"
 
 # --- run it ----------------------------------------------------------------------------------
 # Host networking (no bridge here): a free port, so that hubs of other tests are not disturbed.
