@@ -200,6 +200,7 @@ echo "[ci-image] image size: $size bytes = $size_mb MB"
 # Images of earlier runs that nothing uses any more (this run's layers stay: the next run's cache).
 "${pod[@]}" image prune -f --filter "until=$(date -u -d "@$start" +%Y-%m-%dT%H:%M:%SZ)" >/dev/null \
   || echo "[ci-image] note: podman image prune failed (disk is not freed; the checks go on)"
+phase "earlier runs' images removed"
 
 # --- run it ----------------------------------------------------------------------------------
 # Host networking (no bridge here): a free port, so that hubs of other tests are not disturbed.
@@ -257,6 +258,11 @@ hc=$("${pod[@]}" image inspect --format '{{json .HealthCheck}}' "$image" 2>/dev/
 "${pod[@]}" exec "$name" signalhub health >"$work/hc.out" 2>&1 \
   || fail "signalhub health inside the container: $(cat "$work/hc.out")"
 echo "[ci-image] ok: the HEALTHCHECK passes ($hc)"
+
+# The static glibc in `scratch` (no NSS libraries) resolves a hostname: localhost via /etc/hosts.
+"${pod[@]}" exec "$name" signalhub health --url "http://localhost:$port/health" >"$work/hc.out" 2>&1 \
+  || fail "the static binary in the image could not reach http://localhost:$port (hostname lookup): $(cat "$work/hc.out")"
+echo "[ci-image] ok: the static binary resolves a hostname (localhost) in the scratch image"
 
 # A JS signalhub client and the Rust client (the signalhub CLI), each receiving the other's
 # messages through the container.
