@@ -14,7 +14,19 @@ export function attach (swarm, { emit, now }) {
   swarm.on('connect', (peer, id) => {
     connected.set(id, peer)
     emit({ event: 'connect', id, ms: round(now() - start) })
+    // simple-peer 6.4.4 is a byte stream (not objectMode): its 'data' gives a Buffer for text and
+    // binary channel messages alike. The channel's own message event still tells them apart (a
+    // string or an ArrayBuffer): note each message's kind before simple-peer pushes it.
+    const kinds = []
+    const onChannelMessage = peer._onChannelMessage
+    if (typeof onChannelMessage === 'function') {
+      peer._onChannelMessage = function (event) {
+        kinds.push(typeof event.data === 'string' ? 'text' : 'binary')
+        return onChannelMessage.call(this, event)
+      }
+    }
     peer.on('data', (buf) => {
+      const kind = kinds.shift()
       const sink = sinks.get(id)
       if (sink) {
         const t = now()
@@ -27,7 +39,7 @@ export function attach (swarm, { emit, now }) {
         }
         return
       }
-      emit({ event: 'data', from: id, data: buf.toString('utf8'), base64: buf.toString('base64') })
+      emit({ event: 'data', from: id, data: buf.toString('utf8'), base64: buf.toString('base64'), kind })
     })
   })
 

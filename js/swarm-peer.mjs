@@ -36,9 +36,11 @@
 //                                                       announces itself on "all" at this moment)
 //   {"event":"connect","id":"<peer id>","ms":M}         ms since the swarm was created
 //   {"event":"disconnect","id":"<peer id>","connected":bool}  (also for handshakes that never connected)
-//   {"event":"data","from":"<peer id>","data":"<utf8 text>","base64":"<the exact bytes>"}
-//                                                       every message from a peer not in sink mode
-//                                                       (text and binary messages look alike)
+//   {"event":"data","from":"<peer id>","data":"<utf8 text>","base64":"<the exact bytes>",
+//    "kind":"text"|"binary"}                            every message from a peer not in sink mode;
+//                                                       "kind": whether the data channel delivered
+//                                                       a string or an ArrayBuffer (simple-peer's
+//                                                       'data' gives a Buffer for both)
 //   {"event":"sunk","from":id,"bytes":N,"ms":M}         a sink's "expect" was reached
 //   {"event":"error","message":"..."}                   non-fatal (a hub request failed, ...)
 //   {"event":"fatal","message":"..."}                   then exit 3

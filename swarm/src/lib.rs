@@ -67,7 +67,7 @@ pub use log::wire::{
 #[cfg(feature = "webrtc")]
 pub use peer::{
     CandidateKind, CloseReason, IceServer, PathEnd, Peer, PeerConfig, PeerError, PeerEvent,
-    SelectedPath,
+    PeerMessage, SelectedPath,
 };
 #[cfg(feature = "webrtc")]
 pub use peer_replication::{PeerReplication, PeerReplicationError, PeerReplicationOptions};

@@ -9,8 +9,9 @@
 //! [`PeerEvent::Signal`], and whatever the other side sent goes in through [`Peer::signal`].
 //! Remote candidates that arrive before the remote description are held back until it is set.
 //! [`PeerEvent::Connected`] means the data channel is open; [`PeerEvent::Closed`] is the last
-//! event. Messages are whole data-channel messages ([`Peer::send`], [`Peer::recv`]); text and
-//! binary messages are received alike, as bytes. [`Peer::selected_path`] tells which candidate
+//! event. Messages are whole data-channel messages, text or binary as on the wire
+//! ([`Peer::send`] binary, [`Peer::send_text`] text; [`Peer::recv_message`] says which kind
+//! arrived, [`Peer::recv`] gives either as bytes). [`Peer::selected_path`] tells which candidate
 //! pair ICE chose (host, server-reflexive, peer-reflexive or relay, both ends), its RTT and the
 //! bytes it carried.
 //!
@@ -188,6 +189,55 @@ pub enum PeerEvent {
     Closed(CloseReason),
 }
 
+/// One received data-channel message, of the kind it was sent as: a text message (a string in
+/// JS: `channel.send("…")`, simple-peer's `peer.send("…")`) or a binary one (an `ArrayBuffer`,
+/// typed array or `Buffer`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// A text message. A text message that is not valid UTF-8 arrives as
+    /// [`PeerMessage::Binary`] instead (browsers and Node send only valid UTF-8).
+    Text(String),
+    /// A binary message.
+    Binary(Bytes),
+}
+
+impl PeerMessage {
+    /// Whether it was sent as text.
+    pub fn is_text(&self) -> bool {
+        matches!(self, PeerMessage::Text(_))
+    }
+
+    /// The message's bytes (a text message's UTF-8).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            PeerMessage::Text(text) => text.as_bytes(),
+            PeerMessage::Binary(bytes) => bytes,
+        }
+    }
+
+    /// The message's bytes, whatever its kind.
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            PeerMessage::Text(text) => Bytes::from(text),
+            PeerMessage::Binary(bytes) => bytes,
+        }
+    }
+
+    /// Builds a message from what the engine delivered.
+    fn from_wire(is_string: bool, data: Bytes) -> PeerMessage {
+        if !is_string {
+            return PeerMessage::Binary(data);
+        }
+        match String::from_utf8(data.to_vec()) {
+            Ok(text) => PeerMessage::Text(text),
+            Err(_) => {
+                debug!("a text message that is not UTF-8; handing it out as binary");
+                PeerMessage::Binary(data)
+            }
+        }
+    }
+}
+
 /// Why a [`Peer`] closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -319,7 +369,7 @@ pub struct Peer {
     shared: Arc<Shared>,
     negotiation: Mutex<Negotiation>,
     events: Mutex<mpsc::UnboundedReceiver<PeerEvent>>,
-    messages: Mutex<mpsc::Receiver<Bytes>>,
+    messages: Mutex<mpsc::Receiver<PeerMessage>>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -344,7 +394,7 @@ struct Shared {
     /// Dropped after the `Closed` event, so [`Peer::next_event`] then returns `None`.
     events: StdMutex<Option<mpsc::UnboundedSender<PeerEvent>>>,
     /// Given to the channel reader when the channel is adopted; dropped on close otherwise.
-    messages: StdMutex<Option<mpsc::Sender<Bytes>>>,
+    messages: StdMutex<Option<mpsc::Sender<PeerMessage>>>,
     channel: OnceLock<Arc<dyn DataChannel>>,
     label: OnceLock<String>,
     /// The media id of the data section, for outgoing candidates (`sdpMid`).
@@ -699,33 +749,55 @@ impl Peer {
         self.events.lock().await.recv().await
     }
 
-    /// Sends one message. Waits while the send buffer is full.
+    /// Sends one binary message. Waits while the send buffer is full.
     pub async fn send(&self, data: Bytes) -> Result<(), PeerError> {
+        let channel = self.open_channel()?;
+        let sent = channel.send(BytesMut::from(&data[..])).await;
+        self.sent(sent)
+    }
+
+    /// Sends one text message (a string on the JS side). Waits while the send buffer is full.
+    pub async fn send_text(&self, text: &str) -> Result<(), PeerError> {
+        let channel = self.open_channel()?;
+        let sent = channel.send_text(text).await;
+        self.sent(sent)
+    }
+
+    /// The data channel, if messages can be sent on it.
+    fn open_channel(&self) -> Result<&Arc<dyn DataChannel>, PeerError> {
         if self.is_closed() {
             return Err(PeerError::Closed);
         }
-        let channel = match self.shared.channel.get() {
-            Some(channel) if self.shared.connected.load(Ordering::Acquire) => channel,
-            _ => return Err(PeerError::NotConnected),
-        };
-        channel
-            .send(BytesMut::from(&data[..]))
-            .await
-            .map_err(|error| {
-                if self.is_closed() {
-                    PeerError::Closed
-                } else {
-                    PeerError::Engine {
-                        op: "send",
-                        message: error.to_string(),
-                    }
+        match self.shared.channel.get() {
+            Some(channel) if self.shared.connected.load(Ordering::Acquire) => Ok(channel),
+            _ => Err(PeerError::NotConnected),
+        }
+    }
+
+    /// The outcome of a send, as a [`PeerError`].
+    fn sent<E: std::fmt::Display>(&self, result: Result<(), E>) -> Result<(), PeerError> {
+        result.map_err(|error| {
+            if self.is_closed() {
+                PeerError::Closed
+            } else {
+                PeerError::Engine {
+                    op: "send",
+                    message: error.to_string(),
                 }
-            })
+            }
+        })
     }
 
     /// The next message received, in order; `None` once the channel is closed and every message
     /// before the close has been returned.
+    /// Text messages come as their UTF-8 bytes; [`Peer::recv_message`] tells the kinds apart.
     pub async fn recv(&self) -> Option<Bytes> {
+        self.recv_message().await.map(PeerMessage::into_bytes)
+    }
+
+    /// The next message received, text or binary as it was sent, in order; `None` once the
+    /// channel is closed and every message before the close has been returned.
+    pub async fn recv_message(&self) -> Option<PeerMessage> {
         self.messages.lock().await.recv().await
     }
 
@@ -834,7 +906,7 @@ impl Shared {
 async fn read_channel(
     shared: Arc<Shared>,
     channel: Arc<dyn DataChannel>,
-    messages: mpsc::Sender<Bytes>,
+    messages: mpsc::Sender<PeerMessage>,
 ) {
     if shared.label.get().is_none() {
         match channel.label().await {
@@ -854,7 +926,8 @@ async fn read_channel(
                 shared.emit(PeerEvent::Connected);
             }
             DataChannelEvent::OnMessage(message) => {
-                let delivered = messages.send(message.data.freeze()).await;
+                let message = PeerMessage::from_wire(message.is_string, message.data.freeze());
+                let delivered = messages.send(message).await;
                 if delivered.is_err() {
                     debug!("dropping a message: nobody receives any more");
                 }

@@ -62,7 +62,7 @@ use crate::ice_servers::{self, HubIceServers, IceServersError};
 use crate::log::sign::Keypair;
 use crate::peer::{
     unsupported_ice_urls, CloseReason, IceServer, Peer, PeerConfig, PeerError, PeerEvent,
-    SelectedPath,
+    PeerMessage, SelectedPath,
 };
 use crate::signal::{hex, open_sealed, seal, HubMessage, Signal};
 use crate::stream::PeerStream;
@@ -225,14 +225,28 @@ impl SwarmPeer {
         self.peer.is_initiator()
     }
 
-    /// Sends one message (waits while the channel's send buffer is full).
+    /// Sends one binary message (an `ArrayBuffer`/`Buffer` on the JS side; waits while the
+    /// channel's send buffer is full).
     pub async fn send(&self, message: impl Into<Bytes>) -> Result<(), PeerError> {
         self.peer.send(message.into()).await
     }
 
-    /// The next message, text or binary; `None` once the peer is closed.
+    /// Sends one text message: a JS peer's `data` event gets a string, as from
+    /// `peer.send("…")` in simple-peer (waits while the channel's send buffer is full).
+    pub async fn send_text(&self, text: &str) -> Result<(), PeerError> {
+        self.peer.send_text(text).await
+    }
+
+    /// The next message, text or binary, as bytes; `None` once the peer is closed and every
+    /// message received before has been returned (also after [`SwarmEvent::Disconnected`]).
     pub async fn recv(&self) -> Option<Bytes> {
         self.peer.recv().await
+    }
+
+    /// The next message with its kind ([`PeerMessage::Text`] or [`PeerMessage::Binary`]);
+    /// `None` as for [`SwarmPeer::recv`]. Use one of the two (or the stream) for reading.
+    pub async fn recv_message(&self) -> Option<PeerMessage> {
+        self.peer.recv_message().await
     }
 
     /// The peer as a byte stream. Use either the stream or [`SwarmPeer::recv`] for reading, not

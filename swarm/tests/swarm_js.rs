@@ -1,8 +1,8 @@
 //! A Rust swarm peer meets real JavaScript peers through this crate's hub: `webrtc-swarm@2.9.0`
 //! (simple-peer 6.4.4) in Node over `@roamhq/wrtc`, with the Rust side offering in one test and
 //! answering in the other; and the same package bundled into a page in headless Chromium, over
-//! the browser's own WebRTC. Messages go both ways, text and binary, and a byte stream larger
-//! than one data-channel message arrives whole.
+//! the browser's own WebRTC. Messages go both ways, text and binary, each arriving as the kind it
+//! was sent as, and a byte stream larger than one data-channel message arrives whole.
 #![cfg(feature = "webrtc")]
 
 #[path = "../../signalhub/tests/support/node_script.rs"]
@@ -12,7 +12,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use swarm::{Swarm, SwarmOptions, SwarmPeer};
+use swarm::{PeerMessage, Swarm, SwarmOptions, SwarmPeer};
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
@@ -41,16 +41,29 @@ async fn js_peer(script: &str, hub: &str, app: &str) -> (NodeScript, String) {
 }
 
 /// Messages both ways between `rust` (a connected swarm peer) and `js`, whose own id is `js_id`
-/// as seen by `rust_id`.
+/// as seen by `rust_id`, each of the kind it was sent as: text (a string in the JS data channel)
+/// or binary (an `ArrayBuffer`).
 async fn exchange_messages(rust: &SwarmPeer, rust_id: &str, js: &mut NodeScript) {
-    // Rust → JS: text, then bytes that are not UTF-8.
-    rust.send("hello from rust ✓").await.unwrap();
+    // Rust → JS: a text message, then a binary one that is valid UTF-8, then bytes that are not.
+    rust.send_text("hello from rust ✓").await.unwrap();
     let got = js
         .wait_for("the Rust text", |e| {
             e["event"] == "data" && e["from"] == rust_id
         })
         .await;
     assert_eq!(got["data"], "hello from rust ✓");
+    assert_eq!(got["kind"], "text", "send_text arrives as a string: {got}");
+    rust.send("binary from rust").await.unwrap();
+    let got = js
+        .wait_for("the Rust binary text", |e| {
+            e["event"] == "data" && e["from"] == rust_id
+        })
+        .await;
+    assert_eq!(got["data"], "binary from rust");
+    assert_eq!(
+        got["kind"], "binary",
+        "send arrives as an ArrayBuffer: {got}"
+    );
     rust.send(vec![0u8, 159, 146, 150, 255]).await.unwrap();
     let got = js
         .wait_for("the Rust bytes", |e| {
@@ -58,14 +71,26 @@ async fn exchange_messages(rust: &SwarmPeer, rust_id: &str, js: &mut NodeScript)
         })
         .await;
     assert_eq!(got["base64"], "AJ+Slv8=");
+    assert_eq!(got["kind"], "binary");
 
-    // JS → Rust: a text message (peer.send) and a binary one (peer.write) read alike.
+    // JS → Rust: a text message (peer.send(string)) and a binary one (peer.write(Buffer)) say
+    // which they were; `recv` gives either as bytes.
     js.send(json!({"cmd": "send", "to": rust_id, "data": "hello from js é"}));
-    let got = timeout(STEP, rust.recv()).await.expect("in time").unwrap();
-    assert_eq!(got, "hello from js é".as_bytes());
+    let got = timeout(STEP, rust.recv_message()).await.expect("in time");
+    assert_eq!(got, Some(PeerMessage::Text("hello from js é".into())));
     js.send(json!({"cmd": "send-binary", "to": rust_id, "base64": "AAEC/w=="}));
+    let got = timeout(STEP, rust.recv_message()).await.expect("in time");
+    assert_eq!(got, Some(PeerMessage::Binary(vec![0, 1, 2, 255].into())));
+    js.send(json!({"cmd": "send-binary", "to": rust_id, "base64": "aGk="}));
+    let got = timeout(STEP, rust.recv_message()).await.expect("in time");
+    assert_eq!(
+        got,
+        Some(PeerMessage::Binary("hi".into())),
+        "binary UTF-8 stays binary"
+    );
+    js.send(json!({"cmd": "send", "to": rust_id, "data": "as bytes"}));
     let got = timeout(STEP, rust.recv()).await.expect("in time").unwrap();
-    assert_eq!(&got[..], &[0, 1, 2, 255]);
+    assert_eq!(got, "as bytes".as_bytes());
 }
 
 /// A 200 000-byte write on the Rust byte stream reaches the JS peer whole (as 16 KiB messages).
