@@ -278,6 +278,8 @@ pub struct Swarm {
     id: String,
     events: mpsc::UnboundedReceiver<SwarmEvent>,
     peers: watch::Receiver<Vec<SwarmPeer>>,
+    /// Becomes true once the inbox is open and an announce has been posted.
+    ready: watch::Receiver<bool>,
     stop: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -328,6 +330,7 @@ impl Swarm {
         let inbox = client.subscribe([id.as_str()])?;
         let (events_tx, events) = mpsc::unbounded_channel();
         let (peers_tx, peers) = watch::channel(Vec::new());
+        let (ready_tx, ready) = watch::channel(false);
         let stop = CancellationToken::new();
         let (notices_tx, notices) = mpsc::unbounded_channel();
         let (ice_results_tx, ice_results) = mpsc::unbounded_channel();
@@ -346,6 +349,7 @@ impl Swarm {
             generation: 0,
             events: events_tx,
             peers: peers_tx,
+            ready: Arc::new(ready_tx),
             notices_tx,
             notices,
             hub_ice_servers: Vec::new(),
@@ -359,6 +363,7 @@ impl Swarm {
             id,
             events,
             peers,
+            ready,
             stop,
             task: Some(task),
         })
@@ -372,6 +377,23 @@ impl Swarm {
     /// The next event; `None` once the swarm is closed.
     pub async fn next_event(&mut self) -> Option<SwarmEvent> {
         self.events.recv().await
+    }
+
+    /// Waits until the swarm is ready: subscribed (its inbox is open on a hub, so offers reach
+    /// it) and announced (its first announce was posted, so the peers already there offer to
+    /// it). Returns at once if it is ready already (it stays so, even while a hub is away);
+    /// `false` if the swarm ended before. Not needed to use the swarm: [`Swarm::join`] returns
+    /// at once and the swarm gets ready by itself; this is for a program or test that must not
+    /// act before others can find it.
+    pub async fn ready(&self) -> bool {
+        let mut ready = self.ready.clone();
+        let ready = ready.wait_for(|ready| *ready).await.is_ok();
+        ready
+    }
+
+    /// Whether the swarm is ready (see [`Swarm::ready`]).
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
     }
 
     /// The peers connected now.
@@ -444,6 +466,8 @@ struct SwarmLoop {
     generation: u64,
     events: mpsc::UnboundedSender<SwarmEvent>,
     peers: watch::Sender<Vec<SwarmPeer>>,
+    /// Set once an announce was posted (see [`Swarm::ready`]).
+    ready: Arc<watch::Sender<bool>>,
     notices_tx: mpsc::UnboundedSender<Notice>,
     notices: mpsc::UnboundedReceiver<Notice>,
     /// Per remote id, the signals to POST to it, in order. Kept across the peers made for one
@@ -700,9 +724,15 @@ impl SwarmLoop {
             },
         );
         let client = self.client.clone();
+        let ready = self.ready.clone();
         self.tasks.spawn(async move {
-            if let Err(error) = client.broadcast_raw("all", body.to_vec()).await {
-                debug!(%error, "announce not posted");
+            match client.broadcast_raw("all", body.to_vec()).await {
+                Ok(_) => {
+                    if !ready.send_replace(true) {
+                        debug!("announced: the swarm is ready");
+                    }
+                }
+                Err(error) => debug!(%error, "announce not posted"),
             }
         });
     }

@@ -1,6 +1,6 @@
 //! Rust swarms meeting through a real hub on loopback and connecting over real WebRTC: pairs and a
 //! full mesh moving bytes, a killed peer, a restarted hub, glare, two hubs, signed signalling,
-//! a stalled handshake and a full swarm.
+//! a stalled handshake, a full swarm, and when a swarm is ready.
 #![cfg(feature = "webrtc")]
 
 mod support;
@@ -711,4 +711,66 @@ async fn late_offer_round(hub: &str, app: &str) -> bool {
     a.close().await;
     b.close().await;
     true
+}
+
+/// `Swarm::ready` resolves once the swarm is subscribed and has announced itself: a client that
+/// listens on `all` hears the announce, and a peer joining afterwards connects. With no hub to
+/// reach it does not resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_means_subscribed_and_announced() {
+    // Nothing listens on this port: the swarm can neither subscribe nor announce.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_hub = format!("http://{}", nowhere.local_addr().unwrap());
+    drop(nowhere);
+    let lonely = Swarm::join([dead_hub.as_str()], "ready", loopback_options())
+        .await
+        .unwrap();
+    assert!(
+        timeout(Duration::from_secs(2), lonely.ready())
+            .await
+            .is_err(),
+        "ready without a hub"
+    );
+    assert!(!lonely.is_ready());
+    lonely.close().await;
+
+    let hub = start_hub().await;
+    let listener = Client::new("ready", [hub.url()]).unwrap();
+    let mut all = listener.subscribe(["all"]).unwrap();
+    let mut open = all.connected_hubs();
+    timeout(CONNECT, open.wait_for(|hubs| *hubs > 0))
+        .await
+        .expect("the listener subscribes")
+        .unwrap();
+    // Announces every 10 minutes: the announce heard is the first one.
+    let options = SwarmOptions {
+        announce_alone: Duration::from_secs(600),
+        announce_with_peers: Duration::from_secs(600),
+        ..loopback_options()
+    };
+    let mut a = Swarm::join([hub.url()], "ready", options).await.unwrap();
+    assert!(timeout(CONNECT, a.ready()).await.expect("ready in time"));
+    assert!(a.is_ready());
+    assert!(a.ready().await, "ready stays ready");
+    let a_id = a.id().to_string();
+    let heard = timeout(CONNECT, async {
+        while let Some(message) = futures_util::StreamExt::next(&mut all).await {
+            if message == json!({"type": "connect", "from": a_id}) {
+                return;
+            }
+        }
+        panic!("the listener's subscription ended");
+    })
+    .await;
+    assert!(heard.is_ok(), "ready before the announce was posted");
+    // A's one announce is out; B, joining now, is offered to only because it announces: and B
+    // meets A, whose inbox is open.
+    let mut b = Swarm::join([hub.url()], "ready", loopback_options())
+        .await
+        .unwrap();
+    let b_id = b.id().to_string();
+    connected_to(&mut a, &b_id).await;
+    connected_to(&mut b, &a_id).await;
+    a.close().await;
+    b.close().await;
 }
