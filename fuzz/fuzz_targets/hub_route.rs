@@ -53,7 +53,9 @@ fuzz_target!(|input: &[u8]| {
             assert!(!message.is_empty());
         }
         RouteOutcome::Preflight => assert_eq!(method, b"OPTIONS"),
-        RouteOutcome::Health | RouteOutcome::Metrics => assert_eq!(method, b"GET"),
+        RouteOutcome::Health | RouteOutcome::Metrics | RouteOutcome::IceServers => {
+            assert_eq!(method, b"GET")
+        }
         RouteOutcome::Info => assert_eq!(target, "/"),
         RouteOutcome::NotFound => {}
     }

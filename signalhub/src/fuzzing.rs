@@ -56,3 +56,52 @@ pub fn route(
         },
     })
 }
+
+/// A cluster message from Redis, as `sh1` envelopes carry it (`server/broker.rs`), with owned
+/// fields: (node, sent_micros, came by POST, key, message).
+pub type EnvelopeParts = (String, u64, bool, String, Vec<u8>);
+
+/// Decodes bytes as a node of the cluster decodes what Redis hands it.
+pub fn decode_envelope(bytes: &[u8]) -> Result<EnvelopeParts, String> {
+    use crate::server::broker::{Envelope, Origin};
+    Envelope::decode(bytes)
+        .map(|e| {
+            (
+                e.node.to_string(),
+                e.sent_micros,
+                e.origin == Origin::Http,
+                e.key.to_string(),
+                e.message.to_vec(),
+            )
+        })
+        .map_err(|err| err.to_string())
+}
+
+/// Encodes envelope parts as a node publishes them.
+pub fn encode_envelope(parts: &EnvelopeParts) -> Vec<u8> {
+    use crate::server::broker::{Envelope, Origin};
+    let (node, sent_micros, http, key, message) = parts;
+    Envelope {
+        node,
+        sent_micros: *sent_micros,
+        origin: if *http { Origin::Http } else { Origin::WebSocket },
+        key,
+        message,
+    }
+    .encode()
+    .to_vec()
+}
+
+/// Checks a token for `app` as a private hub trusting one fixed key does: the status and message
+/// of the refusal, if any.
+pub fn check_token(token: &str, app: &str) -> Result<(), (u16, String)> {
+    use crate::server::access::Access;
+    // A fixed key: no input can hold a signature made with its secret half.
+    static ACCESS: std::sync::LazyLock<Access> = std::sync::LazyLock::new(|| Access {
+        token_keys: vec![ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]).verifying_key()],
+        ..Access::default()
+    });
+    ACCESS
+        .check_app(app, Some(token))
+        .map_err(|denial| (denial.status.as_u16(), denial.message))
+}

@@ -6,7 +6,7 @@
 //! behind may have hyper blocked in a write, where no response body is ever polled again).
 
 pub(crate) mod access;
-mod broker;
+pub(crate) mod broker;
 mod channels;
 mod config;
 mod connection;
