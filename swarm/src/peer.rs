@@ -405,6 +405,11 @@ struct Shared {
     ice_progress: AtomicU8,
     /// Signalled when the channel reader stops (the channel closed).
     reader_done: Notify,
+    /// Whether the channel reader runs (from adoption until the channel's last message is
+    /// queued for [`Peer::recv`]).
+    reading: AtomicBool,
+    /// Wakes every waiter when the channel reader stops.
+    reader_stopped: Notify,
 }
 
 #[derive(Default)]
@@ -432,6 +437,8 @@ impl Peer {
             closed: AtomicBool::new(false),
             ice_progress: AtomicU8::new(ICE_NEW),
             reader_done: Notify::new(),
+            reading: AtomicBool::new(false),
+            reader_stopped: Notify::new(),
         });
 
         let ice_servers: Vec<RTCIceServer> = config
@@ -850,7 +857,13 @@ impl Shared {
 
     /// Marks the peer closed, once: emits `Closed(reason)` as the last event and hands back the
     /// connection and channel to close. `None` if it was closed already.
-    fn shut(&self, reason: CloseReason) -> Option<ToClose> {
+    ///
+    /// When the peer did not close it itself and its channel was open, `Closed` waits (up to
+    /// [`CHANNEL_CLOSE_WAIT`]) until the channel reader has queued every message the engine had
+    /// received for [`Peer::recv`]: the engine reports a closed connection on another path than
+    /// the channel's messages, and could overtake the last of them. So `Closed` comes after
+    /// them, unless more than [`RECEIVE_QUEUE`] wait unread.
+    fn shut(self: &Arc<Self>, reason: CloseReason) -> Option<ToClose> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return None;
         }
@@ -859,7 +872,27 @@ impl Shared {
             _ => info!(?reason, "peer closed"),
         }
         if let Some(events) = lock(&self.events).take() {
-            let _ = events.send(PeerEvent::Closed(reason));
+            let wait_for_reader = reason != CloseReason::Local
+                && self.connected.load(Ordering::Acquire)
+                && self.reading.load(Ordering::Acquire);
+            if wait_for_reader {
+                let shared = self.clone();
+                tokio::spawn(async move {
+                    let stopped = shared.reader_stopped.notified();
+                    tokio::pin!(stopped);
+                    stopped.as_mut().enable();
+                    if shared.reading.load(Ordering::Acquire)
+                        && tokio::time::timeout(CHANNEL_CLOSE_WAIT, stopped)
+                            .await
+                            .is_err()
+                    {
+                        debug!("closed with received messages still unqueued");
+                    }
+                    let _ = events.send(PeerEvent::Closed(reason));
+                });
+            } else {
+                let _ = events.send(PeerEvent::Closed(reason));
+            }
         }
         lock(&self.messages).take();
         let connection = lock(&self.connection).take()?;
@@ -867,7 +900,7 @@ impl Shared {
     }
 
     /// Closes the peer from inside the engine (its handler or the channel reader).
-    fn fail(&self, reason: CloseReason) {
+    fn fail(self: &Arc<Self>, reason: CloseReason) {
         if let Some((connection, _)) = self.shut(reason) {
             tokio::spawn(async move {
                 let _ = connection.close().await;
@@ -898,6 +931,7 @@ impl Shared {
             });
             return;
         };
+        self.reading.store(true, Ordering::Release);
         tokio::spawn(read_channel(self.clone(), channel, messages));
     }
 }
@@ -938,6 +972,8 @@ async fn read_channel(
         }
     }
     drop(messages);
+    shared.reading.store(false, Ordering::Release);
+    shared.reader_stopped.notify_waiters();
     shared.reader_done.notify_one();
     shared.fail(CloseReason::ChannelClosed);
 }

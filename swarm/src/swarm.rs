@@ -195,6 +195,11 @@ pub enum SwarmEvent {
     /// ([`CloseReason::IceFailed`]: its connectivity checks started and it did not connect
     /// within [`SwarmOptions::handshake_timeout`], or ICE failed), with no `Connected` before
     /// it: the peer is there but cannot be reached. The next announce retries it.
+    ///
+    /// Messages first: every message the peer sent before it closed has been queued by then,
+    /// and [`SwarmPeer::recv`] / [`SwarmPeer::recv_message`] still hand them out, in order, then
+    /// `None`. (Unless over 256 messages were waiting unread: then `Disconnected` comes after a
+    /// second at most and the rest still follow on `recv`.)
     Disconnected { id: String, reason: CloseReason },
 }
 

@@ -186,6 +186,46 @@ async fn rust_offers_to_a_node_webrtc_swarm_peer() {
     node.close().await;
 }
 
+/// A Node peer sends 50 messages, then leaves (webrtc-swarm's `close` destroys the peer: its
+/// data channel, then its connection). The Rust side does not read until `Disconnected` has
+/// come; by then every message is queued: `recv_message` hands out all 50, in order, each at
+/// once, then `None`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnected_comes_after_the_messages_sent_before_the_close() {
+    use futures_util::FutureExt;
+    const N: usize = 50;
+    require_setup();
+    let hub = start_hub().await;
+    let (mut node, node_id) = js_peer("swarm-peer.mjs", hub.url(), "last-words").await;
+    let mut rust = Swarm::join([hub.url()], "last-words", loopback_options())
+        .await
+        .unwrap();
+    let rust_id = rust.id().to_string();
+    let peer = connected(&mut rust, &node_id).await;
+    js_connected(&mut node, &rust_id).await;
+    for i in 0..N {
+        node.send(json!({"cmd": "send", "to": rust_id, "data": format!("message {i}")}));
+    }
+    for _ in 0..N {
+        node.wait_for("a send", |e| e["reply"] == "send" && e["count"] == 1)
+            .await;
+    }
+    node.close().await;
+    disconnected_from(&mut rust, &node_id).await;
+    for i in 0..N {
+        let got = peer
+            .recv_message()
+            .now_or_never()
+            .unwrap_or_else(|| panic!("message {i} was not queued when Disconnected came"));
+        assert_eq!(got, Some(PeerMessage::Text(format!("message {i}"))));
+    }
+    let end = timeout(STEP, peer.recv_message())
+        .await
+        .expect("the end in time");
+    assert_eq!(end, None, "nothing after the {N} messages");
+    rust.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_and_chromium_meet_in_one_swarm() {
     require_setup();
