@@ -37,6 +37,22 @@
 //! assert_eq!(Key::compute(&received.links, &received.value), received.key);
 //! ```
 
+/// A `tracing` filter (`tracing_subscriber::EnvFilter` directives) for a program that uses the
+/// swarm and sets no `RUST_LOG`: warnings and errors from everything, but only errors from the
+/// WebRTC engine (webrtc-rs: the `webrtc` crate and the `rtc*` crates, which log through `log`
+/// and reach `tracing` through `tracing-log`). The engine warns about routine things on most
+/// connections (`Unsupported Extension Type` for DTLS extensions browsers and Node send,
+/// `pingAllCandidates called with no candidate pairs` before the other side's candidates
+/// arrive, `password is empty`); this crate reports what matters of them itself (a peer that
+/// failed, ICE that found no path) as warnings or events. Add the program's own crate at
+/// `info` if wanted, e.g. `format!("{RECOMMENDED_LOG_FILTER},myapp=info")`.
+///
+/// ```
+/// let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| swarm::RECOMMENDED_LOG_FILTER.into());
+/// # let _ = filter;
+/// ```
+pub const RECOMMENDED_LOG_FILTER: &str = "warn,webrtc=error,rtc=error";
+
 #[cfg(feature = "webrtc")]
 pub mod ice_servers;
 pub mod log;

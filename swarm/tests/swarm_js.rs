@@ -2,7 +2,9 @@
 //! (simple-peer 6.4.4) in Node over `@roamhq/wrtc`, with the Rust side offering in one test and
 //! answering in the other; and the same package bundled into a page in headless Chromium, over
 //! the browser's own WebRTC. Messages go both ways, text and binary, each arriving as the kind it
-//! was sent as, and a byte stream larger than one data-channel message arrives whole.
+//! was sent as, and a byte stream larger than one data-channel message arrives whole. A Node peer's
+//! last messages are queued before it is reported disconnected, and the recommended log filter
+//! hides the engine's routine warnings from such a connection.
 #![cfg(feature = "webrtc")]
 
 #[path = "../../signalhub/tests/support/node_script.rs"]
@@ -334,4 +336,124 @@ async fn js_glare_round(hub: &str, app: &str) -> bool {
     node.close().await;
     rust.close().await;
     true
+}
+
+/// What the tracing events of this test binary were: (level, target, message), every warning
+/// and error as emitted, and those that [`swarm::RECOMMENDED_LOG_FILTER`] lets through.
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<(tracing::Level, String, String)>>>);
+
+impl LogCapture {
+    fn events(&self) -> Vec<(tracing::Level, String, String)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// An event's message and, for a `log` record (the engine's), its real target.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    log_target: Option<String>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value.to_string(),
+            "log.target" => self.log_target = Some(value.to_string()),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "log.target" => self.log_target = Some(format!("{value:?}")),
+            _ => {}
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogCapture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let target = fields
+            .log_target
+            .unwrap_or_else(|| event.metadata().target().to_string());
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((
+            *event.metadata().level(),
+            target,
+            fields.message,
+        ));
+    }
+}
+
+/// A Rust peer and a Node peer connect and talk with two log captures installed: one of every
+/// warning and error, one behind [`swarm::RECOMMENDED_LOG_FILTER`]. The engine warns during the
+/// run (the routine warnings the filter is for); behind the filter no engine warning is left,
+/// while an engine error and the swarm's own warnings still show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recommended_log_filter_hides_routine_engine_warnings_and_keeps_errors() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    require_setup();
+    let (all, shown) = (LogCapture::default(), LogCapture::default());
+    let filter = tracing_subscriber::EnvFilter::new(swarm::RECOMMENDED_LOG_FILTER);
+    tracing_subscriber::registry()
+        .with(
+            all.clone()
+                .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+        )
+        .with(shown.clone().with_filter(filter))
+        .try_init()
+        .expect("the only test of this binary that installs a subscriber");
+
+    let hub = start_hub().await;
+    let (mut node, node_id) = js_peer("swarm-peer.mjs", hub.url(), "quiet").await;
+    let mut rust = Swarm::join([hub.url()], "quiet", loopback_options())
+        .await
+        .unwrap();
+    let rust_id = rust.id().to_string();
+    let peer = connected(&mut rust, &node_id).await;
+    js_connected(&mut node, &rust_id).await;
+    exchange_messages(&peer, &rust_id, &mut node).await;
+    node.close().await;
+    disconnected_from(&mut rust, &node_id).await;
+    rust.close().await;
+    tracing::error!(target: "rtc_ice::agent", "an engine error");
+    tracing::warn!(target: "swarm::swarm", "a swarm warning");
+
+    let is_engine = |target: &str| target.starts_with("webrtc") || target.starts_with("rtc");
+    let engine_warnings: Vec<_> = all
+        .events()
+        .into_iter()
+        .filter(|(level, target, _)| *level == tracing::Level::WARN && is_engine(target))
+        .collect();
+    println!("engine warnings emitted: {engine_warnings:#?}");
+    assert!(
+        !engine_warnings.is_empty(),
+        "the engine warned about nothing: this run shows nothing about the filter"
+    );
+    let shown = shown.events();
+    let leaked: Vec<_> = shown
+        .iter()
+        .filter(|(level, target, _)| *level != tracing::Level::ERROR && is_engine(target))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "engine warnings let through: {leaked:#?}"
+    );
+    let has = |level: tracing::Level, target: &str, message: &str| {
+        shown
+            .iter()
+            .any(|(l, t, m)| *l == level && t == target && m == message)
+    };
+    assert!(has(
+        tracing::Level::ERROR,
+        "rtc_ice::agent",
+        "an engine error"
+    ));
+    assert!(has(tracing::Level::WARN, "swarm::swarm", "a swarm warning"));
 }
