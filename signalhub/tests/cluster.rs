@@ -193,9 +193,10 @@ async fn a_node_subscribes_in_redis_only_while_it_has_local_subscribers() {
     let redis = RedisServer::start();
     let a = node(&redis).await;
     let b = node(&redis).await;
-    // The control channel only.
-    eventually("A subscribed to its control channel", || {
-        gauge(&a, "signalhub_cluster_redis_subscriptions") == 1.0
+    // No topic yet (the node's control channel is not counted).
+    eventually("A connected, subscribed to no topic", || {
+        gauge(&a, "signalhub_cluster_redis_connected") == 1.0
+            && gauge(&a, "signalhub_cluster_redis_subscriptions") == 0.0
     })
     .await;
     let publishes = gauge(&a, "signalhub_cluster_publishes_total");
@@ -208,7 +209,7 @@ async fn a_node_subscribes_in_redis_only_while_it_has_local_subscribers() {
 
     let sub = SseClient::connect(b.local_addr(), "/v1/app/x,y").await;
     eventually("B subscribed to x and y", || {
-        gauge(&b, "signalhub_cluster_redis_subscriptions") == 3.0
+        gauge(&b, "signalhub_cluster_redis_subscriptions") == 2.0
     })
     .await;
     assert_eq!(
@@ -222,7 +223,7 @@ async fn a_node_subscribes_in_redis_only_while_it_has_local_subscribers() {
     );
     drop(sub);
     eventually("B unsubscribed when its last subscriber left", || {
-        gauge(&b, "signalhub_cluster_redis_subscriptions") == 1.0
+        gauge(&b, "signalhub_cluster_redis_subscriptions") == 0.0
     })
     .await;
     assert_eq!(shard_channels(&redis), vec!["signalhub:control"]);

@@ -233,8 +233,8 @@ pub(crate) async fn metric(hub: &HubAddr, name: &str) -> Option<f64> {
         .map(|(_, v)| v)
 }
 
-/// Waits until the node is subscribed in Redis to `channels` channels (besides the cluster's
-/// control channel, which the gauge counts too).
+/// Waits until the node is subscribed in Redis to `channels` channels (the gauge leaves out the
+/// cluster's control channel).
 pub(crate) async fn settle_subscriptions(
     hub: &HubAddr,
     channels: u64,
@@ -243,12 +243,12 @@ pub(crate) async fn settle_subscriptions(
     let deadline = Instant::now() + within;
     loop {
         let now = metric(hub, "signalhub_cluster_redis_subscriptions").await;
-        if now.is_some_and(|v| v >= (channels + 1) as f64) {
+        if now.is_some_and(|v| v >= channels as f64) {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "node {} subscribed in Redis to {} channels, not {} (+1 control), within {} s",
+                "node {} subscribed in Redis to {} channels, not {}, within {} s",
                 hub.host,
                 now.map_or("?".into(), |v| v.to_string()),
                 channels,

@@ -268,7 +268,7 @@ impl ClusterMetrics {
         );
         registry.register(
             "redis_subscriptions",
-            "Redis shard channels this node is subscribed to",
+            "Redis shard channels this node is subscribed to for its subscribers (not counting its control channel)",
             metrics.redis_subscriptions.clone(),
         );
         registry.register(

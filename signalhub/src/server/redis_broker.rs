@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fred::clients::{Client, SubscriberClient};
+use fred::clients::Client;
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface, SetsInterface};
 use fred::types::config::{Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy};
 use fred::types::{Builder, Expiration, Value};
@@ -154,11 +154,14 @@ struct Shared {
 
 impl Shared {
     fn set_up(&self, flag: &AtomicBool, up: bool) {
+        // One lock around the flag, the gauge and the health: the subscriber's and the
+        // publisher's tasks both call this, and whichever comes last must see the other's flag
+        // (found by the cluster benchmark: a node left saying "degraded" while connected).
+        let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
         flag.store(up, Ordering::Relaxed);
         let all_up =
             self.subscriber_up.load(Ordering::Relaxed) && self.publisher_up.load(Ordering::Relaxed);
         self.metrics.redis_connected.set(i64::from(all_up));
-        let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
         match (all_up, down.is_some()) {
             (true, true) => {
                 tracing::info!("cluster: Redis reachable again");
@@ -190,7 +193,7 @@ pub(crate) struct RedisBroker {
     stop: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     publisher: Client,
-    subscriber: SubscriberClient,
+    subscriber: Client,
 }
 
 fn builder(config: &RedisConfig) -> Result<Builder, ClusterError> {
@@ -232,8 +235,11 @@ impl RedisBroker {
         let publisher = builder
             .build()
             .map_err(|err| ClusterError::Client(err.to_string()))?;
+        // A connection of its own for subscriptions (a subscribed connection takes no other
+        // commands); a plain client, since this broker tracks and restores its subscriptions
+        // itself (fred's subscriber client would keep a second copy of every channel name).
         let subscriber = builder
-            .build_subscriber_client()
+            .build()
             .map_err(|err| ClusterError::Client(err.to_string()))?;
         let shared = Arc::new(Shared {
             node,
@@ -388,9 +394,12 @@ impl Broker for RedisBroker {
                 let _ = tokio::time::timeout(Duration::from_secs(2), withdraw).await;
             }
             if self.subscriber.is_connected() {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), self.subscriber.unsubscribe_all())
-                        .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    // No channel named: every shard channel of this connection.
+                    self.subscriber.sunsubscribe(Vec::<String>::new()),
+                )
+                .await;
             }
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 let _ = self.subscriber.quit().await;
@@ -520,10 +529,11 @@ async fn publish(
 }
 
 /// Keeps the node's shard subscriptions equal to the topics it has local subscribers for,
-/// across reconnections.
+/// across reconnections. Only the topics whose interest changed are looked at (a node may hold
+/// 100 000 of them), and each topic's name is stored once, shared by the sets.
 async fn subscribe(
     shared: Arc<Shared>,
-    subscriber: SubscriberClient,
+    subscriber: Client,
     publisher: Client,
     mut interest: mpsc::UnboundedReceiver<Interest>,
     (mut reconnects, mut errors): (
@@ -532,12 +542,15 @@ async fn subscribe(
     ),
     stop: CancellationToken,
 ) {
-    let mut desired: HashSet<String> = HashSet::new();
-    let mut active: HashSet<String> = HashSet::new();
+    // Topics with local subscribers; topics subscribed in Redis; topics that may differ.
+    let mut desired: HashSet<Arc<str>> = HashSet::new();
+    let mut active: HashSet<Arc<str>> = HashSet::new();
+    let mut pending: HashSet<Arc<str>> = HashSet::new();
     // Apps this node gained signalhubws clients for, to announce once subscribed.
     let mut announce: HashSet<String> = HashSet::new();
-    let control = control_channel();
+    let control: Arc<str> = control_channel().into();
     desired.insert(control.clone());
+    pending.insert(control.clone());
     let mut retry = tokio::time::interval(Duration::from_millis(500));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
@@ -546,20 +559,21 @@ async fn subscribe(
             _ = stop.cancelled() => return,
             change = interest.recv() => {
                 let Some(change) = change else { return };
-                apply(&mut desired, &mut announce, change);
+                apply(&mut desired, &mut pending, &mut announce, change);
                 // Take every change already queued before talking to Redis.
                 while let Ok(change) = interest.try_recv() {
-                    apply(&mut desired, &mut announce, change);
+                    apply(&mut desired, &mut pending, &mut announce, change);
                 }
             }
             event = reconnects.recv() => {
                 if event.is_ok() {
-                    // A new connection has no subscriptions.
+                    // A new connection has no subscriptions: all are to make again.
                     if !first {
                         shared.metrics.resubscriptions.inc();
                     }
                     first = false;
                     active.clear();
+                    pending.extend(desired.iter().cloned());
                     shared.set_up(&shared.subscriber_up, true);
                 }
             }
@@ -573,37 +587,39 @@ async fn subscribe(
                 if up != shared.subscriber_up.load(Ordering::Relaxed) {
                     if up {
                         active.clear();
+                        pending.extend(desired.iter().cloned());
                     }
                     shared.set_up(&shared.subscriber_up, up);
                 }
             }
         }
-        if !subscriber.is_connected() {
+        if pending.is_empty() || !subscriber.is_connected() {
             continue;
         }
-        let added: Vec<String> = desired.difference(&active).cloned().collect();
-        let removed: Vec<String> = active.difference(&desired).cloned().collect();
+        let changes: Vec<(Arc<str>, bool)> = pending
+            .drain()
+            .filter_map(|channel| {
+                let wanted = desired.contains(&channel);
+                (wanted != active.contains(&channel)).then_some((channel, wanted))
+            })
+            .collect();
         // One channel per command: on a Redis Cluster, channels of one SSUBSCRIBE must share a slot.
-        let results: Vec<(String, bool, bool)> = futures_util::stream::iter(
-            added
-                .into_iter()
-                .map(|c| (c, true))
-                .chain(removed.into_iter().map(|c| (c, false))),
-        )
-        .map(|(channel, subscribe)| {
-            let subscriber = subscriber.clone();
-            async move {
-                let ok = if subscribe {
-                    subscriber.ssubscribe(channel.clone()).await.is_ok()
-                } else {
-                    subscriber.sunsubscribe(channel.clone()).await.is_ok()
-                };
-                (channel, subscribe, ok)
-            }
-        })
-        .buffer_unordered(SUBSCRIBE_CONCURRENCY)
-        .collect()
-        .await;
+        let results: Vec<(Arc<str>, bool, bool)> = futures_util::stream::iter(changes)
+            .map(|(channel, subscribe)| {
+                let subscriber = subscriber.clone();
+                async move {
+                    let name = channel.to_string();
+                    let ok = if subscribe {
+                        subscriber.ssubscribe(name).await.is_ok()
+                    } else {
+                        subscriber.sunsubscribe(name).await.is_ok()
+                    };
+                    (channel, subscribe, ok)
+                }
+            })
+            .buffer_unordered(SUBSCRIBE_CONCURRENCY)
+            .collect()
+            .await;
         for (channel, subscribe, ok) in results {
             match (subscribe, ok) {
                 (true, true) => {
@@ -613,20 +629,24 @@ async fn subscribe(
                     active.remove(&channel);
                 }
                 // Tried again at the next change or tick.
-                _ => {}
+                _ => {
+                    pending.insert(channel);
+                }
             }
         }
-        shared.metrics.redis_subscriptions.set(active.len() as i64);
+        // The control channel is the node's own, not a topic of subscribers.
+        let topics = active.len() - usize::from(active.contains(&control));
+        shared.metrics.redis_subscriptions.set(topics as i64);
         // Now that this node hears its apps' topics, tell the others to publish there.
         let ready: Vec<String> = announce
             .iter()
-            .filter(|app| active.contains(&topic_channel(Topic::App(app))))
+            .filter(|app| active.contains(topic_channel(Topic::App(app)).as_str()))
             .cloned()
             .collect();
         for app in ready {
             let note = format!("ws-app {} {app}", shared.node);
             if publisher
-                .spublish::<Value, _, _>(control.clone(), note)
+                .spublish::<Value, _, _>(control.to_string(), note)
                 .await
                 .is_ok()
             {
@@ -636,14 +656,20 @@ async fn subscribe(
     }
 }
 
-fn apply(desired: &mut HashSet<String>, announce: &mut HashSet<String>, change: Interest) {
+fn apply(
+    desired: &mut HashSet<Arc<str>>,
+    pending: &mut HashSet<Arc<str>>,
+    announce: &mut HashSet<String>,
+    change: Interest,
+) {
     let Interest {
         channel,
         app,
         wanted,
     } = change;
+    let channel: Arc<str> = channel.into();
     if wanted {
-        desired.insert(channel);
+        desired.insert(channel.clone());
         if let Some(app) = app {
             announce.insert(app);
         }
@@ -653,6 +679,7 @@ fn apply(desired: &mut HashSet<String>, announce: &mut HashSet<String>, change: 
             announce.remove(&app);
         }
     }
+    pending.insert(channel);
 }
 
 /// Every `every`: refreshes this node's record, sums the live records for the cluster's count,
