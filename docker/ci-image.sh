@@ -306,6 +306,33 @@ echo '{"cmd":"close"}' >&"$js_in"
 expect_js '"event":"closed"' "the JS client did not close"
 kill "$rust_sub" 2>/dev/null || true
 echo "[ci-image] ok: a JS signalhub client and the Rust client exchanged messages through the container"
+
+# A Rust swarm through the container: two `chat` processes (plain mode: stdin not a terminal) in
+# one room meet over WebRTC through the containerized hub and replicate a line.
+chat_bin=target/debug/examples/chat
+[[ -x $chat_bin ]] || fail "$chat_bin is missing: run 'cargo build --locked --example chat' first"
+mkfifo "$work/alice.in" "$work/bob.in"
+"$chat_bin" '#image' --hub "$url" --nick alice --udp 127.0.0.1:0 <"$work/alice.in" >"$work/alice.out" 2>"$work/alice.err" &
+bg_pids+=($!)
+alice=$!
+"$chat_bin" '#image' --hub "$url" --nick bob --udp 127.0.0.1:0 <"$work/bob.in" >"$work/bob.out" 2>"$work/bob.err" &
+bg_pids+=($!)
+bob=$!
+exec 7>"$work/alice.in" 8>"$work/bob.in"
+heard=
+for n in $(seq 1 60); do
+  echo "hello through the image $n" >&7
+  sleep 1
+  if grep -q '<alice> hello through the image' "$work/bob.out"; then heard=1; break; fi
+done
+[[ -n $heard ]] || fail "two Rust swarms (chat) did not meet through the container (bob printed: $(tail -c 400 "$work/bob.out"); stderr: $(tail -c 400 "$work/bob.err"))"
+echo "/quit" >&7
+echo "/quit" >&8
+exec 7>&- 8>&-
+for pid in "$alice" "$bob"; do
+  wait "$pid" || fail "a chat process exited with $? after /quit"
+done
+echo "[ci-image] ok: two Rust swarms (the chat example) met through the container and exchanged a line"
 phase "checks on the running container"
 
 # podman stop: SIGTERM (the image's STOPSIGNAL), exit 0 well within the 10 s grace time.
