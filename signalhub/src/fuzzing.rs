@@ -84,7 +84,11 @@ pub fn encode_envelope(parts: &EnvelopeParts) -> Vec<u8> {
     Envelope {
         node,
         sent_micros: *sent_micros,
-        origin: if *http { Origin::Http } else { Origin::WebSocket },
+        origin: if *http {
+            Origin::Http
+        } else {
+            Origin::WebSocket
+        },
         key,
         message,
     }
