@@ -16,6 +16,7 @@
 //   {"cmd":"lines","room"?:"#r"}            -> {"reply":"lines","room","lines":["HH:MM:SS <nick> text", …]}
 //   {"cmd":"entries","room"?:"#r"}          -> {"reply":"entries","room","entries":[{key,time,who,message,text}]}
 //   {"cmd":"peers","room"?:"#r"}            -> {"reply":"peers","room","peers":N}
+//   {"cmd":"ice"}                           -> {"reply":"ice","servers":[…]}   (the hub's ICE servers, once fetched)
 //   {"cmd":"join","room":"#r"}              -> {"reply":"join","room"}        (and shows it)
 //   {"cmd":"part","room"?:"#r"}             -> {"reply":"part","room"}
 //   {"cmd":"nick","nick":"…"}               -> {"reply":"nick","nick"}
@@ -161,6 +162,9 @@ async function pageCommand (cmd) {
         break
       case 'peers':
         reply = { room, peers: t.peers(room) }
+        break
+      case 'ice':
+        reply = { servers: window.chatIceServers ?? [] }
         break
       case 'join':
         reply = { room: t.join(String(cmd.room ?? '')) ?? null }

@@ -556,3 +556,56 @@ async fn a_rust_chat_and_a_browser_page_talk_both_ways() {
     .expect("the chat and the browser");
     hub.shutdown().await.expect("hub shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_takes_the_hubs_ice_servers_by_default() {
+    require_browser_setup();
+    // Loopback STUN/TURN addresses that nothing serves: only the configuration is under test.
+    let hub = Hub::bind(
+        "127.0.0.1:0",
+        HubConfig {
+            quiet: true,
+            web_root: Some(web_root()),
+            ice_servers: Some(signalhub::IceServers {
+                urls: vec![
+                    "stun:127.0.0.1:3478".to_string(),
+                    "turn:127.0.0.1:3478".to_string(),
+                ],
+                turn_secret: Some("page-secret".to_string()),
+                ttl: Duration::from_secs(600),
+                tag: "signalhub".to_string(),
+            }),
+            ..HubConfig::default()
+        },
+    )
+    .await
+    .expect("bind a hub")
+    .spawn()
+    .expect("serve the hub");
+    let origin = hub.url().to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut page = Page::open(&format!("{origin}/#ice"), "ice");
+        let deadline = Instant::now() + STEP;
+        let servers = loop {
+            let reply = page.request(json!({"cmd": "ice"}));
+            let servers = reply["servers"].as_array().cloned().unwrap_or_default();
+            if !servers.is_empty() {
+                break servers;
+            }
+            assert!(Instant::now() < deadline, "the page never took the hub's ICE servers");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(servers[0], json!({"urls": ["stun:127.0.0.1:3478"]}));
+        assert_eq!(servers[1]["urls"], json!(["turn:127.0.0.1:3478"]));
+        let username = servers[1]["username"].as_str().expect("a TURN username");
+        assert_eq!(
+            servers[1]["credential"].as_str(),
+            Some(signalhub::turn_credential("page-secret", username).as_str()),
+            "the hub's credential, as issued"
+        );
+        page.close();
+    })
+    .await
+    .expect("the page");
+    hub.shutdown().await.expect("hub shutdown");
+}

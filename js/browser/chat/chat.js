@@ -58,6 +58,10 @@ const params = new URL(window.location.href).searchParams
 const hubs = params.getAll('hub').map((h) => h.trim()).filter(Boolean)
 if (!hubs.length && /^https?:$/.test(window.location.protocol)) hubs.push(window.location.origin)
 const iceServers = params.getAll('ice').map((h) => h.trim()).filter(Boolean).map((urls) => ({ urls }))
+// Without ?ice=, the hub's STUN/TURN servers (GET /ice-servers: short-lived TURN credentials),
+// fetched now and again before they expire. webrtc-swarm hands this same array to every new
+// connection, so filling it in place serves the rooms joined before the answer came.
+if (!iceServers.length && hubs.length) loadHubIceServers()
 let nick = cleanNick(params.get('nick') || '') || randomHex(3)
 
 const rooms = new Map() // name -> room, in the order joined; STATUS first
@@ -65,6 +69,28 @@ let current = STATUS
 
 // ---------------------------------------------------------------------------------------------
 // helpers
+
+async function loadHubIceServers () {
+  let servers
+  try {
+    const res = await fetch(hubs[0].replace(/\/+$/, '') + '/ice-servers')
+    if (!res.ok) return // 404: the hub offers none (host candidates only)
+    servers = await res.json()
+  } catch (err) {
+    return
+  }
+  if (!Array.isArray(servers)) return
+  iceServers.splice(0, iceServers.length, ...servers)
+  window.chatIceServers = iceServers // for the tests and the curious
+  // TURN REST API usernames begin with their expiry (Unix seconds): fetch again at 4/5 of it.
+  const expiries = servers
+    .map((server) => Number(String(server.username || '').split(':')[0]))
+    .filter((t) => Number.isFinite(t) && t > 0)
+  if (expiries.length) {
+    const left = Math.min(...expiries) * 1000 - Date.now()
+    setTimeout(loadHubIceServers, Math.max(60000, left * 0.8))
+  }
+}
 
 function randomHex (bytes) {
   const buf = new Uint8Array(bytes)
