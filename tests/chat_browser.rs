@@ -592,7 +592,10 @@ async fn the_page_takes_the_hubs_ice_servers_by_default() {
             if !servers.is_empty() {
                 break servers;
             }
-            assert!(Instant::now() < deadline, "the page never took the hub's ICE servers");
+            assert!(
+                Instant::now() < deadline,
+                "the page never took the hub's ICE servers"
+            );
             std::thread::sleep(Duration::from_millis(100));
         };
         assert_eq!(servers[0], json!({"urls": ["stun:127.0.0.1:3478"]}));
