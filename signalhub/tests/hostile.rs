@@ -90,6 +90,22 @@ async fn head_of(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// A connection that has had `GET /health` answered (`ok\n`) and is kept alive: hyper serves
+/// whatever comes next on it.
+async fn after_a_health_check(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = head_of(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let mut body = [0u8; 3];
+    stream.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"ok\n");
+    stream
+}
+
 /// True once the peer has closed (EOF or reset), reading whatever comes first.
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     let mut buf = vec![0u8; 64 * 1024];
@@ -374,15 +390,7 @@ async fn a_subscription_served_by_hyper_ends_when_its_client_stops_sending() {
     let addr = hub.local_addr();
     for close in ["half", "full"] {
         // A subscription after another request on a kept-alive connection: hyper serves it.
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let head = head_of(&mut stream).await;
-        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-        let mut body = [0u8; 3];
-        stream.read_exact(&mut body).await.unwrap();
+        let mut stream = after_a_health_check(addr).await;
         stream
             .write_all(format!("GET /v1/app/via-hyper HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
             .await
@@ -464,15 +472,7 @@ async fn a_header_timeout_on_a_kept_alive_connection_is_counted() {
     })
     .await;
     let addr = hub.local_addr();
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let head = head_of(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let mut ok = [0u8; 3];
-    stream.read_exact(&mut ok).await.unwrap();
+    let mut stream = after_a_health_check(addr).await;
     // The second request's head never ends.
     stream
         .write_all(b"GET /health HTTP/1.1\r\nHo")

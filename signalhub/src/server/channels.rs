@@ -23,7 +23,7 @@ use rand::seq::index::sample;
 use slab::Slab;
 use tokio_util::sync::CancellationToken;
 
-use super::broker::{Broker, Inbound, Origin, Topic};
+use super::broker::{app_of, Broker, Inbound, Origin, Topic};
 use super::connection::ConnectionContext;
 use super::metrics::Metrics;
 
@@ -44,15 +44,18 @@ impl ChannelKey {
     pub(crate) fn from_raw(key: String) -> Self {
         ChannelKey(key.into_boxed_str())
     }
+}
 
-    /// The app: the text before the first `/`.
-    pub(crate) fn app(&self) -> &str {
-        self.0.split_once('/').map_or(&self.0, |(app, _)| app)
-    }
+/// The channel of a raw `<app>/<channel>` key: everything after the first `/`.
+fn channel_of(key: &str) -> &str {
+    key.split_once('/').map_or("", |(_, channel)| channel)
+}
 
-    /// The channel: everything after the first `/`.
-    pub(crate) fn channel(&self) -> &str {
-        self.0.split_once('/').map_or("", |(_, channel)| channel)
+/// Lets the registry's maps be searched with a raw key (a message from another node) without
+/// building a `ChannelKey`: its hash and equality are those of the text.
+impl std::borrow::Borrow<str> for ChannelKey {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 
@@ -493,15 +496,16 @@ impl Registry {
 
     fn deliver_http(&self, key: &ChannelKey, body: &[u8]) {
         let frame = sse_frame(body);
-        self.deliver_sse(key, &frame);
-        self.deliver_ws_clients(key, body);
+        self.deliver_sse(&key.0, &frame);
+        self.deliver_ws_clients(&key.0, body);
     }
 
-    /// A message of channel `key` to the signalhubws clients of its app.
-    fn deliver_ws_clients(&self, key: &ChannelKey, message: &[u8]) {
-        let shard = self.shard(key.app());
-        if let Some(subscribers) = shard.apps.get(key.app()) {
-            let frame = ws_frame(key.app(), key.channel(), message);
+    /// A message of channel `key` (`<app>/<channel>`) to the signalhubws clients of its app.
+    fn deliver_ws_clients(&self, key: &str, message: &[u8]) {
+        let app = app_of(key);
+        let shard = self.shard(app);
+        if let Some(subscribers) = shard.apps.get(app) {
+            let frame = ws_frame(app, channel_of(key), message);
             self.deliver(subscribers.iter().map(|(_, outbox)| outbox), &frame);
         }
     }
@@ -517,14 +521,14 @@ impl Registry {
             }
         }
         let key = ChannelKey::new(app, channel);
-        self.deliver_sse(&key, &sse_frame(&one_line(message)));
+        self.deliver_sse(&key.0, &sse_frame(&one_line(message)));
         if let Some(broker) = self.broker.get() {
             broker.publish(Origin::WebSocket, &key.0, &Bytes::copy_from_slice(message));
         }
     }
 
-    fn deliver_sse(&self, key: &ChannelKey, frame: &Bytes) {
-        let shard = self.shard(&key.0);
+    fn deliver_sse(&self, key: &str, frame: &Bytes) {
+        let shard = self.shard(key);
         let Some(subscribers) = shard.channels.get(key) else {
             return;
         };
@@ -623,15 +627,14 @@ fn one_line(message: &[u8]) -> Bytes {
 /// Broadcasts made on other nodes of the cluster, delivered here as if made here.
 impl Inbound for Registry {
     fn deliver_channel(&self, origin: Origin, key: &str, message: &[u8]) {
-        let key = ChannelKey::from_raw(key.to_string());
         match origin {
-            Origin::Http => self.deliver_sse(&key, &sse_frame(message)),
-            Origin::WebSocket => self.deliver_sse(&key, &sse_frame(&one_line(message))),
+            Origin::Http => self.deliver_sse(key, &sse_frame(message)),
+            Origin::WebSocket => self.deliver_sse(key, &sse_frame(&one_line(message))),
         }
     }
 
     fn deliver_app(&self, key: &str, message: &[u8]) {
-        self.deliver_ws_clients(&ChannelKey::from_raw(key.to_string()), message);
+        self.deliver_ws_clients(key, message);
     }
 
     fn local_subscribers(&self) -> i64 {
