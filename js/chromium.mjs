@@ -21,7 +21,8 @@ const FLAGS = [
   '--use-fake-device-for-media-stream'
 ]
 
-// Launches Chromium on `userDataDir` and grants camera and microphone to `origin`. The caller
+// Launches Chromium on `userDataDir` and grants camera and microphone to `origin` (when it is a
+// secure context). The caller
 // handles signals (it closes Chromium and removes the user-data dir itself). Extra playwright
 // launch options (e.g. `timezoneId`) go in `options`.
 export async function launchForWebRtc (chromium, userDataDir, origin, options = {}) {
@@ -35,7 +36,13 @@ export async function launchForWebRtc (chromium, userDataDir, origin, options = 
     handleSIGHUP: false,
     ...options
   })
-  await context.grantPermissions(['camera', 'microphone'], { origin })
+  // Only a secure context can be granted media (Chromium refuses the grant elsewhere): a page
+  // served over plain HTTP from another host, as in the NAT lab, gathers no host candidate of
+  // loopback, which it does not need there.
+  const { protocol, hostname } = new URL(origin)
+  if (protocol === 'https:' || ['localhost', '127.0.0.1', '[::1]'].includes(hostname)) {
+    await context.grantPermissions(['camera', 'microphone'], { origin })
+  }
   return context
 }
 

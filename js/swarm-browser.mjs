@@ -3,7 +3,9 @@
 //
 // Usage: node js/swarm-browser.mjs '<config JSON>'
 //   config: {"hubs": ["http://127.0.0.1:PORT", ...], "app": "<app>",
-//            "id"?: "<uuid to use>", "maxPeers"?: N}
+//            "id"?: "<uuid to use>", "maxPeers"?: N, "iceServersFromHub"?: true}
+//   iceServersFromHub: the page takes the STUN/TURN servers the first hub hands out at
+//   GET /ice-servers, as js/swarm-peer.mjs does.
 //   Needs the page bundle: `npm run --prefix js build` (writes js/dist/swarm-page.js).
 //
 // It serves a small page and the bundle on 127.0.0.1:<free port> (Node's http), starts
@@ -146,6 +148,7 @@ for (const hub of config.hubs) query.append('hub', hub)
 query.set('app', config.app)
 if (config.id) query.set('id', config.id)
 if (config.maxPeers) query.set('maxPeers', String(config.maxPeers))
+if (config.iceServersFromHub) query.set('iceFromHub', '1')
 try {
   await page.goto(`${origin}/index.html?${query}`, { timeout: 60000 })
   await page.waitForFunction(() => typeof window.swarmCommand === 'function', null, { timeout: 60000 })

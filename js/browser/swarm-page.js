@@ -3,6 +3,9 @@
 // it into js/dist/swarm-page.js (`npm run --prefix js build`).
 //
 // Page address: /index.html?hub=<url>[&hub=<url>...]&app=<app>[&id=<uuid>][&maxPeers=N]
+//                [&iceFromHub=1]
+//   iceFromHub: take the STUN/TURN servers the first hub hands out at GET /ice-servers (what a
+//   webrtc-swarm user does to cross NATs; a 404 means the hub offers none).
 // Same commands, replies and events as js/swarm-peer.mjs (see js/swarm-commands.mjs):
 //   window.swarmCommand(cmd) -> Promise<reply>
 //   events go to window.emitEvent(ev), which the driver installs (page.exposeFunction) before the
@@ -21,16 +24,24 @@ function emit (ev) {
   }
 }
 
-try {
+async function iceServersOf (hub) {
+  const res = await fetch(hub.replace(/\/$/, '') + '/ice-servers')
+  if (res.status === 404) return []
+  if (!res.ok) throw new Error(`GET /ice-servers: ${res.status}`)
+  return res.json()
+}
+
+async function start () {
   const params = new URL(window.location.href).searchParams
   const hubs = params.getAll('hub')
   const app = params.get('app')
   if (!hubs.length || !app) throw new Error('the page address needs ?hub=<url>&app=<name>')
+  const iceServers = params.get('iceFromHub') === '1' ? await iceServersOf(hubs[0]) : []
   const hub = signalhub(app, hubs)
   const swarm = webrtcSwarm(hub, {
     uuid: params.get('id') || undefined,
     maxPeers: Number(params.get('maxPeers')) || undefined,
-    config: { iceServers: [] }
+    config: { iceServers }
   })
   const handle = attach(swarm, { emit, now: () => performance.now() })
 
@@ -45,7 +56,9 @@ try {
   window.swarm = swarm
   window.swarmCommand = (cmd) => handle(cmd)
   emit({ event: 'ready', id: swarm.me })
-} catch (err) {
+}
+
+start().catch((err) => {
   window.swarmCommand = async (cmd) => ({ reply: cmd.cmd, error: 'the page failed to start: ' + err.message })
   emit({ event: 'fatal', message: 'the page failed to start: ' + (err.stack || err.message) })
-}
+})

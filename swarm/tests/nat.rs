@@ -1,12 +1,15 @@
-//! Rust swarms crossing NATs in a test internet of network namespaces (`tests/netlab/netlab.sh`):
-//! the real hub (the `signalhub` binary) and a real coturn on the "internet" segment, one Rust
-//! peer in each home behind its own NAT router, real WebRTC between them. Each test asserts the
+//! Rust swarms crossing NATs in a test internet of network namespaces (`tests/netlab/netlab.sh`,
+//! driven through `support/netlab.rs`): the real hub (the `signalhub` binary) and a real coturn
+//! on the "internet" segment, one peer in each home behind its own NAT router (a Rust swarm, or
+//! JS webrtc-swarm in Node or in headless Chromium), real WebRTC between them. Each test asserts the
 //! candidate pair ICE selected (host, srflx, prflx, relay and the addresses), not just that the
 //! peers connected:
 //!
 //! - two cone NATs: a direct path through server-reflexive addresses, no relay; 1 MiB each way;
 //! - two symmetric NATs: through the TURN relay, with credentials in the TURN REST scheme;
 //!   1 MiB each way; and the same with an expired credential: coturn refuses it, no path;
+//! - Rust↔Node and Rust↔Chromium across cone NATs (direct) and symmetric NATs (relayed), each
+//!   JS peer taking the hub's ICE servers as a webrtc-swarm user would; 1 MiB each way;
 //! - UDP blocked ↔ cone: webrtc-rs 0.21 has no TURN over TCP, so the swarm reports the failure
 //!   (`Disconnected` with `IceFailed`) instead of hanging, and says why;
 //! - two symmetric NATs with STUN only: `Disconnected` with `IceFailed` within the handshake
@@ -24,24 +27,17 @@
 //! a time (a lock), so timings are not skewed by another test's WebRTC on 2 cores.
 #![cfg(feature = "webrtc")]
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-/// The lab script, shared with CI and the benchmark.
-const NETLAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/netlab/netlab.sh");
-/// The "internet" address the hub and coturn listen on (see netlab.sh).
-const INET: &str = "198.51.100.2";
-const HUB_PORT: u16 = 8080;
-const TURN_PORT: u16 = 3478;
-/// The secret coturn and the credentials share (`use-auth-secret`).
-const TURN_SECRET: &str = "netlab-secret";
+#[path = "support/netlab.rs"]
+mod netlab;
+use netlab::{
+    hub_ice_flags, now_unix, tail, JsPeer, Lab, Line, HUB_PORT, INET, TURN_PORT, TURN_SECRET,
+};
+
 /// Bytes each side sends the other.
 const MIB: usize = 1 << 20;
 /// The longest any peer process may take for what it is asked.
@@ -49,422 +45,6 @@ const PEER_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One lab at a time (see the module docs).
 static LAB_LOCK: Mutex<()> = Mutex::new(());
-static LAB_COUNT: AtomicUsize = AtomicUsize::new(0);
-
-// ---------------------------------------------------------------------------------------------
-// The lab: namespaces, and the processes the test runs in them.
-
-/// Fails, naming the setup command, unless everything the lab needs is here.
-fn require_lab_tools() {
-    let uid = Command::new("id").arg("-u").output().expect("run `id -u`");
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "the NAT lab needs root (network namespaces, nftables)"
-    );
-    for (tool, package) in [
-        ("ip", "iproute2"),
-        ("nft", "nftables"),
-        ("turnserver", "coturn"),
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|out| out.status.success());
-        assert!(
-            found,
-            "`{tool}` is missing: apt-get install coturn nftables iproute2 (package {package})"
-        );
-    }
-}
-
-/// A lab made by `netlab.sh up`, torn down (with everything running in it) when dropped, also
-/// when the test fails.
-struct Lab {
-    prefix: String,
-    vars: HashMap<String, String>,
-    dir: tempfile::TempDir,
-    processes: Vec<Proc>,
-}
-
-impl Lab {
-    /// `homes`: (name, NAT kind), e.g. `("a", "cone")`.
-    fn up(homes: &[(&str, &str)]) -> Lab {
-        require_lab_tools();
-        let prefix = format!(
-            "nat{}x{}",
-            std::process::id(),
-            LAB_COUNT.fetch_add(1, Ordering::SeqCst)
-        );
-        let mut command = Command::new("bash");
-        command.arg(NETLAB).arg("up").arg(&prefix);
-        for (name, kind) in homes {
-            command.arg(format!("{name}:{kind}"));
-        }
-        // A lab value first, so a failing `up` is still torn down.
-        let mut lab = Lab {
-            prefix,
-            vars: HashMap::new(),
-            // NAT_LOG_DIR keeps every process's log there (for a look after the test).
-            dir: match std::env::var_os("NAT_LOG_DIR") {
-                Some(dir) => tempfile::Builder::new()
-                    .prefix("nat-")
-                    .disable_cleanup(true)
-                    .tempdir_in(dir)
-                    .expect("a directory in NAT_LOG_DIR"),
-                None => tempfile::tempdir().expect("a temporary directory"),
-            },
-            processes: Vec::new(),
-        };
-        let out = command.output().expect("run netlab.sh");
-        assert!(
-            out.status.success(),
-            "netlab.sh up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        lab.vars = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        lab
-    }
-
-    fn var(&self, key: &str) -> &str {
-        self.vars
-            .get(key)
-            .unwrap_or_else(|| panic!("netlab.sh did not print {key}"))
-    }
-
-    fn home_ns(&self, home: &str) -> String {
-        self.var(&format!("HOME_NS_{home}")).to_string()
-    }
-
-    fn wan(&self, home: &str) -> String {
-        self.var(&format!("WAN_ADDR_{home}")).to_string()
-    }
-
-    /// Starts `program args` in namespace `ns`; its stdout lines come through the receiver,
-    /// its stderr goes to a file in the lab's directory (shown when a test fails).
-    fn spawn(
-        &mut self,
-        name: &str,
-        ns: &str,
-        program: &Path,
-        args: &[String],
-        env: &[(&str, String)],
-    ) -> (usize, mpsc::Receiver<String>) {
-        let log_path = self.dir.path().join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).expect("create a log file");
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", ns])
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name} in {ns}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (lines_tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        self.processes.push(Proc {
-            name: name.to_string(),
-            child,
-            log: log_path,
-        });
-        (self.processes.len() - 1, lines)
-    }
-
-    /// The stderr a process wrote so far.
-    fn log_of(&self, index: usize) -> String {
-        std::fs::read_to_string(&self.processes[index].log).unwrap_or_default()
-    }
-
-    /// Starts the hub on the internet segment, with `extra` flags, and waits until it listens.
-    fn start_hub(&mut self, extra: &[&str]) {
-        let hub = hub_binary();
-        let mut args: Vec<String> = [
-            "listen",
-            "--host",
-            INET,
-            "--port",
-            &HUB_PORT.to_string(),
-            "--quiet",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let ns = self.var("INET_NS").to_string();
-        let (index, _) = self.spawn("hub", &ns, &hub, &args, &[]);
-        self.wait_for_log(index, "listening", "the hub to listen");
-    }
-
-    /// Starts coturn on the internet segment with time-limited credentials (`use-auth-secret`),
-    /// UDP and TCP on 3478, and waits until its relay is ready.
-    fn start_coturn(&mut self) -> usize {
-        let dir = self.dir.path().to_path_buf();
-        let args: Vec<String> = [
-            "-n",
-            "--listening-ip",
-            INET,
-            "--relay-ip",
-            INET,
-            "--listening-port",
-            &TURN_PORT.to_string(),
-            "--realm",
-            "netlab",
-            "--no-tls",
-            "--no-dtls",
-            "--no-cli",
-            "--fingerprint",
-            "--use-auth-secret",
-            "--static-auth-secret",
-            TURN_SECRET,
-            "--pidfile",
-            &dir.join("turnserver.pid").to_string_lossy(),
-            "--userdb",
-            &dir.join("turndb").to_string_lossy(),
-            "--log-file",
-            "stdout",
-            "--simple-log",
-            "--verbose",
-            // One relay thread (see `start_coturn`'s doc).
-            "--relay-threads",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let ns = self.var("INET_NS").to_string();
-        let (index, lines) = self.spawn("coturn", &ns, Path::new("turnserver"), &args, &[]);
-        // coturn logs to stdout: copy it into its log file, and wait for its relay.
-        let log = self.processes[index].log.clone();
-        let (ready_tx, ready) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut file = std::fs::OpenOptions::new().append(true).open(log).ok();
-            let mut ready_tx = Some(ready_tx);
-            for line in lines {
-                if let Some(file) = file.as_mut() {
-                    let _ = writeln!(file, "{line}");
-                }
-                if line.contains("Relay ports initialization done") {
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-            }
-        });
-        if ready.recv_timeout(Duration::from_secs(10)).is_err() {
-            panic!("coturn did not start:\n{}", self.log_of(index));
-        }
-        // Its listeners open right after the relay ports.
-        std::thread::sleep(Duration::from_millis(300));
-        index
-    }
-
-    fn wait_for_log(&self, index: usize, needle: &str, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.log_of(index).contains(needle) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("no {what} in 10 s:\n{}", self.log_of(index));
-    }
-
-    /// Starts a Rust swarm peer (this test binary's `nat_peer`) in `home`.
-    fn start_peer(&mut self, home: &str, app: &str, setup: &PeerSetup) -> PeerProc {
-        let exe = std::env::current_exe().expect("the test executable");
-        let args: Vec<String> = ["--exact", "nat_peer", "--ignored", "--nocapture", "--quiet"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let env = [
-            ("NAT_PEER_HUB", format!("http://{INET}:{HUB_PORT}")),
-            ("NAT_PEER_APP", app.to_string()),
-            ("NAT_PEER_ICE", setup.ice_servers.to_string()),
-            ("NAT_PEER_ICE_FROM_HUB", setup.ice_from_hub.to_string()),
-            ("NAT_PEER_BYTES", setup.bytes.to_string()),
-            (
-                "NAT_PEER_EXPECT_FILL",
-                setup.expect_fill.map(|f| f.to_string()).unwrap_or_default(),
-            ),
-            (
-                "NAT_PEER_HANDSHAKE_MS",
-                setup.handshake_timeout.as_millis().to_string(),
-            ),
-            (
-                "RUST_LOG",
-                std::env::var("NAT_PEER_LOG").unwrap_or_else(|_| "warn,swarm=info".into()),
-            ),
-        ];
-        let ns = self.home_ns(home);
-        let (index, lines) = self.spawn(&format!("peer-{home}"), &ns, &exe, &args, &env);
-        PeerProc {
-            home: home.to_string(),
-            index,
-            lines,
-        }
-    }
-
-    /// Starts a JS webrtc-swarm peer (js/swarm-peer.mjs in Node, @roamhq/wrtc) in `home`, taking
-    /// its ICE servers from the hub as a webrtc-swarm user would.
-    fn start_node_peer(&mut self, home: &str, app: &str) -> PeerProc {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../js/swarm-peer.mjs");
-        let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../js/node_modules/webrtc-swarm");
-        assert!(
-            modules.exists(),
-            "{} is missing: run `npm ci --prefix js` (Node.js 20)",
-            modules.display()
-        );
-        let config = json!({
-            "hubs": [format!("http://{INET}:{HUB_PORT}")],
-            "app": app,
-            "iceServersFromHub": true,
-        });
-        let ns = self.home_ns(home);
-        let (index, lines) = self.spawn(
-            &format!("node-{home}"),
-            &ns,
-            Path::new("node"),
-            &[script.to_string_lossy().into_owned(), config.to_string()],
-            &[],
-        );
-        PeerProc {
-            home: home.to_string(),
-            index,
-            lines,
-        }
-    }
-
-    /// Writes one line to a process's stdin (a command to a Node peer).
-    fn send_line(&mut self, peer: &PeerProc, line: &Value) {
-        let stdin = self.processes[peer.index]
-            .child
-            .stdin
-            .as_mut()
-            .expect("the peer's stdin is open");
-        writeln!(stdin, "{line}").expect("write a command to the peer");
-    }
-
-    /// Tells a peer to leave (closes its stdin) and waits for it to exit.
-    fn stop_peer(&mut self, peer: &PeerProc) {
-        let proc = &mut self.processes[peer.index];
-        drop(proc.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = proc.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "peer {} did not leave within 10 s of being told to",
-            peer.home
-        );
-    }
-
-    /// The logs of every process, for a failure message.
-    fn logs(&self) -> String {
-        (0..self.processes.len())
-            .map(|i| {
-                format!(
-                    "--- {} ---\n{}",
-                    self.processes[i].name,
-                    tail(&self.log_of(i), 40)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
-        for proc in &mut self.processes {
-            let _ = proc.child.kill();
-            let _ = proc.child.wait();
-        }
-        let _ = Command::new("bash")
-            .arg(NETLAB)
-            .arg("down")
-            .arg(&self.prefix)
-            .status();
-    }
-}
-
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// The `signalhub` binary next to this test's directory (`target/<profile>/signalhub`); fails,
-/// naming the command that builds it, when it is missing (and warns when it is older than the
-/// hub's sources).
-fn hub_binary() -> PathBuf {
-    let me = std::env::current_exe().expect("the test executable");
-    let profile_dir = me
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from target/<profile>/deps");
-    let exe = profile_dir.join(format!("signalhub{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        exe.exists(),
-        "{} is missing: run `cargo build -p signalhub` (a plain `cargo test --workspace` builds it)",
-        exe.display()
-    );
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../signalhub/src");
-    let built = std::fs::metadata(&exe).and_then(|m| m.modified()).ok();
-    // A warning, not a failure: in a working tree being edited the sources are often newer than
-    // the last build, and cargo, not this test, knows whether that matters.
-    if let (Some(built), Some(newest)) = (built, newest_mtime(&sources)) {
-        if built < newest {
-            eprintln!(
-                "warning: {} is older than signalhub/src: run `cargo build -p signalhub`",
-                exe.display()
-            );
-        }
-    }
-    exe
-}
-
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let time = if path.is_dir() {
-            newest_mtime(&path)
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(time);
-    }
-    newest
-}
 
 // ---------------------------------------------------------------------------------------------
 // TURN REST API credentials (draft-uberti-behave-turn-rest-00, coturn's use-auth-secret):
@@ -556,13 +136,6 @@ fn turn_credential(expiry: u64) -> (String, String) {
     (username, password)
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[test]
 fn turn_rest_credentials_match_known_values() {
     // RFC 2202 test case 2, and base64 of it.
@@ -593,27 +166,6 @@ fn ice_servers(turn: Option<(&[&str], u64)>) -> Value {
         servers.push(json!({"urls": urls, "username": username, "credential": credential}));
     }
     Value::Array(servers)
-}
-
-/// `signalhub listen` flags that hand out the lab's STUN server and coturn (TURN over
-/// `transports`) with credentials from TURN_SECRET, valid `ttl` seconds.
-fn hub_ice_flags(transports: &[&str], ttl: u64) -> Vec<String> {
-    let mut flags = vec![
-        "--turn-secret".to_string(),
-        TURN_SECRET.to_string(),
-        "--turn-ttl".to_string(),
-        ttl.to_string(),
-        "--ice-server".to_string(),
-        format!("stun:{INET}:{TURN_PORT}"),
-    ];
-    for transport in transports {
-        flags.push("--ice-server".to_string());
-        flags.push(match *transport {
-            "udp" => format!("turn:{INET}:{TURN_PORT}"),
-            other => format!("turn:{INET}:{TURN_PORT}?transport={other}"),
-        });
-    }
-    flags
 }
 
 /// Asserts that coturn granted allocations only to credentials the hub issued (its usernames
@@ -667,7 +219,7 @@ impl PeerSetup {
 struct PeerProc {
     home: String,
     index: usize,
-    lines: mpsc::Receiver<String>,
+    lines: mpsc::Receiver<Line>,
 }
 
 impl PeerProc {
@@ -685,13 +237,13 @@ impl PeerProc {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                    let Ok(value) = serde_json::from_str::<Value>(&line.text) else {
                         continue;
                     };
                     assert_ne!(
                         value["event"],
                         "fatal",
-                        "node peer {}: {value}\n{}",
+                        "JS peer {}: {value}\n{}",
                         self.home,
                         lab.logs()
                     );
@@ -700,7 +252,7 @@ impl PeerProc {
                     }
                 }
                 Err(_) => panic!(
-                    "node peer {}: no {what} within {within:?}\n{}",
+                    "JS peer {}: no {what} within {within:?}\n{}",
                     self.home,
                     lab.logs()
                 ),
@@ -716,7 +268,7 @@ impl PeerProc {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    let Some(report) = line.strip_prefix("NATPEER ") else {
+                    let Some(report) = line.text.strip_prefix("NATPEER ") else {
                         continue;
                     };
                     let report: Value = serde_json::from_str(report).expect("a JSON report");
@@ -730,6 +282,54 @@ impl PeerProc {
                     lab.logs()
                 ),
             }
+        }
+    }
+}
+
+/// The NAT tests' own peers.
+impl Lab {
+    /// Starts a Rust swarm peer (this test binary's `nat_peer`) in `home`.
+    fn start_peer(&mut self, home: &str, app: &str, setup: &PeerSetup) -> PeerProc {
+        let exe = std::env::current_exe().expect("the test executable");
+        let args: Vec<String> = ["--exact", "nat_peer", "--ignored", "--nocapture", "--quiet"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let env = [
+            ("NAT_PEER_HUB", format!("http://{INET}:{HUB_PORT}")),
+            ("NAT_PEER_APP", app.to_string()),
+            ("NAT_PEER_ICE", setup.ice_servers.to_string()),
+            ("NAT_PEER_ICE_FROM_HUB", setup.ice_from_hub.to_string()),
+            ("NAT_PEER_BYTES", setup.bytes.to_string()),
+            (
+                "NAT_PEER_EXPECT_FILL",
+                setup.expect_fill.map(|f| f.to_string()).unwrap_or_default(),
+            ),
+            (
+                "NAT_PEER_HANDSHAKE_MS",
+                setup.handshake_timeout.as_millis().to_string(),
+            ),
+            (
+                "RUST_LOG",
+                std::env::var("NAT_PEER_LOG").unwrap_or_else(|_| "warn,swarm=info".into()),
+            ),
+        ];
+        let ns = self.home_ns(home);
+        let (index, lines) = self.spawn(&format!("peer-{home}"), &ns, &exe, &args, &env);
+        PeerProc {
+            home: home.to_string(),
+            index,
+            lines,
+        }
+    }
+
+    /// A JS webrtc-swarm peer (Node or Chromium) in `home`, with the hub's ICE servers.
+    fn start_js(&mut self, home: &str, app: &str, js: JsPeer) -> PeerProc {
+        let (index, lines) = self.start_js_peer(home, app, js);
+        PeerProc {
+            home: home.to_string(),
+            index,
+            lines,
         }
     }
 }
@@ -966,8 +566,8 @@ fn finish_pair_within(
         );
         out[i] = json!([out[i].clone(), transferred]);
     }
-    lab.stop_peer(&a);
-    lab.stop_peer(&b);
+    lab.stop(a.index);
+    lab.stop(b.index);
     // The engine's per-check errors are gone: a loopback candidate is neither offered nor used
     // when ICE servers are set, so coturn is not asked to relay to 127.0.0.1 (403, which
     // webrtc-rs 0.21 asked again on every check: ~180 errors a second per peer) and nothing is
@@ -1122,8 +722,8 @@ fn an_expired_turn_credential_is_refused_and_symmetric_nats_then_fail() {
         "coturn's log shows no refused credential:\n{}",
         tail(&log, 60)
     );
-    lab.stop_peer(&a);
-    lab.stop_peer(&b);
+    lab.stop(a.index);
+    lab.stop(b.index);
 }
 
 #[test]
@@ -1166,8 +766,8 @@ fn udp_blocked_to_cone_fails_clearly_as_webrtc_rs_has_no_turn_over_tcp() {
         "the blocked peer did not say why:\n{}",
         lab.log_of(a.index)
     );
-    lab.stop_peer(&a);
-    lab.stop_peer(&b);
+    lab.stop(a.index);
+    lab.stop(b.index);
 }
 
 #[test]
@@ -1202,8 +802,8 @@ fn symmetric_nats_without_turn_report_ice_failed_and_retry() {
     );
     assert!(failures[1] > failures[0], "a second attempt was made");
     // Nothing hangs: both leave at once when told.
-    lab.stop_peer(&a);
-    lab.stop_peer(&b);
+    lab.stop(a.index);
+    lab.stop(b.index);
 }
 
 #[test]
@@ -1251,25 +851,31 @@ fn hub_credentials_are_refreshed_before_they_expire() {
 /// A Rust peer in home `a` and a JS webrtc-swarm peer (Node, @roamhq/wrtc) in home `b`, both
 /// behind `kind` NATs and taking ICE servers from the hub, connect and move 1 MiB each way.
 /// Returns the Rust side's `connected` and `transferred` reports and Node's selected path.
-fn rust_and_node(kind: &str) -> (Value, Value, Value, Lab) {
+fn rust_and_js(kind: &str, js: JsPeer) -> (Value, Value, Value, Lab) {
     let mut lab = Lab::up(&[("a", kind), ("b", kind)]);
     lab.start_coturn();
     let flags = hub_ice_flags(&["udp"], 3600);
     lab.start_hub(&flags.iter().map(String::as_str).collect::<Vec<_>>());
-    let app = format!("node-{kind}");
+    let app = format!("{}-{kind}", js.name());
     let mut setup = PeerSetup::from_hub();
     setup.expect_fill = Some(0x78); // what js/swarm-peer.mjs "blast" sends
     let rust = lab.start_peer("a", &app, &setup);
-    let node = lab.start_node_peer("b", &app);
+    let peer = lab.start_js("b", &app, js);
     let rust_id = rust.expect(&lab, &["joined"], PEER_DEADLINE)["id"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let connect = node.expect_json(&lab, "a connection", PEER_DEADLINE, |e| {
+    let connect = peer.expect_json(&lab, "a connection", PEER_DEADLINE, |e| {
         e["event"] == "connect" && e["id"] == rust_id.as_str()
     });
-    lab.send_line(&node, &json!({"cmd": "sink", "to": rust_id, "expect": MIB}));
-    lab.send_line(&node, &json!({"cmd": "blast", "to": rust_id, "bytes": MIB}));
+    lab.send_line(
+        peer.index,
+        &json!({"cmd": "sink", "to": rust_id, "expect": MIB}),
+    );
+    lab.send_line(
+        peer.index,
+        &json!({"cmd": "blast", "to": rust_id, "bytes": MIB}),
+    );
     let connected = rust.expect(&lab, &["connected", "disconnected"], PEER_DEADLINE);
     assert_eq!(
         connected["event"],
@@ -1283,23 +889,24 @@ fn rust_and_node(kind: &str) -> (Value, Value, Value, Lab) {
         "Rust side: {transferred}\n{}",
         lab.logs()
     );
-    node.expect_json(&lab, "1 MiB from Rust", PEER_DEADLINE, |e| {
+    peer.expect_json(&lab, "1 MiB from Rust", PEER_DEADLINE, |e| {
         e["event"] == "sunk" && e["bytes"].as_u64().unwrap_or(0) >= MIB as u64
     });
-    lab.send_line(&node, &json!({"cmd": "path", "to": rust_id}));
-    let node_path = node.expect_json(&lab, "the path", PEER_DEADLINE, |e| e["reply"] == "path");
-    assert!(node_path.get("error").is_none(), "{node_path}");
+    lab.send_line(peer.index, &json!({"cmd": "path", "to": rust_id}));
+    let js_path = peer.expect_json(&lab, "the path", PEER_DEADLINE, |e| e["reply"] == "path");
+    assert!(js_path.get("error").is_none(), "{js_path}");
     println!(
-        "Rust↔Node, {kind}: Rust join→open {} ms, Node connect at {} ms; Rust path {} → {}; \
-         Node path {} {} → {} {}",
+        "Rust↔{js}, {kind}: Rust join→open {} ms, {js} connect at {} ms; Rust path {} → {}; \
+         {js} path {} {} → {} {}",
         connected["open_ms"],
         connect["ms"],
         transferred["path"]["local"],
         transferred["path"]["remote"],
-        node_path["local"]["type"],
-        node_path["local"]["address"],
-        node_path["remote"]["type"],
-        node_path["remote"]["address"],
+        js_path["local"]["type"],
+        js_path["local"]["address"],
+        js_path["remote"]["type"],
+        js_path["remote"]["address"],
+        js = js.title(),
     );
     let log = lab.log_of(rust.index);
     for noise in ["TURN permission request failed", "Failed to write packet"] {
@@ -1311,14 +918,13 @@ fn rust_and_node(kind: &str) -> (Value, Value, Value, Lab) {
             tail(&log, 20)
         );
     }
-    lab.stop_peer(&rust);
-    (connected, transferred, node_path, lab)
+    lab.stop(rust.index);
+    (connected, transferred, js_path, lab)
 }
 
-#[test]
-fn rust_and_node_behind_cone_nats_connect_directly() {
+fn rust_and_js_behind_cone_nats_connect_directly(js: JsPeer) {
     let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-    let (_, transferred, node_path, lab) = rust_and_node("cone");
+    let (_, transferred, js_path, lab) = rust_and_js("cone", js);
     let path = &transferred["path"];
     assert_eq!(path["relayed"], false, "Rust side relayed: {path}");
     assert!(
@@ -1331,27 +937,50 @@ fn rust_and_node_behind_cone_nats_connect_directly() {
     assert_path_carried_the_bytes("a", path);
     for end in ["local", "remote"] {
         assert_ne!(
-            node_path[end]["type"], "relay",
-            "Node side relayed: {node_path}"
+            js_path[end]["type"],
+            "relay",
+            "{} side relayed: {js_path}",
+            js.title()
         );
     }
     assert!(
-        node_path["remote"]["type"] == "srflx" || node_path["remote"]["type"] == "prflx",
-        "Node side: {node_path}"
+        js_path["remote"]["type"] == "srflx" || js_path["remote"]["type"] == "prflx",
+        "{} side: {js_path}",
+        js.title()
     );
 }
 
-#[test]
-fn rust_and_node_behind_symmetric_nats_connect_through_the_relay() {
+fn rust_and_js_behind_symmetric_nats_connect_through_the_relay(js: JsPeer) {
     let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-    let (_, transferred, node_path, _lab) = rust_and_node("symmetric");
+    let (_, transferred, js_path, _lab) = rust_and_js("symmetric", js);
     let path = &transferred["path"];
     assert_eq!(path["relayed"], true, "Rust side not relayed: {path}");
     assert_path_carried_the_bytes("a", path);
     assert!(
-        node_path["local"]["type"] == "relay" || node_path["remote"]["type"] == "relay",
-        "Node side not relayed: {node_path}"
+        js_path["local"]["type"] == "relay" || js_path["remote"]["type"] == "relay",
+        "{} side not relayed: {js_path}",
+        js.title()
     );
+}
+
+#[test]
+fn rust_and_node_behind_cone_nats_connect_directly() {
+    rust_and_js_behind_cone_nats_connect_directly(JsPeer::Node);
+}
+
+#[test]
+fn rust_and_node_behind_symmetric_nats_connect_through_the_relay() {
+    rust_and_js_behind_symmetric_nats_connect_through_the_relay(JsPeer::Node);
+}
+
+#[test]
+fn rust_and_chromium_behind_cone_nats_connect_directly() {
+    rust_and_js_behind_cone_nats_connect_directly(JsPeer::Chromium);
+}
+
+#[test]
+fn rust_and_chromium_behind_symmetric_nats_connect_through_the_relay() {
+    rust_and_js_behind_symmetric_nats_connect_through_the_relay(JsPeer::Chromium);
 }
 
 #[test]
