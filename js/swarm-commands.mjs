@@ -105,6 +105,18 @@ export function attach (swarm, { emit, now }) {
           reply.count = peers.length
           break
         }
+        case 'drain': {
+          // Until every message sent so far has left the data channel (bufferedAmount 0): a
+          // close right after sends discards what libwebrtc still holds.
+          const peers = targets(cmd.to)
+          const deadline = now() + 10000
+          while (peers.some((peer) => peer._channel && peer._channel.bufferedAmount > 0)) {
+            if (now() > deadline) throw new Error('the data channel did not drain in 10 s')
+            await sleep(2)
+          }
+          reply.count = peers.length
+          break
+        }
         case 'send-binary': {
           const peers = targets(cmd.to)
           const buf = Buffer.from(cmd.base64 || '', 'base64')

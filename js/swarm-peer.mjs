@@ -24,6 +24,8 @@
 //   {"cmd":"blast","to":id,"bytes":N,"chunk"?:16384}      -> {"reply":"blast","bytes":N,"ms":M}
 //        writes N bytes in binary messages of "chunk" bytes as fast as backpressure allows; ms runs
 //        from the first write until the data channel's bufferedAmount is back to 0
+//   {"cmd":"drain","to"?:id}                             -> {"reply":"drain","count":N}
+//        once the data channel(s) hold nothing unsent (bufferedAmount 0; 10 s at most)
 //   {"cmd":"peers"}                                      -> {"reply":"peers","ids":[...connected ids]}
 //   {"cmd":"id"}                                         -> {"reply":"id","id":"<swarm.me>"}
 //   {"cmd":"path","to":id}  -> {"reply":"path","local":{"type","address","port","protocol"},
