@@ -188,7 +188,7 @@ async fn rust_offers_to_a_node_webrtc_swarm_peer() {
     node.close().await;
 }
 
-/// A Node peer sends 50 messages, waits until its channel has sent them, then leaves
+/// A Node peer sends 50 messages, lets them arrive, then leaves
 /// (webrtc-swarm's `close` destroys the peer: its data channel, then its connection). The Rust side does not read until `Disconnected` has
 /// come; by then every message is queued: `recv_message` hands out all 50, in order, each at
 /// once, then `None`.
@@ -212,11 +212,14 @@ async fn disconnected_comes_after_the_messages_sent_before_the_close() {
         node.wait_for("a send", |e| e["reply"] == "send" && e["count"] == 1)
             .await;
     }
-    // Sent, not only queued in Node: simple-peer's destroy closes the connection at once, and
-    // libwebrtc discards what it had not sent yet (23 of 50 arrived in one loaded CI run).
+    // Received by the Rust engine before the close, which is what this test is about: simple-
+    // peer's destroy closes the connection at once, and what Node's SCTP had not delivered yet
+    // is lost (a loaded run got 23 of 50; after the channel drained, still 19 in 3 of 20 runs,
+    // the close 20 ms after the open). So: handed to SCTP, then a second to deliver.
     node.send(json!({"cmd": "drain", "to": rust_id}));
     node.wait_for("the channel drained", |e| e["reply"] == "drain")
         .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     node.close().await;
     disconnected_from(&mut rust, &node_id).await;
     for i in 0..N {

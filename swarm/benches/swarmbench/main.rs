@@ -3,9 +3,13 @@
 //!
 //! - join → open data channel, median and p95 over N tries (Rust↔Rust, Node↔Node);
 //! - data-channel throughput for one pair (Rust↔Rust, Node↔Node, Rust↔Chromium);
-//! - full-mesh formation time for 8 Rust peers.
+//! - full-mesh formation time for 8 Rust peers;
+//! - with `--nat` (root, iproute2, nftables, coturn): the same join → open across the NAT lab,
+//!   cone and symmetric, Rust↔Rust, Rust↔Node and Node↔Node in one run, and throughput on the
+//!   direct and the relayed path (`nat.rs`). `--nat-only` runs just that.
 //!
-//! `cargo bench -p swarm --bench swarmbench -- [--quick] [--tries N] [--mib N] [--no-js] [--no-browser]`
+//! `cargo bench -p swarm --bench swarmbench -- [--quick] [--tries N] [--mib N] [--no-js]
+//! [--no-browser] [--nat | --nat-only]`
 //!
 //! `RUST_LOG=swarm=debug` shows where a handshake's time goes. One run each; on a shared machine
 //! the figures are noisy.
@@ -20,6 +24,8 @@ use swarm::{Swarm, SwarmEvent, SwarmOptions, SwarmPeer};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
 
+mod nat;
+
 const STEP: Duration = Duration::from_secs(60);
 
 struct Args {
@@ -28,6 +34,8 @@ struct Args {
     mesh: usize,
     js: bool,
     browser: bool,
+    nat: bool,
+    loopback: bool,
 }
 
 fn args() -> Args {
@@ -37,6 +45,8 @@ fn args() -> Args {
         mesh: 8,
         js: true,
         browser: true,
+        nat: false,
+        loopback: true,
     };
     let mut quick = false;
     let mut it = std::env::args().skip(1);
@@ -53,6 +63,11 @@ fn args() -> Args {
             "--mesh" => a.mesh = number("--mesh"),
             "--no-js" => a.js = false,
             "--no-browser" => a.browser = false,
+            "--nat" => a.nat = true,
+            "--nat-only" => {
+                a.nat = true;
+                a.loopback = false;
+            }
             _ => {} // --bench and filters
         }
     }
@@ -304,7 +319,24 @@ async fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
+    if let Ok(hub) = std::env::var(nat::LAB_PEER_ENV) {
+        return nat::lab_peer(hub).await;
+    }
     let args = args();
+    if args.loopback {
+        loopback(&args).await;
+    }
+    if args.nat {
+        // The lab drives its processes with blocking waits.
+        let (tries, mib) = (args.tries, args.mib.min(16));
+        tokio::task::spawn_blocking(move || nat::run(tries, mib))
+            .await
+            .expect("the NAT lab's figures");
+    }
+}
+
+/// Everything on one loopback interface, in this process (but the JS peers).
+async fn loopback(args: &Args) {
     let hub = start_hub().await;
     let url = hub.url().to_string();
     println!(
