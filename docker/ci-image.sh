@@ -48,7 +48,7 @@ if ((${#missing[@]})); then
 fi
 command -v node >/dev/null 2>&1 || fail "node is not installed (the JS client check and the node base image need it)"
 [[ -d js/node_modules/signalhub ]] || fail "js/node_modules is missing: run 'npm ci --prefix js' first"
-hub_cli=target/release/signalhub
+hub_cli=${CARGO_TARGET_DIR:-target}/release/signalhub
 [[ -x $hub_cli ]] || fail "$hub_cli is missing: run 'cargo build --release --locked -p signalhub' first"
 
 work=$(mktemp -d)
@@ -309,7 +309,7 @@ echo "[ci-image] ok: a JS signalhub client and the Rust client exchanged message
 
 # A Rust swarm through the container: two `chat` processes (plain mode: stdin not a terminal) in
 # one room meet over WebRTC through the containerized hub and replicate a line.
-chat_bin=target/debug/examples/chat
+chat_bin=${CARGO_TARGET_DIR:-target}/debug/examples/chat
 [[ -x $chat_bin ]] || fail "$chat_bin is missing: run 'cargo build --locked --example chat' first"
 mkfifo "$work/alice.in" "$work/bob.in"
 "$chat_bin" '#image' --hub "$url" --nick alice --udp 127.0.0.1:0 <"$work/alice.in" >"$work/alice.out" 2>"$work/alice.err" &
