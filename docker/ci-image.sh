@@ -18,7 +18,7 @@
 # Podman here: runc (crun fails on this kind's cgroups), cgroupfs, host networking, and a
 # containers.conf without default ulimits (setting RLIMIT_NPROC/NOFILE is not permitted).
 #
-# Usage: bash docker/ci-image.sh   (root; after `cargo build --release -p signalhub` and
+# Usage: bash docker/ci-image.sh   (root; after `cargo build -p signalhub --example chat` and
 #                                   `npm ci --prefix js`, which .ci/run does before it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,8 +48,8 @@ if ((${#missing[@]})); then
 fi
 command -v node >/dev/null 2>&1 || fail "node is not installed (the JS client check and the node base image need it)"
 [[ -d js/node_modules/signalhub ]] || fail "js/node_modules is missing: run 'npm ci --prefix js' first"
-hub_cli=${CARGO_TARGET_DIR:-target}/release/signalhub
-[[ -x $hub_cli ]] || fail "$hub_cli is missing: run 'cargo build --release --locked -p signalhub' first"
+hub_cli=${CARGO_TARGET_DIR:-target}/debug/signalhub
+[[ -x $hub_cli ]] || fail "$hub_cli is missing: run 'cargo build --locked -p signalhub' first"
 
 work=$(mktemp -d)
 conf=$work/containers.conf
