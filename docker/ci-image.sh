@@ -18,7 +18,7 @@
 # Podman here: runc (crun fails on this kind's cgroups), cgroupfs, host networking, and a
 # containers.conf without default ulimits (setting RLIMIT_NPROC/NOFILE is not permitted).
 #
-# Usage: bash docker/ci-image.sh   (root; after `cargo build -p signalhub --example chat` and
+# Usage: bash docker/ci-image.sh   (root; after `cargo build -p signalhub`, `cargo build --example chat` and
 #                                   `npm ci --prefix js`, which .ci/run does before it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
