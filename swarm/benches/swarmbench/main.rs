@@ -2,6 +2,8 @@
 //! and Chromium's own WebRTC), all through this crate's hub on loopback:
 //!
 //! - join → open data channel, median and p95 over N tries (Rust↔Rust, Node↔Node);
+//! - join → open with a Chromium tab already in the swarm: a Rust peer and a Node peer joining
+//!   it (alternately, a fresh tab each try);
 //! - data-channel throughput for one pair (Rust↔Rust, Node↔Node, Rust↔Chromium);
 //! - full-mesh formation time for 8 Rust peers;
 //! - with `--nat` (root, iproute2, nftables, coturn): the same join → open across the NAT lab,
@@ -233,6 +235,107 @@ fn node_figures(hub: &str, tries: usize, mib: usize) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("swarm-bench.mjs printed {line:?}: {e}"))
 }
 
+/// A child process speaking JSON lines (a browser driver or a Node lab peer), each line stamped
+/// when read.
+struct JsonChild {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl JsonChild {
+    fn start(script: &str, config: Value) -> JsonChild {
+        let mut child = tokio::process::Command::new("node")
+            .arg(js_dir().join(script))
+            .arg(config.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("run node js/{script}: {e}"));
+        JsonChild {
+            stdin: child.stdin.take().expect("piped"),
+            lines: BufReader::new(child.stdout.take().expect("piped")).lines(),
+            child,
+        }
+    }
+
+    async fn send(&mut self, command: Value) {
+        let line = command.to_string() + "\n";
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("a command to the JS process");
+    }
+
+    /// The first line `wanted` accepts, and when it was read.
+    async fn wait(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> (Instant, Value) {
+        loop {
+            let line = timeout(STEP, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no {what} in {STEP:?}"))
+                .expect("read")
+                .unwrap_or_else(|| panic!("the JS process ended before {what}"));
+            let at = Instant::now();
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            assert_ne!(value["event"], "fatal", "{value}");
+            if wanted(&value) {
+                return (at, value);
+            }
+        }
+    }
+
+    async fn close(mut self) {
+        let _ = self.stdin.write_all(b"{\"cmd\":\"close\"}\n").await;
+        drop(self.stdin);
+        let _ = timeout(Duration::from_secs(15), self.child.wait()).await;
+    }
+}
+
+/// Join → open with a Chromium tab already in the swarm (webrtc-swarm on the browser's own
+/// WebRTC, js/swarm-browser.mjs, a fresh tab each try): a Rust peer joining (`rust`) and a Node
+/// peer joining (`js/swarm-lab-peer.mjs`), alternately, `tries` each. Times from the join to both
+/// sides' open, in ms.
+async fn chromium_connect(hub: &str, tries: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut node = JsonChild::start("swarm-lab-peer.mjs", json!({"hubs": [hub]}));
+    let (mut rust_samples, mut node_samples) = (Vec::new(), Vec::new());
+    for i in 0..tries * 2 {
+        let app = format!("bench-chromium-{i}");
+        let mut page = JsonChild::start("swarm-browser.mjs", json!({"hubs": [hub], "app": app}));
+        let (_, ready) = page.wait("the page", |v| v["event"] == "ready").await;
+        let page_id = ready["id"].as_str().unwrap_or_default().to_string();
+        page.wait("the page's announce", |v| v["event"] == "subscribed")
+            .await;
+        let started = Instant::now();
+        if i % 2 == 0 {
+            let mut swarm = Swarm::join([hub], &app, options()).await.expect("join");
+            let peer = next_connected(&mut swarm).await;
+            let rust_open = Instant::now();
+            assert_eq!(peer.id(), page_id);
+            let (page_open, _) = page.wait("a connection", |v| v["event"] == "connect").await;
+            rust_samples.push((rust_open.max(page_open) - started).as_secs_f64() * 1000.0);
+            swarm.close().await;
+        } else {
+            node.send(json!({"cmd": "join", "app": app})).await;
+            let (node_open, _) = node
+                .wait("a connection", |v| {
+                    v["event"] == "connect" && v["id"] == page_id.as_str()
+                })
+                .await;
+            let (page_open, _) = page.wait("a connection", |v| v["event"] == "connect").await;
+            node_samples.push((node_open.max(page_open) - started).as_secs_f64() * 1000.0);
+            node.send(json!({"cmd": "leave"})).await;
+            node.wait("the leave", |v| v["reply"] == "leave").await;
+        }
+        page.close().await;
+    }
+    node.close().await;
+    (rust_samples, node_samples)
+}
+
 /// Rust → Chromium throughput: a Rust peer writes `mib` MiB to a headless Chromium tab running
 /// webrtc-swarm (js/swarm-browser.mjs), which counts them.
 async fn browser_throughput(hub: &str, mib: usize) -> f64 {
@@ -273,6 +376,9 @@ async fn browser_throughput(hub: &str, mib: usize) -> f64 {
         .write_all(command.as_bytes())
         .await
         .expect("to the driver");
+    // Counting from the first byte: a message that came before the page took the command would
+    // be shown as data, not counted.
+    while next_line().await["reply"] != "sink" {}
     let total = mib << 20;
     let mut writer = peer.stream();
     let started = Instant::now();
@@ -370,6 +476,13 @@ async fn loopback(args: &Args) {
         );
     }
     if args.browser {
+        let (mut rust, mut node) = chromium_connect(&url, args.tries).await;
+        for (pair, samples) in [("Rust↔Chromium", &mut rust), ("Node↔Chromium", &mut node)] {
+            let (median, p95, min, max) = summary(samples);
+            println!(
+                "join → open, {pair}: median {median:.0} ms, p95 {p95:.0} ms (min {min:.0}, max {max:.0})"
+            );
+        }
         let mb = browser_throughput(&url, args.mib).await;
         println!("throughput, Rust→Chromium: {mb:.1} MB/s");
     }
