@@ -410,14 +410,6 @@ struct Shared {
     reading: AtomicBool,
     /// Wakes every waiter when the channel reader stops.
     reader_stopped: Notify,
-    /// Data channels the remote opened besides the adopted one, and the adopted reader's sender,
-    /// weak so that only that reader keeps [`Peer::recv`] open (see [`Shared::adopt`]).
-    extra_channels: StdMutex<Vec<Arc<dyn DataChannel>>>,
-    extra_messages: StdMutex<Option<mpsc::WeakSender<PeerMessage>>>,
-    /// Whether the adopted channel is the one this side created (as the initiator).
-    adopted_own: AtomicBool,
-    /// The channel to send on when it is not the adopted one (see [`Shared::adopt`]).
-    send_channel: OnceLock<Arc<dyn DataChannel>>,
 }
 
 #[derive(Default)]
@@ -447,10 +439,6 @@ impl Peer {
             reader_done: Notify::new(),
             reading: AtomicBool::new(false),
             reader_stopped: Notify::new(),
-            extra_channels: StdMutex::new(Vec::new()),
-            extra_messages: StdMutex::new(None),
-            adopted_own: AtomicBool::new(false),
-            send_channel: OnceLock::new(),
         });
 
         let ice_servers: Vec<RTCIceServer> = config
@@ -539,7 +527,7 @@ impl Peer {
             .await
             .map_err(PeerError::engine("create the data channel"))?;
         let _ = self.shared.label.set(label);
-        self.shared.adopt(channel, true);
+        self.shared.adopt(channel);
 
         let offer = connection
             .create_offer(None)
@@ -787,8 +775,7 @@ impl Peer {
         if self.is_closed() {
             return Err(PeerError::Closed);
         }
-        let channel = self.shared.send_channel.get().or(self.shared.channel.get());
-        match channel {
+        match self.shared.channel.get() {
             Some(channel) if self.shared.connected.load(Ordering::Acquire) => Ok(channel),
             _ => Err(PeerError::NotConnected),
         }
@@ -908,11 +895,8 @@ impl Shared {
             }
         }
         lock(&self.messages).take();
-        lock(&self.extra_messages).take();
-        lock(&self.extra_channels).clear();
         let connection = lock(&self.connection).take()?;
-        let channel = self.send_channel.get().or(self.channel.get()).cloned();
-        Some((connection, channel))
+        Some((connection, self.channel.get().cloned()))
     }
 
     /// Closes the peer from inside the engine (its handler or the channel reader).
@@ -936,58 +920,19 @@ impl Shared {
         }
     }
 
-    /// Takes `channel` as the peer's data channel and starts reading it (`own`: this side
-    /// created it, as the initiator).
-    ///
-    /// A further channel the remote opens is kept open and read into the same queue, never
-    /// closed; and if the adopted channel was our own, messages go out on the remote's from then
-    /// on. That is glare with simple-peer 6.x: an initiator that received our offer answers it
-    /// (Chromium rolls its own offer back) but still opens its own channel, and reads and writes
-    /// only that one; it destroys the whole peer when that channel closes. (Closing it here cut
-    /// Rust↔Chromium connections a few milliseconds after they opened; sending on ours alone
-    /// reached nobody.)
-    fn adopt(self: &Arc<Self>, channel: Arc<dyn DataChannel>, own: bool) {
+    /// Takes `channel` as the peer's data channel and starts reading it; a second channel is
+    /// closed (simple-peer 6.x would replace the first; webrtc-swarm makes only one).
+    fn adopt(self: &Arc<Self>, channel: Arc<dyn DataChannel>) {
         let messages = lock(&self.messages).take();
         let (Some(messages), Ok(())) = (messages, self.channel.set(channel.clone())) else {
-            debug!("the remote opened another data channel: keeping it open, reading it too");
-            if !own && self.adopted_own.load(Ordering::Acquire) {
-                debug!("the remote answered our offer with its own channel: sending on it");
-                let _ = self.send_channel.set(channel.clone());
-            }
-            lock(&self.extra_channels).push(channel.clone());
-            if let Some(messages) = lock(&self.extra_messages).clone() {
-                tokio::spawn(read_extra_channel(channel, messages));
-            }
+            debug!("closing an extra data channel");
+            tokio::spawn(async move {
+                let _ = channel.close().await;
+            });
             return;
         };
-        self.adopted_own.store(own, Ordering::Release);
-        *lock(&self.extra_messages) = Some(messages.downgrade());
         self.reading.store(true, Ordering::Release);
         tokio::spawn(read_channel(self.clone(), channel, messages));
-    }
-}
-
-/// Queues the messages of an extra data channel (see [`Shared::adopt`]) with the adopted
-/// channel's; its opening and closing mean nothing to the peer.
-async fn read_extra_channel(
-    channel: Arc<dyn DataChannel>,
-    messages: mpsc::WeakSender<PeerMessage>,
-) {
-    while let Some(event) = channel.poll().await {
-        match event {
-            DataChannelEvent::OnMessage(message) => {
-                let message = PeerMessage::from_wire(message.is_string, message.data.freeze());
-                // Gone once the adopted channel's reader has ended: the peer is closing.
-                let Some(messages) = messages.upgrade() else {
-                    break;
-                };
-                if messages.send(message).await.is_err() {
-                    break;
-                }
-            }
-            DataChannelEvent::OnClose => break,
-            _ => {}
-        }
     }
 }
 
@@ -1163,7 +1108,7 @@ impl PeerConnectionEventHandler for Handler {
             });
             return;
         }
-        self.shared.adopt(channel, false);
+        self.shared.adopt(channel);
     }
 }
 

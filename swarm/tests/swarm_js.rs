@@ -236,50 +236,6 @@ async fn disconnected_comes_after_the_messages_sent_before_the_close() {
     rust.close().await;
 }
 
-/// Glare with a browser: a simple-peer initiator in Chromium that receives our offer while its
-/// own is out rolls its offer back and answers ours, but keeps talking on the channel it made
-/// for its own offer and never reads ours; it destroys the peer if that channel closes.
-/// `js/own-channel-answerer.mjs` does exactly that, deterministically. The Rust peer keeps the
-/// remote's channel open, sends on it, and reads it. (Before: it closed that channel as an
-/// extra, which cut the connection, or its messages reached nobody.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answerer_that_talks_on_its_own_channel_is_heard_and_answered() {
-    require_setup();
-    let hub = start_hub().await;
-    let config = json!({"hubs": [hub.url()], "app": "own-channel"}).to_string();
-    let mut js = NodeScript::spawn("own-channel-answerer.mjs", &[&config], STEP);
-    let js_id = js.wait_event("ready").await["id"]
-        .as_str()
-        .expect("an id")
-        .to_string();
-    let mut rust = Swarm::join([hub.url()], "own-channel", loopback_options())
-        .await
-        .unwrap();
-    let peer = connected(&mut rust, &js_id).await;
-    assert!(peer.is_initiator(), "the Rust peer offered");
-    js.wait_event("open").await;
-    peer.send_text("from rust, on their channel").await.unwrap();
-    let got = js
-        .wait_for("the Rust message", |e| e["event"] == "data")
-        .await;
-    assert_eq!(got["data"], "from rust, on their channel");
-    js.send(json!({"cmd": "send", "text": "from js, on its own channel"}));
-    let message = timeout(STEP, peer.recv_message())
-        .await
-        .expect("the JS message in time");
-    assert_eq!(
-        message,
-        Some(PeerMessage::Text("from js, on its own channel".into()))
-    );
-    assert!(!peer.is_closed(), "the connection is still up");
-    rust.close().await;
-    let events = js.close().await;
-    assert!(
-        events.iter().all(|e| e["event"] != "fatal"),
-        "the JS side: {events:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_and_chromium_meet_in_one_swarm() {
     require_setup();
