@@ -223,3 +223,12 @@ function sleep (ms) {
 function round (ms) {
   return Math.round(ms * 10) / 10
 }
+
+// The STUN/TURN servers a hub hands out at GET /ice-servers (what a webrtc-swarm user passes as
+// config.iceServers to cross NATs): [] when the hub offers none (404); any other failure throws.
+export async function hubIceServers (hub) {
+  const res = await fetch(hub.replace(/\/$/, '') + '/ice-servers')
+  if (res.status === 404) return []
+  if (!res.ok) throw new Error(`GET /ice-servers: ${res.status}`)
+  return res.json()
+}

@@ -16,7 +16,7 @@
 import { createRequire } from 'node:module'
 import { performance } from 'node:perf_hooks'
 import readline from 'node:readline'
-import { attach } from './swarm-commands.mjs'
+import { attach, hubIceServers } from './swarm-commands.mjs'
 
 const require = createRequire(import.meta.url)
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
@@ -43,9 +43,7 @@ try {
 const iceServers = []
 if (config.iceServersFromHub) {
   try {
-    const res = await fetch(config.hubs[0].replace(/\/$/, '') + '/ice-servers')
-    if (res.ok) iceServers.push(...await res.json())
-    else if (res.status !== 404) throw new Error(`status ${res.status}`)
+    iceServers.push(...await hubIceServers(config.hubs[0]))
   } catch (err) {
     out({ event: 'fatal', message: 'GET /ice-servers failed: ' + err.message })
     process.exit(3)

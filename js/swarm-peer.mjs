@@ -49,7 +49,7 @@
 import { createRequire } from 'node:module'
 import { performance } from 'node:perf_hooks'
 import readline from 'node:readline'
-import { attach } from './swarm-commands.mjs'
+import { attach, hubIceServers } from './swarm-commands.mjs'
 
 const require = createRequire(import.meta.url)
 
@@ -91,11 +91,9 @@ if (config.iceServersFromHub) {
   // What a plain webrtc-swarm user does to use the hub's STUN/TURN servers: fetch them, pass them
   // as config.iceServers. (TURN credentials expire: a long-running peer fetches them again.)
   try {
-    const res = await fetch(config.hubs[0].replace(/\/$/, '') + '/ice-servers')
-    if (res.ok) iceServers.push(...await res.json())
-    else if (res.status !== 404) out({ event: 'error', message: `GET /ice-servers: ${res.status}` })
+    iceServers.push(...await hubIceServers(config.hubs[0]))
   } catch (err) {
-    out({ event: 'error', message: 'GET /ice-servers failed: ' + err.message })
+    out({ event: 'error', message: err.message.startsWith('GET /ice-servers') ? err.message : 'GET /ice-servers failed: ' + err.message })
   }
 }
 

@@ -12,7 +12,7 @@
 //   page loads; events emitted while it is absent wait in window.pendingEvents.
 import signalhub from 'signalhub'
 import webrtcSwarm from 'webrtc-swarm'
-import { attach } from '../swarm-commands.mjs'
+import { attach, hubIceServers } from '../swarm-commands.mjs'
 
 window.pendingEvents = []
 function emit (ev) {
@@ -24,19 +24,12 @@ function emit (ev) {
   }
 }
 
-async function iceServersOf (hub) {
-  const res = await fetch(hub.replace(/\/$/, '') + '/ice-servers')
-  if (res.status === 404) return []
-  if (!res.ok) throw new Error(`GET /ice-servers: ${res.status}`)
-  return res.json()
-}
-
 async function start () {
   const params = new URL(window.location.href).searchParams
   const hubs = params.getAll('hub')
   const app = params.get('app')
   if (!hubs.length || !app) throw new Error('the page address needs ?hub=<url>&app=<name>')
-  const iceServers = params.get('iceFromHub') === '1' ? await iceServersOf(hubs[0]) : []
+  const iceServers = params.get('iceFromHub') === '1' ? await hubIceServers(hubs[0]) : []
   const hub = signalhub(app, hubs)
   const swarm = webrtcSwarm(hub, {
     uuid: params.get('id') || undefined,
