@@ -1,4 +1,4 @@
-//! The hub's first-request reader (`first_request()` / `subscription_keys()` in
+//! The hub's request-head reader (`next_request()` / `subscription_keys()` in
 //! `signalhub/src/server/front.rs`) and what serves the request after it (hyper, the routes,
 //! the handlers), through a real hub: one hub runs in the background on 127.0.0.1 for the whole
 //! fuzzing run, and each input is sent as the first bytes of a new connection (in two writes,

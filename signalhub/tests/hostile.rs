@@ -90,8 +90,8 @@ async fn head_of(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-/// A connection that has had `GET /health` answered (`ok\n`) and is kept alive: hyper serves
-/// whatever comes next on it.
+/// A connection that has had `GET /health` answered (`ok\n`) and is kept alive: hyper answered
+/// it, and the connection is back on the hub's direct path for what comes next.
 async fn after_a_health_check(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
@@ -104,6 +104,35 @@ async fn after_a_health_check(addr: SocketAddr) -> TcpStream {
     stream.read_exact(&mut body).await.unwrap();
     assert_eq!(&body, b"ok\n");
     stream
+}
+
+/// A connection that has had a POST with a chunked body answered and is kept alive: such a
+/// request leaves the connection with hyper, which serves whatever comes next on it.
+async fn after_a_chunked_post(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /v1/app/nobody HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let head = head_of(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(head.contains("Content-Length: 0"), "{head}");
+    stream
+}
+
+/// A kept-alive connection after one request, on each path: back with the hub's front, or left
+/// with hyper.
+async fn kept_alive(addr: SocketAddr, path: &str) -> TcpStream {
+    match path {
+        "front" => after_a_health_check(addr).await,
+        "hyper" => after_a_chunked_post(addr).await,
+        _ => unreachable!("{path}"),
+    }
 }
 
 /// True once the peer has closed (EOF or reset), reading whatever comes first.
@@ -387,20 +416,29 @@ async fn a_broadcast_from_a_client_that_half_closes_is_delivered() {
 }
 
 #[tokio::test]
-async fn a_subscription_served_by_hyper_ends_when_its_client_stops_sending() {
+async fn a_subscription_on_a_kept_alive_connection_ends_when_its_client_stops_sending() {
     let _serial = SERIAL.lock().await;
     let hub = start_hub(unlimited()).await;
     let addr = hub.local_addr();
-    for close in ["half", "full"] {
-        // A subscription after another request on a kept-alive connection: hyper serves it.
-        let mut stream = after_a_health_check(addr).await;
+    for (path, close) in [
+        ("hyper", "half"),
+        ("hyper", "full"),
+        ("front", "half"),
+        ("front", "full"),
+    ] {
+        // A subscription after another request on a kept-alive connection.
+        let mut stream = kept_alive(addr, path).await;
         stream
-            .write_all(format!("GET /v1/app/via-hyper HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .write_all(
+                format!("GET /v1/app/kept-alive HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+            )
             .await
             .unwrap();
         let head = head_of(&mut stream).await;
         assert!(head.contains("text/event-stream"), "{head}");
         wait_subscribers(&hub, 1).await;
+        let hyper_streams = f64::from(path == "hyper");
+        assert_eq!(sse_streams(addr).await, (1.0, hyper_streams), "{path}");
         if close == "half" {
             stream.shutdown().await.unwrap();
             assert!(
@@ -414,7 +452,7 @@ async fn a_subscription_served_by_hyper_ends_when_its_client_stops_sending() {
         wait_subscribers(&hub, 0).await;
         assert!(
             started.elapsed() < Duration::from_secs(2),
-            "{close} close: released after {:?}, not at the next heartbeat",
+            "{path}, {close} close: released after {:?}, not at the next heartbeat",
             started.elapsed()
         );
     }
@@ -475,18 +513,30 @@ async fn a_header_timeout_on_a_kept_alive_connection_is_counted() {
     })
     .await;
     let addr = hub.local_addr();
-    let mut stream = after_a_health_check(addr).await;
-    // The second request's head never ends.
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHo")
-        .await
-        .unwrap();
-    assert!(closed_within(&mut stream, STEP).await);
     let metrics = hub.metrics();
-    eventually("the timeout counted", || {
-        metrics.rejected(Rejection::Timeout) == 1
-    })
-    .await;
+    for (n, path) in [(1, "front"), (2, "hyper")] {
+        let mut stream = kept_alive(addr, path).await;
+        // The second request's head never ends.
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        assert!(closed_within(&mut stream, STEP).await, "{path}");
+        eventually("the timeout counted", || {
+            metrics.rejected(Rejection::Timeout) == n
+        })
+        .await;
+    }
+    // A kept-alive connection that stays idle is closed at the same timeout: it holds nothing
+    // for longer than a slow request would.
+    let mut idle = after_a_health_check(addr).await;
+    let started = Instant::now();
+    assert!(closed_within(&mut idle, STEP).await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
     hub.shutdown().await.unwrap();
 }
 

@@ -112,8 +112,9 @@ async fn subscribe_sends_the_sse_head_at_once_and_frames_posts_verbatim() {
     );
 }
 
-/// A subscription on a fresh connection is served directly; one made on a kept-alive connection
-/// after another request is served by hyper. Clients must not be able to tell them apart.
+/// A subscription on a fresh connection, or on a kept-alive one after a POST, is served directly;
+/// one made after a request that leaves the connection with hyper (a chunked body) is served by
+/// hyper. Clients must not be able to tell them apart.
 #[tokio::test]
 async fn both_subscription_paths_send_the_same_bytes() {
     let hub = start_hub(HubConfig {
@@ -124,7 +125,9 @@ async fn both_subscription_paths_send_the_same_bytes() {
     let addr = hub.local_addr();
     let mut direct = SseClient::connect(addr, "/v1/app/ch").await;
     let mut kept_alive = SseClient::connect_after_post(addr, "/v1/app/ch").await;
-    wait_subscribers(&hub, 2).await;
+    let mut via_hyper = SseClient::connect_via_hyper(addr, "/v1/app/ch").await;
+    wait_subscribers(&hub, 3).await;
+    assert_eq!(sse_streams(addr).await, (3.0, 1.0));
     let without_date = |headers: &[(String, String)]| -> Vec<(String, String)> {
         headers
             .iter()
@@ -132,12 +135,11 @@ async fn both_subscription_paths_send_the_same_bytes() {
             .cloned()
             .collect()
     };
-    assert_eq!(direct.status, kept_alive.status);
-    assert_eq!(
-        without_date(&direct.headers),
-        without_date(&kept_alive.headers)
-    );
-    assert!(direct.header("Date").is_some() && kept_alive.header("Date").is_some());
+    for other in [&kept_alive, &via_hyper] {
+        assert_eq!(direct.status, other.status);
+        assert_eq!(without_date(&direct.headers), without_date(&other.headers));
+        assert!(direct.header("Date").is_some() && other.header("Date").is_some());
+    }
     for body in [r#"{"n":1}"#, r#"{"n":2}"#] {
         assert_eq!(
             request(addr, "POST", "/v1/app/ch", body.as_bytes())
@@ -146,7 +148,7 @@ async fn both_subscription_paths_send_the_same_bytes() {
             200
         );
     }
-    for sub in [&mut direct, &mut kept_alive] {
+    for sub in [&mut direct, &mut kept_alive, &mut via_hyper] {
         let mut data = Vec::new();
         while data.len() < 2 {
             let frame = sub.next_frame().await.expect("frame");
@@ -165,12 +167,143 @@ async fn both_subscription_paths_send_the_same_bytes() {
     }
     // Both end cleanly on shutdown.
     hub.shutdown().await.unwrap();
-    for sub in [&mut direct, &mut kept_alive] {
+    for sub in [&mut direct, &mut kept_alive, &mut via_hyper] {
         while let Some(frame) = sub.next_frame().await {
             assert_eq!(frame, ":heartbeat signal\n\n");
         }
         assert!(sub.ended);
     }
+}
+
+/// Reads one response with a `Content-Length` body off a kept-alive connection.
+async fn next_response<R: tokio::io::AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+) -> (u16, Vec<(String, String)>, String) {
+    use tokio::io::AsyncReadExt;
+    let (status, headers) = read_head(reader).await;
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse().expect("a length"))
+        .unwrap_or_else(|| panic!("a Content-Length in {headers:?}"));
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await.expect("the body");
+    (status, headers, String::from_utf8(body).expect("text"))
+}
+
+/// Requests sent back to back on one connection (pipelined) are answered in order, each on the
+/// kept-alive connection (a body the hub does not read included), and a subscription after them
+/// is served on the hub's direct path, as on a fresh connection.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_and_a_subscription_after_them_is_direct() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let hub = start_hub(unlimited()).await;
+    let addr = hub.local_addr();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let requests = [
+        format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        format!("POST /v1/app/ch HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 7\r\n\r\n{{\"a\":1}}"),
+        format!("OPTIONS /v1/app/ch HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        // A body nobody reads (no such route): the hub skips it and reads the next request.
+        format!("POST /nowhere HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 12\r\n\r\nGET / HTTP/1"),
+        format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+        format!("GET /v1/app/ch HTTP/1.1\r\nHost: {addr}\r\n\r\n"),
+    ]
+    .concat();
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let (status, headers, body) = next_response(&mut reader).await;
+        assert!(
+            !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("connection")),
+            "a kept-alive answer: {headers:?}"
+        );
+        answers.push((status, body));
+    }
+    assert_eq!(answers[0], (200, "ok\n".to_string()));
+    assert_eq!(answers[1], (200, String::new()));
+    assert_eq!(answers[2], (200, String::new()));
+    assert_eq!(answers[3], (404, String::new()));
+    assert_eq!(answers[4].0, 200);
+    assert!(
+        answers[4].1.contains("\"name\": \"signalhub\""),
+        "{answers:?}"
+    );
+    let (status, headers) = read_head(&mut reader).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains(&(
+            "Content-Type".into(),
+            "text/event-stream; charset=utf-8".into()
+        )),
+        "{headers:?}"
+    );
+    wait_subscribers(&hub, 1).await;
+    assert_eq!(sse_streams(addr).await, (1.0, 0.0), "served directly");
+    assert_eq!(
+        request(addr, "POST", "/v1/app/ch", b"{\"b\":2}")
+            .await
+            .status,
+        200
+    );
+    let mut chunk = String::new();
+    loop {
+        chunk.clear();
+        reader.read_line(&mut chunk).await.unwrap();
+        if chunk.starts_with("data: ") {
+            break;
+        }
+    }
+    assert_eq!(chunk, "data: {\"b\":2}\n");
+}
+
+/// A `HEAD` answer has no body: the connection is taken back without one, and the next request
+/// on it is answered.
+#[tokio::test]
+async fn a_head_request_keeps_its_connection_serving() {
+    use tokio::io::{AsyncWriteExt, BufReader};
+    let hub = start_hub(unlimited()).await;
+    let addr = hub.local_addr();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let requests = format!(
+        "HEAD /health HTTP/1.1\r\nHost: {addr}\r\n\r\nGET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    );
+    stream.write_all(requests.as_bytes()).await.unwrap();
+    let mut reader = BufReader::new(stream);
+    // Only GET is routed there (as in JS signalhub): 404, and no body.
+    let (status, headers) = read_head(&mut reader).await;
+    assert_eq!(status, 404, "{headers:?}");
+    let (status, _headers, body) = next_response(&mut reader).await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
+/// A connection whose request body the hub refused unread, and that was not all sent, is not
+/// read on as if the rest of the body were a request: it is closed after the answer.
+#[tokio::test]
+async fn a_body_refused_unread_ends_its_kept_alive_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+    let hub = start_hub(unlimited()).await;
+    let addr = hub.local_addr();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Over the hub's 64 KiB limit, refused before a byte is read; the body that follows
+    // looks like a subscription.
+    let head = format!("POST /v1/app/ch HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 70000\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut reader = BufReader::new(stream);
+    let (status, _headers, body) = next_response(&mut reader).await;
+    assert_eq!(status, 413, "{body}");
+    let mut stream = reader.into_inner();
+    let _ = stream
+        .write_all(format!("GET /v1/app/ch HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection is closed");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert_eq!(sse_streams(addr).await, (0.0, 0.0));
 }
 
 #[tokio::test]

@@ -20,7 +20,8 @@ const QUEUE_BYTES: usize = 512 * 1024;
 
 /// A subscriber that reads the response head and then nothing, with a small receive buffer so
 /// the kernel cannot absorb the backlog for it. `after_post` makes the subscription on a
-/// kept-alive connection, which the hub serves through hyper rather than directly.
+/// kept-alive connection after a chunked POST, which leaves the connection with hyper: hyper
+/// serves the subscription rather than the hub's direct path.
 async fn stalled_subscriber(addr: SocketAddr, after_post: bool) -> tokio::net::TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -29,7 +30,7 @@ async fn stalled_subscriber(addr: SocketAddr, after_post: bool) -> tokio::net::T
         stream
             .write_all(
                 format!(
-                    "POST /v1/app/nobody HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\n\r\n{{}}"
+                    "POST /v1/app/nobody HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
                 )
                 .as_bytes(),
             )

@@ -769,21 +769,26 @@ pub(crate) async fn poster(mut conns: Vec<PostConn>, plan: Arc<Plan>, shared: Ar
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum IdleKind {
     SseDirect,
+    /// A subscription on a kept-alive connection after a POST.
+    SseAfterPost,
+    /// A subscription after a chunked POST, which leaves the connection with hyper.
     SseViaHyper,
     WebSocket,
 }
 
 impl IdleKind {
-    pub(crate) const ALL: [IdleKind; 3] = [
+    pub(crate) const ALL: [IdleKind; 4] = [
         IdleKind::SseDirect,
+        IdleKind::SseAfterPost,
         IdleKind::SseViaHyper,
         IdleKind::WebSocket,
     ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
-            IdleKind::SseDirect => "SSE subscriber (direct path)",
-            IdleKind::SseViaHyper => "SSE subscriber (via hyper)",
+            IdleKind::SseDirect => "SSE subscriber (fresh connection)",
+            IdleKind::SseAfterPost => "SSE subscriber (after a POST, kept alive)",
+            IdleKind::SseViaHyper => "SSE subscriber (via hyper, after a chunked POST)",
             IdleKind::WebSocket => "idle WebSocket",
         }
     }
@@ -836,11 +841,16 @@ pub(crate) async fn open_idle(
             )
             .await?;
         }
-        IdleKind::SseViaHyper => {
-            // The POST's answer is `200` with an empty body: the connection is then hyper's.
+        IdleKind::SseAfterPost | IdleKind::SseViaHyper => {
+            // The POST's answer is `200` with an empty body. A chunked body leaves the connection
+            // with hyper; after one with a length, the hub's front serves the next request.
+            let framing = match kind {
+                IdleKind::SseViaHyper => "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+                _ => "Content-Length: 2\r\n\r\n{}",
+            };
             exchange(
                 &mut stream,
-                format!("POST /v1/kinds/nobody HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\n{{}}"),
+                format!("POST /v1/kinds/nobody HTTP/1.1\r\nHost: {host}\r\n{framing}"),
                 200,
             )
             .await?;

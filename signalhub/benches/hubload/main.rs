@@ -22,9 +22,10 @@
 //! - `idle`: 10 000 idle subscribers, each on its own channel: hub RSS per subscriber; then a ramp up
 //!   to `--max-idle` (default 100 000 for the Rust hub, 10 000 for the JS hub) that reports how many
 //!   the hub held, and checks a sample of them still gets messages.
-//! - `idle-kinds`: the Rust hub's RSS per idle connection of each kind: an SSE subscriber on the
-//!   direct path (a fresh connection's first request), an SSE subscriber served by hyper (after
-//!   a POST on the same connection), and an idle WebSocket. `--idle` of each (default 10 000).
+//! - `idle-kinds`: the Rust hub's RSS per idle connection of each kind: an SSE subscriber on a
+//!   fresh connection, one after a POST on the same kept-alive connection (both served on the
+//!   hub's direct path), one served by hyper (after a chunked POST, which leaves the connection
+//!   with hyper), and an idle WebSocket. `--idle` of each (default 10 000).
 //! - `post`: POSTs at concurrency 64 to a channel nobody subscribes to: requests/s, hub CPU per request.
 //!
 //! The generator is a tokio multi-thread runtime with hand-written HTTP/1.1 on raw TCP streams:

@@ -687,6 +687,8 @@ pub(crate) struct Subscription {
     registry: Arc<Registry>,
     slots: Vec<(ChannelKey, usize)>,
     pub(crate) outbox: Arc<Outbox>,
+    /// Counted in `sse_hyper_connections`.
+    served_by_hyper: bool,
     /// Keeps the connection counted (and its kill switch alive) for as long as the stream lives.
     _conn: Arc<ConnectionContext>,
 }
@@ -722,8 +724,18 @@ impl Subscription {
             registry: registry.clone(),
             slots,
             outbox,
+            served_by_hyper: false,
             _conn: conn.clone(),
         }
+    }
+
+    /// Counts the subscription among those hyper serves, until it ends.
+    pub(crate) fn served_by_hyper(mut self) -> Self {
+        if !self.served_by_hyper {
+            self.registry.metrics.sse_hyper_connections.inc();
+            self.served_by_hyper = true;
+        }
+        self
     }
 }
 
@@ -733,6 +745,9 @@ impl Drop for Subscription {
             self.registry.remove(&key, slot);
         }
         self.registry.metrics.sse_connections.dec();
+        if self.served_by_hyper {
+            self.registry.metrics.sse_hyper_connections.dec();
+        }
     }
 }
 

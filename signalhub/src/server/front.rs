@@ -1,23 +1,27 @@
-//! The first request of every connection, read here before hyper sees the connection.
+//! Every request head of a connection, read here before hyper sees it.
 //!
 //! Nearly every subscriber opens a connection for its subscription alone and then only listens,
-//! so the hub serves that case itself: it parses the request head with `httparse`, writes the SSE
-//! response head, and streams the outbox with one vectored write per batch, with no HTTP machinery
-//! left behind. A hyper connection keeps about 20 KiB of buffers and futures per connection for as
-//! long as a response streams; this path keeps a task, a socket and the outbox, so an idle
-//! subscriber costs a small fraction of that. Every other first request (POST, WebSocket, `/`,
-//! errors) and every later request on a kept-alive connection goes to hyper, with the bytes read
-//! so far replayed in front of the socket; a subscription made there is served by hyper with the
-//! same bytes on the wire.
+//! so the hub serves subscriptions itself: it parses the request head with `httparse`, writes the
+//! SSE response head, and streams the outbox with one vectored write per batch, with no HTTP
+//! machinery left behind. A hyper connection keeps about 12 KiB of buffers and futures per
+//! connection for as long as a response streams; this path keeps a task, a socket and the outbox,
+//! so an idle subscriber costs a small fraction of that.
+//!
+//! Any other request (POST, `/`, `/ice-servers`, errors) is lent to hyper alone, with the bytes
+//! read so far replayed in front of the socket (`lent.rs`), and the connection comes back here
+//! for its next request once the response is out: so a subscription made after a `POST` or a
+//! `GET /ice-servers` on a kept-alive connection (browsers and Node's keep-alive agents do that)
+//! costs what one on a fresh connection does. What cannot be lent one request at a time
+//! (WebSocket upgrades, chunked bodies, `Connection: close`, HTTP/1.0, heads hyper will refuse)
+//! goes to hyper for the rest of the connection, and a subscription made there is served by
+//! hyper with the same bytes on the wire.
 
 use std::io::{self, IoSlice};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::http::Method;
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::access;
 use super::channels::{ChannelKey, Next, Subscription};
@@ -45,40 +49,42 @@ pub(crate) enum Cors {
     None,
 }
 
-/// What to do with a connection after its first request head has been looked at.
+/// What to do with a connection after a request head has been looked at.
 pub(crate) enum First {
     /// A subscription served here, and what its answer grants for CORS.
     Subscribe(Vec<ChannelKey>, Cors),
-    /// Anything else: hyper serves it, starting with these bytes.
+    /// A request hyper serves alone, after which the connection comes back here: `len` bytes of
+    /// head and body, which `buffered` begins with.
+    One { buffered: Bytes, len: usize },
+    /// Hyper serves the connection from here on, starting with these bytes.
     Hyper(Bytes),
     /// The client closed or sent nothing in time.
     Gone,
 }
 
-/// Reads the first request head (within the request timeout) and decides who serves it.
-pub(crate) async fn first_request<S>(state: &HubState, io: &mut S) -> First
+/// Reads a request head (within the request timeout), after the bytes `buf` already holds, and
+/// decides who serves it. `later`: the connection has had requests before, so a connection that
+/// simply stays idle until the timeout is a kept-alive connection ending, not a slow client.
+pub(crate) async fn next_request<S>(
+    state: &HubState,
+    io: &mut S,
+    mut buf: Vec<u8>,
+    later: bool,
+) -> First
 where
     S: AsyncRead + Unpin,
 {
-    let mut buf = Vec::with_capacity(1024);
     let read_head = async {
         loop {
-            if buf.len() >= MAX_HEAD {
+            if head_complete(&buf) || buf.len() >= MAX_HEAD {
                 return Some(());
             }
             if buf.capacity() == buf.len() {
-                buf.reserve(buf.len());
+                buf.reserve(buf.len().max(1024));
             }
             match io.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
-            }
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut request = httparse::Request::new(&mut headers);
-            match request.parse(&buf) {
-                Ok(httparse::Status::Partial) => continue,
-                // Complete, or an error hyper will answer properly.
-                Ok(httparse::Status::Complete(_)) | Err(_) => return Some(()),
             }
         }
     };
@@ -86,14 +92,83 @@ where
         Ok(Some(())) => {}
         Ok(None) => return First::Gone,
         Err(_) => {
-            state.metrics.reject(super::metrics::Rejection::Timeout);
+            if !later || !buf.is_empty() {
+                state.metrics.reject(super::metrics::Rejection::Timeout);
+            }
             return First::Gone;
         }
     }
-    match subscription_keys(state, &buf) {
-        Some((keys, origin)) => First::Subscribe(keys, origin),
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(&buf) {
+        Ok(httparse::Status::Complete(head_len)) => head_len,
+        // An error, or a head too long to parse here: hyper's to answer.
+        _ => return First::Hyper(Bytes::from(buf)),
+    };
+    if let Some((keys, origin)) = subscription_keys(state, &request) {
+        return First::Subscribe(keys, origin);
+    }
+    match lendable_len(&request, head_len) {
+        Some(len) => First::One {
+            buffered: Bytes::from(buf),
+            len,
+        },
         None => First::Hyper(Bytes::from(buf)),
     }
+}
+
+/// True once `buf` holds a whole request head, or something hyper will refuse.
+fn head_complete(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    !matches!(request.parse(buf), Ok(httparse::Status::Partial))
+}
+
+/// The most body a request may declare and still have its connection come back here after it;
+/// the hub refuses bodies far smaller (64 KiB), so this only keeps a huge declared body from
+/// being something the front waits through.
+const MAX_LENT_BODY: u64 = 1024 * 1024;
+
+/// The length (head and body) of a request hyper can serve alone and hand the connection back
+/// after: a plain HTTP/1.1 request whose end is known from its head. `None` for anything else
+/// (a WebSocket upgrade, a chunked body, `Connection: close`, HTTP/1.0, a head hyper will refuse),
+/// which hyper then serves, with the rest of the connection, as it would have without the front.
+fn lendable_len(request: &httparse::Request<'_, '_>, head_len: usize) -> Option<usize> {
+    if request.version? != 1 {
+        return None;
+    }
+    let mut body_len = None;
+    for header in request.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("transfer-encoding") {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("connection") {
+            let value = std::str::from_utf8(header.value).ok()?;
+            let ends = value.split(',').any(|token| {
+                let token = token.trim();
+                token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("upgrade")
+            });
+            if ends {
+                return None;
+            }
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            // One plain decimal length: anything else is hyper's to refuse, and it closes then.
+            let value = std::str::from_utf8(header.value).ok()?;
+            if body_len.is_some() || value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            body_len = Some(
+                value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&len| len <= MAX_LENT_BODY)?,
+            );
+        }
+    }
+    head_len.checked_add(usize::try_from(body_len.unwrap_or(0)).ok()?)
 }
 
 /// The channels of a plain, valid HTTP/1.1 subscribe request; `None` for anything hyper should
@@ -104,12 +179,10 @@ where
 /// rather than in hyper matters because hyper, holding those unread bytes, would not read on and
 /// so would not notice the client leave until a heartbeat failed to write (30 s); here the
 /// connection is read, and closed at once on end of stream (or on further bytes).
-fn subscription_keys(state: &HubState, buf: &[u8]) -> Option<(Vec<ChannelKey>, Cors)> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(_) = request.parse(buf).ok()? else {
-        return None;
-    };
+fn subscription_keys(
+    state: &HubState,
+    request: &httparse::Request<'_, '_>,
+) -> Option<(Vec<ChannelKey>, Cors)> {
     if request.method? != "GET" || request.version? != 1 {
         return None;
     }
@@ -282,65 +355,41 @@ async fn write_chunk<W: AsyncWrite + Unpin>(writer: &mut W, messages: &[Bytes]) 
     writer.flush().await
 }
 
-/// A stream that yields some bytes already read before reading on.
-pub(crate) struct Rewind<S> {
-    prefix: Bytes,
-    inner: S,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl<S> Rewind<S> {
-    pub(crate) fn new(prefix: Bytes, inner: S) -> Self {
-        Rewind { prefix, inner }
+    fn lendable(head: &str) -> Option<usize> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let Ok(httparse::Status::Complete(head_len)) = request.parse(head.as_bytes()) else {
+            panic!("a complete head: {head:?}");
+        };
+        lendable_len(&request, head_len)
     }
-}
 
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            if self.prefix.is_empty() {
-                // An emptied `Bytes` still holds its whole buffer: let it go for the connection's
-                // lifetime (a subscriber served by hyper may live for hours).
-                self.prefix = Bytes::new();
-            }
-            return Poll::Ready(Ok(()));
+    #[test]
+    fn a_request_is_lent_to_hyper_alone_only_when_its_head_gives_its_end() {
+        let get = "GET /health HTTP/1.1\r\nHost: h\r\n\r\n";
+        assert_eq!(lendable(get), Some(get.len()));
+        let post = "POST /v1/a/b HTTP/1.1\r\nContent-Length: 7\r\n\r\n";
+        assert_eq!(lendable(post), Some(post.len() + 7));
+        let keep = "POST /v1/a/b HTTP/1.1\r\nConnection: keep-alive\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(lendable(keep), Some(keep.len()));
+        for head in [
+            "POST /v1/a/b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /v1/a/b HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /v1/a/b HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+            "POST /v1/a/b HTTP/1.1\r\nContent-Length: +2\r\n\r\n",
+            "POST /v1/a/b HTTP/1.1\r\nContent-Length: \r\n\r\n",
+            "POST /v1/a/b HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "POST /v1/a/b HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n",
+            "GET / HTTP/1.0\r\n\r\n",
+            "GET /a HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            assert_eq!(lendable(head), None, "{head:?}");
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

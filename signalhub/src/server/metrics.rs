@@ -145,6 +145,8 @@ struct RejectionLabels {
 #[allow(non_camel_case_types)]
 enum Transport {
     sse,
+    /// Of the SSE streams, those hyper serves rather than the front's direct path.
+    sse_hyper,
     ws,
     http,
 }
@@ -165,6 +167,9 @@ pub struct Metrics {
     pub(crate) tcp_connections: Gauge,
     /// Open SSE streams.
     pub(crate) sse_connections: Gauge,
+    /// Of them, those hyper serves (each keeps hyper's buffers: several times the direct path's
+    /// memory).
+    pub(crate) sse_hyper_connections: Gauge,
     /// Open WebSocket connections.
     pub(crate) ws_connections: Gauge,
     pub(crate) broadcasts_http: Counter,
@@ -319,7 +324,7 @@ impl Metrics {
         let connections = Family::<TransportLabels, Gauge>::default();
         registry.register(
             "connections",
-            "Open connections: all TCP/TLS connections (http), and of them the SSE streams (sse) and WebSockets (ws)",
+            "Open connections: all TCP/TLS connections (http), and of them the SSE streams (sse) and WebSockets (ws); of the SSE streams, those hyper serves (sse_hyper)",
             connections.clone(),
         );
         let gauge = |transport| {
@@ -389,6 +394,7 @@ impl Metrics {
             channels,
             tcp_connections: gauge(Transport::http),
             sse_connections: gauge(Transport::sse),
+            sse_hyper_connections: gauge(Transport::sse_hyper),
             ws_connections: gauge(Transport::ws),
             broadcasts_http,
             broadcasts_ws,

@@ -12,6 +12,7 @@ mod config;
 mod connection;
 mod front;
 mod ice;
+mod lent;
 pub(crate) mod limits;
 mod message;
 mod metrics;
@@ -25,14 +26,17 @@ mod web;
 mod ws;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::StatusCode;
+use axum::http::{header, Response, StatusCode};
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -54,6 +58,7 @@ use channels::{FanOut, QueueLimits, Registry, SHARDS};
 pub use config::{default_max_connections, HubConfig, MAX_REFUSALS};
 use connection::ConnectionContext;
 pub use ice::{turn_credential, IceConfigError, IceServers};
+use lent::{Lent, ResponseProgress, TrackedBody};
 use limits::{Limits, PathLimits, Refusal};
 pub use metrics::{Metrics, Rejection};
 pub use redis_broker::{ClusterError, RedisConfig};
@@ -412,20 +417,179 @@ async fn serve_connection<S>(state: Arc<HubState>, conn: Arc<ConnectionContext>,
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let first = tokio::select! {
-        first = front::first_request(&state, &mut io) => first,
-        _ = state.shutdown.cancelled() => return,
-        _ = conn.kill.cancelled() => return,
+    let mut buffered = Vec::new();
+    let mut later = false;
+    // Made once for all the requests a connection carries: each registers with its token when
+    // first polled, which costs more than a request's parse.
+    let mut ended = Ended {
+        shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
+        kill: Box::pin(conn.kill.clone().cancelled_owned()),
     };
-    match first {
-        front::First::Gone => {}
-        front::First::Subscribe(keys, origin) => {
-            front::serve_subscription(state, conn, io, keys, origin).await
-        }
-        front::First::Hyper(prefix) => {
-            serve_with_hyper(state, conn, front::Rewind::new(prefix, io)).await
+    loop {
+        let next = tokio::select! {
+            next = front::next_request(&state, &mut io, buffered, later) => next,
+            _ = &mut ended.shutdown => return,
+            _ = &mut ended.kill => return,
+        };
+        match next {
+            front::First::Gone => return,
+            front::First::Subscribe(keys, origin) => {
+                drop(ended);
+                return front::serve_subscription(state, conn, io, keys, origin).await;
+            }
+            front::First::Hyper(prefix) => {
+                drop(ended);
+                return serve_with_hyper(state, conn, Lent::for_good(prefix, io)).await;
+            }
+            front::First::One {
+                buffered: prefix,
+                len,
+            } => {
+                let lent = Lent::one_request(prefix, len, io);
+                match serve_one_with_hyper(&state, &conn, &mut ended, lent).await {
+                    Some((back, rest)) => {
+                        io = back;
+                        buffered = Vec::from(rest);
+                        later = true;
+                    }
+                    None => return,
+                }
+            }
         }
     }
+}
+
+/// What ends a connection from outside: the hub's shutdown, and the connection's kill switch.
+struct Ended {
+    shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    kill: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+/// A response on its way, boxed so that hyper can hand the connection back (`into_parts` needs an
+/// `Unpin` future).
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+/// The hub's routes as a hyper service. With `progress`, responses note when hyper has let go of
+/// their body (for a connection lent to hyper for one request).
+fn hub_service(
+    state: &Arc<HubState>,
+    conn: &Arc<ConnectionContext>,
+    progress: Option<Arc<ResponseProgress>>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = ResponseFuture,
+> + Clone {
+    let state = state.clone();
+    let conn = conn.clone();
+    service_fn(move |request: Request<Incoming>| {
+        let state = state.clone();
+        let conn = conn.clone();
+        let progress = progress.clone();
+        // Its own task: hyper drops a request's future when the client shuts its side after
+        // sending it (hyper notices the end of stream to let go of subscribers that leave, so
+        // half-close is off), and a broadcast whose body was read in full must still reach its
+        // subscribers, as Node's http server (JS signalhub) delivers it.
+        let handler = tokio::spawn(routes::handle(state, conn, request.map(Body::new)));
+        Box::pin(async move {
+            let response = handler.await.unwrap_or_else(|err| {
+                tracing::error!("request handler failed: {err}");
+                response::error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            });
+            let response = match progress {
+                None => response,
+                Some(progress) => {
+                    let closing = response
+                        .headers()
+                        .get_all(header::CONNECTION)
+                        .iter()
+                        .any(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+                    if closing {
+                        progress.set_closing();
+                    }
+                    response.map(|body| Body::new(TrackedBody::new(body, progress)))
+                }
+            };
+            Ok::<_, Infallible>(response)
+        }) as ResponseFuture
+    })
+}
+
+fn hyper_builder(state: &HubState) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.request_timeout)
+        .title_case_headers(true)
+        .max_buf_size(64 * 1024);
+    builder
+}
+
+/// Counts and logs how a hyper connection ended in error.
+fn hyper_ended(state: &HubState, conn: &ConnectionContext, err: &hyper::Error) {
+    if err.is_timeout() {
+        state.metrics.reject(Rejection::Timeout);
+    } else if is_write_timeout(err) {
+        state.metrics.reject(Rejection::WriteTimeout);
+    }
+    tracing::debug!(peer = %conn.peer, "connection ended: {err}");
+}
+
+/// Serves one request with hyper; the socket back, with the bytes read past the request, when the
+/// connection may carry another. The response is written in full before hyper is asked to stop,
+/// so hyper stops between requests and the client sees a plain kept-alive connection.
+async fn serve_one_with_hyper<S>(
+    state: &Arc<HubState>,
+    conn: &Arc<ConnectionContext>,
+    ended: &mut Ended,
+    lent: Lent<S>,
+) -> Option<(S, Bytes)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let progress = lent.progress();
+    // The whole head is already read (the front's timeout covered it), and hyper reads nothing
+    // past this request: its header timer would only be armed and dropped.
+    let mut connection = hyper_builder(state)
+        .header_read_timeout(None)
+        .serve_connection(
+            TokioIo::new(lent),
+            hub_service(state, conn, Some(progress.clone())),
+        );
+    let mut asked_to_stop = false;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = std::future::poll_fn(|cx| connection.poll_without_shutdown(cx)) => {
+                if let Err(err) = result {
+                    hyper_ended(state, conn, &err);
+                    return None;
+                }
+                break;
+            }
+            _ = progress.written(), if !asked_to_stop => {
+                Pin::new(&mut connection).graceful_shutdown();
+                asked_to_stop = true;
+            }
+            _ = &mut ended.kill => return None,
+            _ = &mut ended.shutdown, if !draining => {
+                Pin::new(&mut connection).graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+    let parts = connection.into_parts();
+    let lent = parts.io.into_inner();
+    // Hyper stopped on its own (an error answer that closes, a client that left), or the
+    // response asked to close, or the hub is shutting down: the connection ends, as hyper would
+    // have ended it.
+    if !asked_to_stop || draining || progress.closing() || !parts.read_buf.is_empty() {
+        let mut io = lent.into_inner();
+        let _ = tokio::time::timeout(state.config.write_timeout, io.shutdown()).await;
+        return None;
+    }
+    lent.take_back()
 }
 
 /// Serves a connection with hyper, for as many requests as it carries.
@@ -433,33 +597,8 @@ async fn serve_with_hyper<S>(state: Arc<HubState>, conn: Arc<ConnectionContext>,
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = {
-        let state = state.clone();
-        let conn = conn.clone();
-        service_fn(move |request: Request<Incoming>| {
-            let state = state.clone();
-            let conn = conn.clone();
-            // Its own task: hyper drops a request's future when the client shuts its side after
-            // sending it (hyper notices the end of stream to let go of subscribers that leave,
-            // so half-close is off), and a broadcast whose body was read in full must still
-            // reach its subscribers, as Node's http server (JS signalhub) delivers it.
-            let handler = tokio::spawn(routes::handle(state, conn, request.map(Body::new)));
-            async move {
-                Ok::<_, Infallible>(handler.await.unwrap_or_else(|err| {
-                    tracing::error!("request handler failed: {err}");
-                    response::error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-                }))
-            }
-        })
-    };
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.request_timeout)
-        .title_case_headers(true)
-        .max_buf_size(64 * 1024);
-    let connection = builder
-        .serve_connection(TokioIo::new(io), service)
+    let connection = hyper_builder(&state)
+        .serve_connection(TokioIo::new(io), hub_service(&state, &conn, None))
         .with_upgrades();
     tokio::pin!(connection);
     let mut draining = false;
@@ -467,12 +606,7 @@ where
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(err) = result {
-                    if err.is_timeout() {
-                        state.metrics.reject(Rejection::Timeout);
-                    } else if is_write_timeout(&err) {
-                        state.metrics.reject(Rejection::WriteTimeout);
-                    }
-                    tracing::debug!(peer = %conn.peer, "connection ended: {err}");
+                    hyper_ended(&state, &conn, &err);
                 }
                 break;
             }

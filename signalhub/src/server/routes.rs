@@ -340,7 +340,8 @@ async fn serve(
                 keys,
                 !state.config.quiet,
                 state.shutdown.is_cancelled(),
-            );
+            )
+            .served_by_hyper();
             sse::response(subscription)
         }
         Route::Broadcast { key } => {

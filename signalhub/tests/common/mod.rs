@@ -184,14 +184,37 @@ impl SseClient {
         }
     }
 
-    /// A subscription made on a kept-alive connection after another request (a POST), which the
-    /// hub serves through hyper rather than on its direct path for fresh connections.
+    /// A subscription made on a kept-alive connection after another request (a POST): hyper
+    /// answers the POST, and the connection comes back to the hub's direct path for the
+    /// subscription.
     pub async fn connect_after_post(addr: SocketAddr, target: &str) -> SseClient {
-        let mut stream = connect_from(addr, None).await;
+        let stream = connect_from(addr, None).await;
         let post = format!(
             "POST /v1/warmup/nobody HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\n\r\n{{}}"
         );
-        stream.write_all(post.as_bytes()).await.expect("write POST");
+        Self::connect_after(stream, addr, target, &post).await
+    }
+
+    /// A subscription made on a kept-alive connection after a POST with a chunked body, which
+    /// leaves the connection with hyper: hyper serves the subscription.
+    pub async fn connect_via_hyper(addr: SocketAddr, target: &str) -> SseClient {
+        let stream = connect_from(addr, None).await;
+        let post = format!(
+            "POST /v1/warmup/nobody HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+        );
+        Self::connect_after(stream, addr, target, &post).await
+    }
+
+    async fn connect_after(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        target: &str,
+        first: &str,
+    ) -> SseClient {
+        stream
+            .write_all(first.as_bytes())
+            .await
+            .expect("write POST");
         // Read exactly the POST's response (it has Content-Length: 0) and keep the connection.
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
@@ -335,6 +358,24 @@ pub async fn wait_subscribers(hub: &RunningHub, n: i64) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The hub's metrics text.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    request(addr, "GET", "/metrics", b"").await.text()
+}
+
+/// How many SSE streams the hub serves, and of them how many hyper serves.
+pub async fn sse_streams(addr: SocketAddr) -> (f64, f64) {
+    let text = metrics_text(addr).await;
+    assert!(
+        text.contains("signalhub_connections{transport=\"sse_hyper\"} "),
+        "{text}"
+    );
+    (
+        metric(&text, "signalhub_connections{transport=\"sse\"}"),
+        metric(&text, "signalhub_connections{transport=\"sse_hyper\"}"),
+    )
 }
 
 /// The value of one sample line (name with labels as written) in a metrics text.
