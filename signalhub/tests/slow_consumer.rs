@@ -27,19 +27,7 @@ async fn stalled_subscriber(addr: SocketAddr, after_post: bool) -> tokio::net::T
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
     if after_post {
-        stream
-            .write_all(
-                format!(
-                    "POST /v1/app/nobody HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
-                )
-                .as_bytes(),
-            )
-            .await
-            .unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(stream.read_u8().await.unwrap());
-        }
+        leave_with_hyper(&mut stream, addr).await;
     }
     stream
         .write_all(format!("GET /v1/app/feed HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())

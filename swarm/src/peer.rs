@@ -79,6 +79,12 @@ const RELAY_WAIT: Duration = Duration::from_millis(1000);
 /// the other side notice at once, before it tears the connection down anyway.
 const CHANNEL_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// How long an initiator told to expect the remote's own data channel
+/// ([`Peer::expect_remote_channel`]) waits for it once its own channel is open, before it takes
+/// its own. The remote opens its channel as soon as the association is up, so it comes within
+/// about one round trip.
+pub const REMOTE_CHANNEL_WAIT: Duration = Duration::from_secs(2);
+
 /// Values of `Shared::ice_progress`.
 const ICE_NEW: u8 = 0;
 const ICE_CHECKING: u8 = 1;
@@ -410,6 +416,19 @@ struct Shared {
     reading: AtomicBool,
     /// Wakes every waiter when the channel reader stops.
     reader_stopped: Notify,
+    /// Data channels the remote opened besides the adopted one, and the adopted reader's sender,
+    /// weak so that only that reader keeps [`Peer::recv`] open (see [`Shared::adopt`]).
+    extra_channels: StdMutex<Vec<Arc<dyn DataChannel>>>,
+    extra_messages: StdMutex<Option<mpsc::WeakSender<PeerMessage>>>,
+    /// Whether the adopted channel is the one this side created (as the initiator).
+    adopted_own: AtomicBool,
+    /// The channel to send on when it is not the adopted one (see [`Shared::adopt`]).
+    send_channel: OnceLock<Arc<dyn DataChannel>>,
+    /// Set by [`Peer::expect_remote_channel`]: `Connected` waits for the remote's own channel.
+    expect_remote: AtomicBool,
+    /// The remote's own channel (the send channel) has opened; `remote_opened` wakes the wait.
+    remote_open: AtomicBool,
+    remote_opened: Notify,
 }
 
 #[derive(Default)]
@@ -439,6 +458,13 @@ impl Peer {
             reader_done: Notify::new(),
             reading: AtomicBool::new(false),
             reader_stopped: Notify::new(),
+            extra_channels: StdMutex::new(Vec::new()),
+            extra_messages: StdMutex::new(None),
+            adopted_own: AtomicBool::new(false),
+            send_channel: OnceLock::new(),
+            expect_remote: AtomicBool::new(false),
+            remote_open: AtomicBool::new(false),
+            remote_opened: Notify::new(),
         });
 
         let ice_servers: Vec<RTCIceServer> = config
@@ -527,7 +553,7 @@ impl Peer {
             .await
             .map_err(PeerError::engine("create the data channel"))?;
         let _ = self.shared.label.set(label);
-        self.shared.adopt(channel);
+        self.shared.adopt(channel, true);
 
         let offer = connection
             .create_offer(None)
@@ -542,6 +568,17 @@ impl Peer {
             .set_local_description(offer)
             .await
             .map_err(PeerError::engine("apply the local offer"))
+    }
+
+    /// Tells an initiator that the remote is a simple-peer 6.x initiator that took our offer in
+    /// a glare (the swarm knows: it got the remote's own offer): it will open a data channel of
+    /// its own and read only that one (see [`Shared::adopt`]). [`PeerEvent::Connected`] then
+    /// waits until that channel is open (at most [`REMOTE_CHANNEL_WAIT`] after ours), so that
+    /// nothing is sent on ours, which the remote never reads. Too late once `Connected` came.
+    pub fn expect_remote_channel(&self) {
+        if self.initiator && !self.shared.expect_remote.swap(true, Ordering::AcqRel) {
+            debug!("expecting the remote's own data channel");
+        }
     }
 
     /// Whether this side offers.
@@ -775,7 +812,8 @@ impl Peer {
         if self.is_closed() {
             return Err(PeerError::Closed);
         }
-        match self.shared.channel.get() {
+        let channel = self.shared.send_channel.get().or(self.shared.channel.get());
+        match channel {
             Some(channel) if self.shared.connected.load(Ordering::Acquire) => Ok(channel),
             _ => Err(PeerError::NotConnected),
         }
@@ -895,8 +933,11 @@ impl Shared {
             }
         }
         lock(&self.messages).take();
+        lock(&self.extra_messages).take();
+        lock(&self.extra_channels).clear();
         let connection = lock(&self.connection).take()?;
-        Some((connection, self.channel.get().cloned()))
+        let channel = self.send_channel.get().or(self.channel.get()).cloned();
+        Some((connection, channel))
     }
 
     /// Closes the peer from inside the engine (its handler or the channel reader).
@@ -920,19 +961,96 @@ impl Shared {
         }
     }
 
-    /// Takes `channel` as the peer's data channel and starts reading it; a second channel is
-    /// closed (simple-peer 6.x would replace the first; webrtc-swarm makes only one).
-    fn adopt(self: &Arc<Self>, channel: Arc<dyn DataChannel>) {
+    /// Takes `channel` as the peer's data channel and starts reading it (`own`: this side
+    /// created it, as the initiator).
+    ///
+    /// A further channel the remote opens is kept open and read into the same queue, never
+    /// closed; and if the adopted channel was our own, messages go out on the remote's from then
+    /// on. That is glare with simple-peer 6.x: an initiator that received our offer answers it
+    /// (Chromium rolls its own offer back) but still opens its own channel, and reads and writes
+    /// only that one; it destroys the whole peer when that channel closes. (Closing it here cut
+    /// Rust↔Chromium connections a few milliseconds after they opened; sending on ours alone
+    /// reached nobody.)
+    fn adopt(self: &Arc<Self>, channel: Arc<dyn DataChannel>, own: bool) {
         let messages = lock(&self.messages).take();
         let (Some(messages), Ok(())) = (messages, self.channel.set(channel.clone())) else {
-            debug!("closing an extra data channel");
-            tokio::spawn(async move {
-                let _ = channel.close().await;
-            });
+            debug!("the remote opened another data channel: keeping it open, reading it too");
+            if !own && self.adopted_own.load(Ordering::Acquire) {
+                debug!("the remote answered our offer with its own channel: sending on it");
+                let _ = self.send_channel.set(channel.clone());
+            }
+            let sends_on_it = self
+                .send_channel
+                .get()
+                .is_some_and(|send| Arc::ptr_eq(send, &channel));
+            lock(&self.extra_channels).push(channel.clone());
+            if let Some(messages) = lock(&self.extra_messages).clone() {
+                tokio::spawn(read_extra_channel(
+                    self.clone(),
+                    channel,
+                    messages,
+                    sends_on_it,
+                ));
+            }
             return;
         };
+        self.adopted_own.store(own, Ordering::Release);
+        *lock(&self.extra_messages) = Some(messages.downgrade());
         self.reading.store(true, Ordering::Release);
         tokio::spawn(read_channel(self.clone(), channel, messages));
+    }
+}
+
+/// Queues the messages of an extra data channel (see [`Shared::adopt`]) with the adopted
+/// channel's. Its closing means nothing to the peer; its opening, when it is the channel sent on
+/// (`sends_on_it`), is the peer's `Connected` if that has not come yet.
+async fn read_extra_channel(
+    shared: Arc<Shared>,
+    channel: Arc<dyn DataChannel>,
+    messages: mpsc::WeakSender<PeerMessage>,
+    sends_on_it: bool,
+) {
+    while let Some(event) = channel.poll().await {
+        match event {
+            DataChannelEvent::OnOpen if sends_on_it => {
+                shared.remote_open.store(true, Ordering::Release);
+                shared.remote_opened.notify_waiters();
+                if !shared.connected.swap(true, Ordering::AcqRel) {
+                    debug!("the remote's own data channel is open");
+                    shared.emit(PeerEvent::Connected);
+                }
+            }
+            DataChannelEvent::OnMessage(message) => {
+                let message = PeerMessage::from_wire(message.is_string, message.data.freeze());
+                // Gone once the adopted channel's reader has ended: the peer is closing.
+                let Some(messages) = messages.upgrade() else {
+                    break;
+                };
+                if messages.send(message).await.is_err() {
+                    break;
+                }
+            }
+            DataChannelEvent::OnClose => break,
+            _ => {}
+        }
+    }
+}
+
+/// Emits `Connected` once the remote's own channel is open (see [`Peer::expect_remote_channel`]),
+/// or after [`REMOTE_CHANNEL_WAIT`] on ours if it never comes.
+async fn connect_when_the_remote_channel_opens(shared: Arc<Shared>) {
+    let opened = shared.remote_opened.notified();
+    tokio::pin!(opened);
+    opened.as_mut().enable();
+    if !shared.remote_open.load(Ordering::Acquire)
+        && tokio::time::timeout(REMOTE_CHANNEL_WAIT, opened)
+            .await
+            .is_err()
+    {
+        debug!("the remote opened no channel of its own; using ours");
+    }
+    if !shared.closed.load(Ordering::Acquire) && !shared.connected.swap(true, Ordering::AcqRel) {
+        shared.emit(PeerEvent::Connected);
     }
 }
 
@@ -952,6 +1070,13 @@ async fn read_channel(
     }
     while let Some(event) = channel.poll().await {
         match event {
+            DataChannelEvent::OnOpen
+                if shared.adopted_own.load(Ordering::Acquire)
+                    && shared.expect_remote.load(Ordering::Acquire) =>
+            {
+                debug!("our data channel is open; waiting for the remote's own");
+                tokio::spawn(connect_when_the_remote_channel_opens(shared.clone()));
+            }
             DataChannelEvent::OnOpen if !shared.connected.swap(true, Ordering::AcqRel) => {
                 debug!(
                     label = shared.label.get().map(String::as_str),
@@ -1108,7 +1233,7 @@ impl PeerConnectionEventHandler for Handler {
             });
             return;
         }
-        self.shared.adopt(channel);
+        self.shared.adopt(channel, false);
     }
 }
 

@@ -11,7 +11,7 @@
 mod node_script;
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use swarm::{PeerMessage, Swarm, SwarmOptions, SwarmPeer};
@@ -236,6 +236,84 @@ async fn disconnected_comes_after_the_messages_sent_before_the_close() {
     rust.close().await;
 }
 
+/// Glare with a browser: a simple-peer initiator in Chromium that receives our offer while its
+/// own is out rolls its offer back and answers ours, but keeps talking on the channel it made
+/// for its own offer and never reads ours; it destroys the peer if that channel closes.
+/// `js/own-channel-answerer.mjs` does exactly that, deterministically. The Rust peer keeps the
+/// remote's channel open, sends on it, and reads it. (Before: it closed that channel as an
+/// extra, which cut the connection, or its messages reached nobody.)
+///
+/// Without the glare's offer the Rust side cannot know, before the remote's channel arrives,
+/// which channel the remote reads: this test sends once the JS side's channel is open. With it
+/// (the next tests), `Connected` itself waits for the remote's channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answerer_that_talks_on_its_own_channel_is_heard_and_answered() {
+    own_channel_answerer(None).await;
+}
+
+/// The same after a glare whose offer reached us before the answer to ours: the Rust side keeps
+/// its offer for the answer (a Node peer would not answer), and its first message, sent the
+/// moment it is connected, reaches the remote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_glare_a_browser_style_answer_is_taken_and_the_first_message_arrives() {
+    own_channel_answerer(Some("offer-first")).await;
+}
+
+/// The same when the glare's offer comes after the answer (the two POSTs crossed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_glare_with_the_offer_late_the_first_message_arrives() {
+    own_channel_answerer(Some("answer-first")).await;
+}
+
+async fn own_channel_answerer(glare: Option<&str>) {
+    require_setup();
+    let hub = start_hub().await;
+    let mut config = json!({"hubs": [hub.url()], "app": "own-channel"});
+    if let Some(glare) = glare {
+        config["glare"] = json!(glare);
+    }
+    let config = config.to_string();
+    let mut js = NodeScript::spawn("own-channel-answerer.mjs", &[&config], STEP);
+    let js_id = js.wait_event("ready").await["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    let mut rust = Swarm::join([hub.url()], "own-channel", loopback_options())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let peer = connected(&mut rust, &js_id).await;
+    let took = started.elapsed();
+    assert!(peer.is_initiator(), "the Rust peer offered");
+    if glare.is_none() {
+        js.wait_event("open").await;
+    } else {
+        // Not the 1 s wait for an answer that a Node peer never sends, nor the 2 s wait for a
+        // channel of the remote's own that never came.
+        assert!(took < Duration::from_secs(2), "connected after {took:?}");
+    }
+    peer.send_text("from rust, on their channel").await.unwrap();
+    let got = js
+        .wait_for("the Rust message", |e| e["event"] == "data")
+        .await;
+    assert_eq!(got["data"], "from rust, on their channel");
+    js.send(json!({"cmd": "send", "text": "from js, on its own channel"}));
+    let message = timeout(STEP, peer.recv_message())
+        .await
+        .expect("the JS message in time");
+    assert_eq!(
+        message,
+        Some(PeerMessage::Text("from js, on its own channel".into()))
+    );
+    assert!(!peer.is_closed(), "the connection is still up");
+    rust.close().await;
+    let events = js.close().await;
+    assert!(
+        events.iter().all(|e| e["event"] != "fatal"),
+        "the JS side: {events:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_and_chromium_meet_in_one_swarm() {
     require_setup();
@@ -315,7 +393,7 @@ async fn js_glare_round(hub: &str, app: &str) -> bool {
         json!({"type": "connect", "from": rust_id}),
         json!({"type": "connect", "from": node_id}),
     );
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (x, y) = tokio::join!(
         client.broadcast("all", &from_rust),
         client.broadcast("all", &from_node)

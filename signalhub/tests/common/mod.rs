@@ -199,10 +199,7 @@ impl SseClient {
     /// leaves the connection with hyper: hyper serves the subscription.
     pub async fn connect_via_hyper(addr: SocketAddr, target: &str) -> SseClient {
         let stream = connect_from(addr, None).await;
-        let post = format!(
-            "POST /v1/warmup/nobody HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
-        );
-        Self::connect_after(stream, addr, target, &post).await
+        Self::connect_after(stream, addr, target, &chunked_post(addr)).await
     }
 
     async fn connect_after(
@@ -358,6 +355,32 @@ pub async fn wait_subscribers(hub: &RunningHub, n: i64) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The `POST` with a chunked body that leaves a kept-alive connection with hyper for good
+/// (the hub's front lends a connection to hyper one request at a time only when the request's
+/// head gives its end).
+pub fn chunked_post(addr: SocketAddr) -> String {
+    format!(
+        "POST /v1/app/nobody HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+    )
+}
+
+/// Sends [`chunked_post`] on `stream` and reads its answer's head (`200` with
+/// `Content-Length: 0`, so the head is the whole answer).
+pub async fn leave_with_hyper(stream: &mut TcpStream, addr: SocketAddr) -> String {
+    stream
+        .write_all(chunked_post(addr).as_bytes())
+        .await
+        .expect("write the POST");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.expect("the POST's answer"));
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(head.contains("Content-Length: 0"), "{head}");
+    head
 }
 
 /// The hub's metrics text.

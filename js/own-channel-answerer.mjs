@@ -1,0 +1,106 @@
+// A webrtc-swarm peer (on the hub's wire) that answers an offer but talks only on a data channel
+// of its own: what a simple-peer 6.x initiator in Chromium does after glare, when it receives our
+// offer while its own is out (Chromium rolls its offer back and simple-peer answers ours, while
+// keeping the channel it made for its offer; it never listens for ours). Node, @roamhq/wrtc.
+// Driven by swarm/tests/swarm_js.rs.
+//
+// Usage: node js/own-channel-answerer.mjs '{"hubs":["http://127.0.0.1:PORT"],"app":"<app>"[,"glare":G]}'
+// It announces itself on "all" (as webrtc-swarm does, every second until an offer comes) and
+// answers the first offer in its inbox. With "glare", it also sends an offer of its own, as the
+// browser did before ours reached it: "offer-first" posts it 100 ms before the answer,
+// "answer-first" right after (the two POSTs of a browser can arrive either way round). Events on stdout, one JSON object a line:
+//   {"event":"ready","id"}             its id, before it subscribes
+//   {"event":"open","label"}           its own channel opened
+//   {"event":"their-channel","label"}  the offerer's channel arrived (left alone, unread)
+//   {"event":"data","data","kind"}     a message on its own channel
+//   {"event":"closed","label"}         its own channel closed
+//   {"event":"fatal","message"}        then exit 3
+// Commands on stdin: {"cmd":"send","text":"…"} sends on its own channel; the end of stdin exits.
+import { createRequire } from 'node:module'
+import { randomBytes } from 'node:crypto'
+import readline from 'node:readline'
+
+const require = createRequire(import.meta.url)
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
+let signalhub, wrtc
+try {
+  signalhub = require('signalhub')
+  wrtc = require('@roamhq/wrtc')
+} catch (err) {
+  out({ event: 'fatal', message: 'missing Node packages, run `npm ci --prefix js`: ' + err.message })
+  process.exit(3)
+}
+const config = JSON.parse(process.argv[2] || '{}')
+const id = randomBytes(12).toString('hex')
+const hub = signalhub(config.app, config.hubs)
+out({ event: 'ready', id })
+
+let pc = null
+let own = null
+let pending = []
+let announcing = null
+
+const inbox = hub.subscribe(id)
+inbox.on('open', () => {
+  const announce = () => hub.broadcast('all', { type: 'connect', from: id })
+  announce()
+  announcing = setInterval(announce, 1000)
+})
+inbox.on('data', async (message) => {
+  const { from, signal } = message || {}
+  if (!from || !signal) return
+  try {
+    if (signal.type === 'offer' && !pc) {
+      clearInterval(announcing)
+      const ownOffer = async () => {
+        const decoy = new wrtc.RTCPeerConnection({ iceServers: [] })
+        decoy.createDataChannel('rolled-back-' + id)
+        const offer = await decoy.createOffer()
+        hub.broadcast(from, { from: id, signal: { type: 'offer', sdp: offer.sdp } })
+        decoy.close()
+      }
+      if (config.glare === 'offer-first') {
+        await ownOffer()
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+      pc = new wrtc.RTCPeerConnection({ iceServers: [] })
+      own = pc.createDataChannel('own-' + id)
+      own.onopen = () => out({ event: 'open', label: own.label })
+      own.onclose = () => out({ event: 'closed', label: own.label })
+      own.onmessage = (e) => out({
+        event: 'data',
+        data: typeof e.data === 'string' ? e.data : Buffer.from(e.data).toString('utf8'),
+        kind: typeof e.data === 'string' ? 'text' : 'binary'
+      })
+      pc.ondatachannel = (e) => out({ event: 'their-channel', label: e.channel.label })
+      pc.onicecandidate = (e) => {
+        if (e.candidate) hub.broadcast(from, { from: id, signal: { candidate: e.candidate.toJSON() } })
+      }
+      await pc.setRemoteDescription(signal)
+      for (const candidate of pending) await pc.addIceCandidate(candidate)
+      pending = []
+      const answer = await pc.createAnswer()
+      await pc.setLocalDescription(answer)
+      hub.broadcast(from, { from: id, signal: { type: 'answer', sdp: answer.sdp } })
+      if (config.glare === 'answer-first') await ownOffer()
+    } else if (signal.candidate) {
+      if (pc && pc.remoteDescription) await pc.addIceCandidate(signal.candidate)
+      else pending.push(signal.candidate)
+    }
+  } catch (err) {
+    out({ event: 'fatal', message: err.stack || err.message })
+    process.exit(3)
+  }
+})
+
+const rl = readline.createInterface({ input: process.stdin })
+rl.on('line', (line) => {
+  const cmd = JSON.parse(line)
+  if (cmd.cmd === 'send' && own) own.send(cmd.text)
+})
+rl.on('close', () => {
+  clearInterval(announcing)
+  if (pc) pc.close()
+  hub.close(() => process.exit(0))
+  setTimeout(() => process.exit(0), 1000).unref()
+})
