@@ -30,6 +30,13 @@ const QUIET: Duration = Duration::from_millis(3);
 fn hub() -> SocketAddr {
     static HUB: OnceLock<SocketAddr> = OnceLock::new();
     *HUB.get_or_init(|| {
+        // As a Rust `main` does (libFuzzer's `main` is C's): a write to a socket its client has
+        // closed is an error the hub handles, not a signal that ends the process. The hub's
+        // writes of several buffers at once (`writev`) cannot ask the kernel for no signal.
+        // SAFETY: called before any thread of this process writes to a socket.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
