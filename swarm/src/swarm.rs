@@ -16,11 +16,8 @@
 //! - **Glare** (both sides offered): between swarms of this crate (their signals say so with
 //!   [`GLARE_RULE_KEY`]), the side with the greater id keeps its offer and ignores the other's;
 //!   the other side answers it: one round trip instead of two teardowns and an announce period.
-//!   A JS peer in Node destroys its attempt when our offer reaches it; one in a browser answers
-//!   ours instead, and talks on a channel of its own. So with a JS peer we keep our offer for
-//!   [`GLARE_ANSWER_WAIT`]: if it answers, the connection goes on, on its channel
-//!   ([`Peer::expect_remote_channel`]); if not, we drop ours too and announce again soon
-//!   ([`ANNOUNCE_SOON`]); it then offers, alone. An own offer older than
+//!   A JS peer destroys its attempt when our offer reaches it, so with one we drop ours too and
+//!   announce again at once ([`ANNOUNCE_SOON`]); it then offers, alone. An own offer older than
 //!   [`GLARE_WINDOW`] always yields to a new incoming offer. Within the window, an offer that
 //!   arrives after the other side already answered ours is the late half of a glare it resolved,
 //!   and is ignored (answering it would tear down the connection it just accepted).
@@ -73,11 +70,6 @@ use crate::stream::PeerStream;
 /// How long an own offer counts as "just sent" for glare: within it, the greater id keeps its
 /// offer; past it, an incoming offer wins (the other side evidently did not take ours).
 pub const GLARE_WINDOW: Duration = Duration::from_secs(2);
-
-/// How long, after a JS peer's offer crossed ours, the swarm waits for its answer to ours (a
-/// browser answers) or a new offer (Node destroys its attempt, and offers again on hearing our
-/// announce) before it drops its own offer too and announces again.
-pub const GLARE_ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// How soon after a glare with a JS peer the swarm announces again: time for our offer to reach
 /// it and end its attempt, so that the announce finds it with none and it offers.
@@ -465,12 +457,6 @@ struct Remote {
     /// After ignoring its offer in a glare, its candidates belong to the abandoned attempt until
     /// its answer to ours arrives.
     dropping_candidates: bool,
-    /// The offer of a JS peer (without the id rule) that crossed ours, and when: its answer to
-    /// ours, or a new offer, is awaited until [`GLARE_ANSWER_WAIT`] after that.
-    js_glare_offer: Option<String>,
-    js_glare_at: Option<Instant>,
-    /// Whether its answer to our offer has come.
-    answered: bool,
 }
 
 struct SwarmLoop {
@@ -528,7 +514,6 @@ impl SwarmLoop {
         }
         loop {
             let mut release = false;
-            let glare_deadline = self.glare_deadline();
             tokio::select! {
                 () = stop.cancelled() => break,
                 changed = self.inbox_hubs.changed() => {
@@ -585,9 +570,6 @@ impl SwarmLoop {
                     release = true;
                 }
                 _ = stall_check.tick() => self.drop_stalled(),
-                () = tokio::time::sleep_until(glare_deadline.unwrap_or(far)), if glare_deadline.is_some() => {
-                    self.drop_unanswered();
-                }
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
             if release {
@@ -798,40 +780,19 @@ impl SwarmLoop {
             return;
         };
         match &signal {
-            Signal::Offer { sdp } if remote.peer.is_initiator() => {
-                if let Some(glare_offer) = &remote.js_glare_offer {
-                    if glare_offer == sdp {
-                        return; // the glare's offer again, from another hub
-                    }
-                    if !remote.connected {
-                        // The JS peer destroyed its attempt after the glare and, hearing our
-                        // announce, started over: answer this one.
-                        debug!(%from, "a new offer after a glare: the JS peer started over");
-                        self.replace_with_answerer(from, signal).await;
-                        return;
-                    }
-                }
+            Signal::Offer { .. } if remote.peer.is_initiator() => {
                 let ours_is_fresh = !remote.connected
                     && !remote.peer.has_remote_description().await
                     && remote.started.elapsed() < GLARE_WINDOW;
                 if ours_is_fresh && !resolves_glare {
-                    // A JS webrtc-swarm peer does one of two things when our offer reaches its
-                    // own attempt. In a browser the offer rolls its own back and simple-peer
-                    // answers ours, while it keeps, and talks only on, the channel it made for
-                    // its own offer. In Node (@roamhq/wrtc) simple-peer destroys the attempt:
-                    // applying our offer fails, or it answers (when our offer came before its own
-                    // was applied) and then fails to apply its own. So: keep ours, expecting
-                    // its channel, and announce again soon. A browser, still attempting, ignores
-                    // the announce and its answer completes ours; a Node peer, with no attempt
-                    // left, offers again, and that offer is answered. (With no answer and no new
-                    // offer in `GLARE_ANSWER_WAIT`, ours is dropped: see `drop_unanswered`.)
-                    // Its candidates are kept (the peer holds them until a remote description
-                    // is set): a browser that rolls its offer back answers with the same ICE
-                    // credentials and does not send its candidates again.
-                    debug!(%from, "glare with a peer without the id rule: keeping our offer, announcing again");
-                    remote.js_glare_offer = Some(sdp.clone());
-                    remote.js_glare_at = Some(Instant::now());
-                    remote.peer.expect_remote_channel();
+                    // JS webrtc-swarm destroys its attempt when our offer reaches it, so neither
+                    // offer can complete. Drop ours as well and announce again soon: the other
+                    // side, with no attempt left, then offers once, and that one succeeds.
+                    debug!(%from, "glare with a peer without the id rule: dropping both attempts");
+                    if let Some(old) = self.remotes.remove(&from) {
+                        self.forget(&from, &old, CloseReason::Local);
+                        tokio::spawn(async move { old.peer.close().await });
+                    }
                     self.announce_soon = true;
                     return;
                 }
@@ -850,12 +811,9 @@ impl SwarmLoop {
                     // answer, and a stray one only fails its own connectivity checks.)
                     debug!(%from, "ignoring a late offer from a glare they resolved by answering ours");
                     if !resolves_glare {
-                        // A JS peer: as above, a browser talks on its own channel, and a Node peer
-                        // may have destroyed the attempt it answered.
-                        remote.js_glare_offer = Some(sdp.clone());
-                        remote.js_glare_at = Some(Instant::now());
+                        // A browser's simple-peer that answered ours (its own offer rolled back)
+                        // talks only on the channel it made for its own offer.
                         remote.peer.expect_remote_channel();
-                        self.announce_soon = true;
                     }
                     return;
                 }
@@ -875,7 +833,6 @@ impl SwarmLoop {
             _ => {
                 if matches!(signal, Signal::Answer { .. }) {
                     remote.dropping_candidates = false;
-                    remote.answered = true;
                 }
                 if let Err(error) = remote.peer.signal(signal).await {
                     // A stray answer from an older attempt must not kill a good connection.
@@ -953,9 +910,6 @@ impl SwarmLoop {
                 connected: false,
                 started: Instant::now(),
                 dropping_candidates: false,
-                js_glare_offer: None,
-                js_glare_at: None,
-                answered: false,
             },
         );
     }
@@ -1054,39 +1008,6 @@ impl SwarmLoop {
         });
         self.outboxes
             .insert(id.to_string(), Outbox { queue, pending });
-    }
-
-    /// When the first glare with a JS peer still waiting for its answer to our offer gives up.
-    fn glare_deadline(&self) -> Option<Instant> {
-        self.remotes
-            .values()
-            .filter(|r| !r.connected && !r.answered)
-            .filter_map(|r| r.js_glare_at)
-            .min()
-            .map(|at| at + GLARE_ANSWER_WAIT)
-    }
-
-    /// Drops our offers to JS peers that took part in a glare and did not answer in time (they
-    /// destroyed their attempt), and announces again soon so that they offer.
-    fn drop_unanswered(&mut self) {
-        let unanswered: Vec<String> = self
-            .remotes
-            .iter()
-            .filter(|(_, r)| !r.connected && !r.answered)
-            .filter(|(_, r)| {
-                r.js_glare_at
-                    .is_some_and(|at| at.elapsed() >= GLARE_ANSWER_WAIT)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in unanswered {
-            debug!(peer = %id, "glare: no answer to our offer and no new offer; dropping ours");
-            if let Some(old) = self.remotes.remove(&id) {
-                self.forget(&id, &old, CloseReason::Local);
-                tokio::spawn(async move { old.peer.close().await });
-            }
-            self.announce_soon = true;
-        }
     }
 
     fn drop_stalled(&mut self) {
