@@ -6,9 +6,8 @@
 //
 // Usage: node js/own-channel-answerer.mjs '{"hubs":["http://127.0.0.1:PORT"],"app":"<app>"[,"glare":G]}'
 // It announces itself on "all" (as webrtc-swarm does, every second until an offer comes) and
-// answers the first offer in its inbox. With "glare", it also sends an offer of its own, as the
-// browser did before ours reached it: "offer-first" posts it 100 ms before the answer,
-// "answer-first" right after (the two POSTs of a browser can arrive either way round). Events on stdout, one JSON object a line:
+// answers the first offer in its inbox. With "glare": "answer-first", it also sends an offer of its
+// own right after its answer, as the browser did before ours reached it (its two POSTs crossed). Events on stdout, one JSON object a line:
 //   {"event":"ready","id"}             its id, before it subscribes
 //   {"event":"open","label"}           its own channel opened
 //   {"event":"their-channel","label"}  the offerer's channel arrived (left alone, unread)
@@ -58,10 +57,6 @@ inbox.on('data', async (message) => {
         const offer = await decoy.createOffer()
         hub.broadcast(from, { from: id, signal: { type: 'offer', sdp: offer.sdp } })
         decoy.close()
-      }
-      if (config.glare === 'offer-first') {
-        await ownOffer()
-        await new Promise((resolve) => setTimeout(resolve, 100))
       }
       pc = new wrtc.RTCPeerConnection({ iceServers: [] })
       own = pc.createDataChannel('own-' + id)

@@ -416,9 +416,8 @@ struct Shared {
     reading: AtomicBool,
     /// Wakes every waiter when the channel reader stops.
     reader_stopped: Notify,
-    /// Data channels the remote opened besides the adopted one, and the adopted reader's sender,
+    /// The adopted reader's sender, for the readers of channels the remote opens besides it;
     /// weak so that only that reader keeps [`Peer::recv`] open (see [`Shared::adopt`]).
-    extra_channels: StdMutex<Vec<Arc<dyn DataChannel>>>,
     extra_messages: StdMutex<Option<mpsc::WeakSender<PeerMessage>>>,
     /// Whether the adopted channel is the one this side created (as the initiator).
     adopted_own: AtomicBool,
@@ -458,7 +457,6 @@ impl Peer {
             reader_done: Notify::new(),
             reading: AtomicBool::new(false),
             reader_stopped: Notify::new(),
-            extra_channels: StdMutex::new(Vec::new()),
             extra_messages: StdMutex::new(None),
             adopted_own: AtomicBool::new(false),
             send_channel: OnceLock::new(),
@@ -934,7 +932,6 @@ impl Shared {
         }
         lock(&self.messages).take();
         lock(&self.extra_messages).take();
-        lock(&self.extra_channels).clear();
         let connection = lock(&self.connection).take()?;
         let channel = self.send_channel.get().or(self.channel.get()).cloned();
         Some((connection, channel))
@@ -975,15 +972,12 @@ impl Shared {
         let messages = lock(&self.messages).take();
         let (Some(messages), Ok(())) = (messages, self.channel.set(channel.clone())) else {
             debug!("the remote opened another data channel: keeping it open, reading it too");
-            if !own && self.adopted_own.load(Ordering::Acquire) {
+            let sends_on_it = !own
+                && self.adopted_own.load(Ordering::Acquire)
+                && self.send_channel.set(channel.clone()).is_ok();
+            if sends_on_it {
                 debug!("the remote answered our offer with its own channel: sending on it");
-                let _ = self.send_channel.set(channel.clone());
             }
-            let sends_on_it = self
-                .send_channel
-                .get()
-                .is_some_and(|send| Arc::ptr_eq(send, &channel));
-            lock(&self.extra_channels).push(channel.clone());
             if let Some(messages) = lock(&self.extra_messages).clone() {
                 tokio::spawn(read_extra_channel(
                     self.clone(),
