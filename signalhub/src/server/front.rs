@@ -50,7 +50,7 @@ pub(crate) enum Cors {
 }
 
 /// What to do with a connection after a request head has been looked at.
-pub(crate) enum First {
+pub(crate) enum Dispatch {
     /// A subscription served here, and what its answer grants for CORS.
     Subscribe(Vec<ChannelKey>, Cors),
     /// A request hyper serves alone, after which the connection comes back here: `len` bytes of
@@ -70,7 +70,7 @@ pub(crate) async fn next_request<S>(
     io: &mut S,
     mut buf: Vec<u8>,
     later: bool,
-) -> First
+) -> Dispatch
 where
     S: AsyncRead + Unpin,
 {
@@ -90,12 +90,12 @@ where
     };
     match tokio::time::timeout(state.config.request_timeout, read_head).await {
         Ok(Some(())) => {}
-        Ok(None) => return First::Gone,
+        Ok(None) => return Dispatch::Gone,
         Err(_) => {
             if !later || !buf.is_empty() {
                 state.metrics.reject(super::metrics::Rejection::Timeout);
             }
-            return First::Gone;
+            return Dispatch::Gone;
         }
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -103,17 +103,17 @@ where
     let head_len = match request.parse(&buf) {
         Ok(httparse::Status::Complete(head_len)) => head_len,
         // An error, or a head too long to parse here: hyper's to answer.
-        _ => return First::Hyper(Bytes::from(buf)),
+        _ => return Dispatch::Hyper(Bytes::from(buf)),
     };
     if let Some((keys, origin)) = subscription_keys(state, &request) {
-        return First::Subscribe(keys, origin);
+        return Dispatch::Subscribe(keys, origin);
     }
     match lendable_len(&request, head_len) {
-        Some(len) => First::One {
+        Some(len) => Dispatch::One {
             buffered: Bytes::from(buf),
             len,
         },
-        None => First::Hyper(Bytes::from(buf)),
+        None => Dispatch::Hyper(Bytes::from(buf)),
     }
 }
 

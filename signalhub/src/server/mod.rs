@@ -432,16 +432,16 @@ where
             _ = &mut ended.kill => return,
         };
         match next {
-            front::First::Gone => return,
-            front::First::Subscribe(keys, origin) => {
+            front::Dispatch::Gone => return,
+            front::Dispatch::Subscribe(keys, origin) => {
                 drop(ended);
                 return front::serve_subscription(state, conn, io, keys, origin).await;
             }
-            front::First::Hyper(prefix) => {
+            front::Dispatch::Hyper(prefix) => {
                 drop(ended);
                 return serve_with_hyper(state, conn, Lent::for_good(prefix, io)).await;
             }
-            front::First::One {
+            front::Dispatch::One {
                 buffered: prefix,
                 len,
             } => {
