@@ -154,8 +154,17 @@ fn connect_once(lab: &mut Lab, a: &LabPeer, b: &LabPeer, app: &str) -> (f64, Str
 }
 
 /// A writes `mib` MiB to B; MB/s (10^6 bytes) from B's first byte to its last.
-fn throughput(lab: &mut Lab, a: &LabPeer, b: &LabPeer, app: &str, mib: usize) -> f64 {
+/// MB/s from A to B, and the datagrams the kernel dropped meanwhile for want of socket buffer
+/// (on the internet segment, where coturn is; in A's and B's homes).
+fn throughput(lab: &mut Lab, a: &LabPeer, b: &LabPeer, app: &str, mib: usize) -> (f64, u64, u64) {
     let bytes = mib << 20;
+    let namespaces = [
+        lab.var("INET_NS").to_string(),
+        lab.home_ns(&a.home),
+        lab.home_ns(&b.home),
+    ];
+    let drops = |lab: &Lab| namespaces.each_ref().map(|ns| lab.udp_receive_drops(ns));
+    let before = drops(lab);
     let a_id = a.join(lab, app);
     b.send(lab, json!({"cmd": "join", "app": app}));
     let (_, joined) = b.wait(lab, "join", |v| v["event"] == "joined");
@@ -167,9 +176,14 @@ fn throughput(lab: &mut Lab, a: &LabPeer, b: &LabPeer, app: &str, mib: usize) ->
     a.send(lab, json!({"cmd": "blast", "to": b_id, "bytes": bytes}));
     let (_, sunk) = b.wait(lab, "every byte", |v| v["event"] == "sunk");
     let ms = sunk["ms"].as_f64().unwrap_or(f64::NAN).max(1.0);
+    let after = drops(lab);
     a.leave(lab);
     b.leave(lab);
-    bytes as f64 / 1e6 / (ms / 1000.0)
+    (
+        bytes as f64 / 1e6 / (ms / 1000.0),
+        after[0] - before[0],
+        after[1] + after[2] - before[1] - before[2],
+    )
 }
 
 /// (median, p95, max) in ms.
@@ -232,8 +246,8 @@ pub fn run(tries: usize, mib: usize) {
     }
     println!();
     println!("NAT lab throughput ({mib} MiB, A → B):");
-    println!("| NATs | path | Rust→Rust | Node→Node |");
-    println!("|---|---|---:|---:|");
+    println!("| NATs | path | Rust→Rust | Node→Node | datagrams dropped (coturn's segment / the homes), Rust; Node |");
+    println!("|---|---|---:|---:|---|");
     for (kind, path, (home_a, home_b)) in [
         ("cone", "srflx (direct)", ("c1", "c2")),
         ("symmetric", "relay (TURN)", ("s1", "s2")),
@@ -245,9 +259,12 @@ pub fn run(tries: usize, mib: usize) {
             let b = &peers[&(home_b.to_string(), side as u8)];
             figures.push(throughput(&mut lab, a, b, &format!("lab-{try_no}"), mib));
         }
+        let [(rust, rust_inet, rust_homes), (node, node_inet, node_homes)] = figures[..] else {
+            unreachable!("two sides")
+        };
         println!(
-            "| {kind} | {path} | {:.1} MB/s | {:.1} MB/s |",
-            figures[0], figures[1]
+            "| {kind} | {path} | {rust:.1} MB/s | {node:.1} MB/s | \
+             {rust_inet} / {rust_homes}; {node_inet} / {node_homes} |"
         );
     }
     for peer in peers.values() {

@@ -128,6 +128,26 @@ impl Lab {
         self.var(&format!("HOME_NS_{home}")).to_string()
     }
 
+    /// UDP datagrams the kernel dropped in namespace `ns` for want of room in a socket's
+    /// receive buffer (`Udp: RcvbufErrors` of its `/proc/net/snmp`), since it was made.
+    pub fn udp_receive_drops(&self, ns: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
+            .output()
+            .expect("run ip netns exec");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut udp = text.lines().filter(|line| line.starts_with("Udp:"));
+        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+            panic!("no Udp lines in {ns}'s /proc/net/snmp: {text}");
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == "RcvbufErrors")
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or_else(|| panic!("no RcvbufErrors in {ns}'s /proc/net/snmp: {text}"))
+    }
+
     pub fn wan(&self, home: &str) -> String {
         self.var(&format!("WAN_ADDR_{home}")).to_string()
     }
