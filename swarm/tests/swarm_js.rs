@@ -123,33 +123,62 @@ async fn js_connected(js: &mut NodeScript, rust_id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rust_answers_a_node_webrtc_swarm_initiator() {
+    rust_answers("swarm-peer.mjs", "node-offers").await;
+}
+
+/// Chromium offers, and takes the DTLS client role the Rust answer leaves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_answers_a_chromium_initiator() {
+    rust_answers("swarm-browser.mjs", "browser-offers").await;
+}
+
+/// The JS peer is in the swarm first and offers on hearing the Rust peer's announce; the Rust
+/// answer takes the DTLS server role (`a=setup:passive`: see `swarm/src/peer.rs`), and the
+/// connection carries messages both ways and a stream.
+async fn rust_answers(script: &str, app: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
     require_setup();
     let hub = start_hub().await;
-    // Node is in the swarm first; the Rust peer's announce makes Node offer.
-    let (mut node, node_id) = js_peer("swarm-peer.mjs", hub.url(), "node-offers").await;
-    // The Rust peer does not listen to Node's announces (else it might offer first).
+    let (mut js, js_id) = js_peer(script, hub.url(), app).await;
+    let passive_answers = Arc::new(AtomicUsize::new(0));
+    let counted = passive_answers.clone();
+    // The Rust peer does not listen to the JS peer's announces (else it might offer first).
     let deaf_to_announces = swarm::SwarmOptions {
-        unwrap: Some(std::sync::Arc::new(|message: Value, channel: &str| {
+        unwrap: Some(Arc::new(|message: Value, channel: &str| {
             (channel != "all").then_some(message)
+        })),
+        wrap: Some(Arc::new(move |message: Value, _: &str| {
+            let sdp = message["signal"]["sdp"].as_str().unwrap_or_default();
+            if message["signal"]["type"] == "answer" && sdp.contains("a=setup:passive") {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            message
         })),
         ..loopback_options()
     };
-    let mut rust = Swarm::join([hub.url()], "node-offers", deaf_to_announces)
+    let mut rust = Swarm::join([hub.url()], app, deaf_to_announces)
         .await
         .unwrap();
     let rust_id = rust.id().to_string();
-    let peer = connected(&mut rust, &node_id).await;
-    js_connected(&mut node, &rust_id).await;
+    let peer = connected(&mut rust, &js_id).await;
+    js_connected(&mut js, &rust_id).await;
     assert!(
         !peer.is_initiator(),
-        "Node heard the announce, so Node offered"
+        "the JS peer heard the announce, so it offered"
     );
-    exchange_messages(&peer, &rust_id, &mut node).await;
-    stream_to(&peer, &rust_id, &mut node).await;
+    assert_eq!(
+        passive_answers.load(Ordering::SeqCst),
+        1,
+        "one answer, with a=setup:passive"
+    );
+    exchange_messages(&peer, &rust_id, &mut js).await;
+    stream_to(&peer, &rust_id, &mut js).await;
 
-    // Node leaving is noticed.
-    node.close().await;
-    disconnected_from(&mut rust, &node_id).await;
+    // The JS peer leaving is noticed.
+    js.close().await;
+    disconnected_from(&mut rust, &js_id).await;
     rust.close().await;
 }
 
