@@ -51,6 +51,10 @@ use swarm::{
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::filter::FilterExt as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 #[path = "chat/editor.rs"]
 mod editor;
@@ -829,20 +833,25 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let plain = cli.plain || !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal();
     let (updates_tx, updates) = mpsc::unbounded_channel();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let levels = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| DEFAULT_FILTER.into());
+    // The engine logs some errors on every connectivity check: each shows once a minute.
+    let filter = levels.and(swarm::EngineRepeatFilter::default());
     // No colour codes in either: plain output is read by scripts and log files, and the status
     // window shows text.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
+    let logs = tracing_subscriber::fmt::layer().with_ansi(false);
     if plain {
-        logs.with_writer(std::io::stderr).init();
+        tracing_subscriber::registry()
+            .with(logs.with_writer(std::io::stderr).with_filter(filter))
+            .init();
     } else {
         // Full screen, stderr would tear the picture: events go to the status window.
         let updates = updates_tx.clone();
-        logs.without_time()
-            .with_writer(move || StatusWriter(updates.clone()))
+        let logs = logs
+            .without_time()
+            .with_writer(move || StatusWriter(updates.clone()));
+        tracing_subscriber::registry()
+            .with(logs.with_filter(filter))
             .init();
     }
     let (hubs, _own_hub) = if cli.hubs.is_empty() {

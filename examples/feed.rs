@@ -57,6 +57,10 @@ use swarm::{
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tracing_subscriber::filter::FilterExt as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 /// The hub when no `--hub` is given.
 const DEFAULT_HUB: &str = "http://127.0.0.1:8080";
@@ -136,9 +140,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+    // The engine logs some errors on every connectivity check: each shows once a minute.
+    let filter =
+        tracing_subscriber::EnvFilter::from_default_env().and(swarm::EngineRepeatFilter::default());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter),
+        )
         .init();
     match run(cli) {
         Ok(code) => code,

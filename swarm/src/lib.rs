@@ -54,6 +54,8 @@
 pub const RECOMMENDED_LOG_FILTER: &str = "warn,webrtc=error,rtc=error";
 
 #[cfg(feature = "webrtc")]
+pub mod engine_log;
+#[cfg(feature = "webrtc")]
 pub mod ice_servers;
 pub mod log;
 #[cfg(feature = "webrtc")]
@@ -66,6 +68,8 @@ pub mod stream;
 #[cfg(feature = "webrtc")]
 pub mod swarm;
 
+#[cfg(feature = "webrtc")]
+pub use engine_log::EngineRepeatFilter;
 pub use log::async_log::AsyncLog;
 pub use log::hyperlog::{BatchItem, Log, LogError, LogOptions, Subscription};
 pub use log::json::{is_js_canonical, stringify as js_stringify};

@@ -257,6 +257,10 @@ impl Lab {
             // One relay thread (see `start_coturn`'s doc).
             "--relay-threads",
             "1",
+            // As production configurations do (no relaying into private networks): the homes'
+            // host addresses are refused, which the engine's permission requests then meet.
+            "--denied-peer-ip",
+            "10.0.0.0-10.255.255.255",
         ]
         .iter()
         .map(|s| s.to_string())
