@@ -5,7 +5,8 @@
 //! a topic through one or more signalhubs, speaking JS `webrtc-swarm` 2.9 / `simple-peer`
 //! signalling ([`swarm`], [`signal`]), and connects to each over a WebRTC data channel ([`peer`]),
 //! which a program uses as messages or as a tokio byte stream ([`PeerStream`]), or to replicate a
-//! log with ([`PeerReplication`]).
+//! log with ([`PeerReplication`]). [`RECOMMENDED_LOG_FILTER`] and [`EngineRepeatFilter`] keep the
+//! WebRTC engine's routine and repeated log lines out of a program's output.
 //!
 //! Without it, the crate is [`log`]: a hyperlog-compatible signed append-only log, namely the node model
 //! and its content keys ([`Key`], [`Node`]), hyperlog-sodium 2.x signatures ([`Keypair`],
