@@ -585,7 +585,7 @@ impl Peer {
 
     /// Tells an initiator that the remote is a simple-peer 6.x initiator that took our offer in
     /// a glare (the swarm knows: it got the remote's own offer): it will open a data channel of
-    /// its own and read only that one (see [`Shared::adopt`]). [`PeerEvent::Connected`] then
+    /// its own and read only that one (see `Shared::adopt`). [`PeerEvent::Connected`] then
     /// waits until that channel is open (at most [`REMOTE_CHANNEL_WAIT`] after ours), so that
     /// nothing is sent on ours, which the remote never reads. Too late once `Connected` came.
     pub fn expect_remote_channel(&self) {

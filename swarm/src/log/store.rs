@@ -113,7 +113,7 @@ pub trait Store: Send + Sync {
     fn node_at_change(&self, change: u64) -> Result<Option<Node>, StoreError>;
     /// Applies a batch atomically (and durably, for a durable store). `prepare` is called on
     /// each new node, in batch order, just before it is written: the log signs there, so that
-    /// signing overlaps the writing (see [`super::sign::SigningQueue`]).
+    /// signing overlaps the writing (see `log::sign::SigningQueue`).
     fn commit(
         &self,
         batch: WriteBatch,
