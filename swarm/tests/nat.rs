@@ -696,7 +696,10 @@ fn symmetric_nats_connect_through_the_turn_relay() {
     assert_relayed(&reports);
     // coturn refused to relay to the homes' private addresses, again and again (webrtc-rs asks
     // on every check); `connect_pair` asserted that each peer logged it at most once.
-    let refusals = lab.log_of(coturn).matches("403: Forbidden IP").count();
+    let refusals = lab
+        .log_of(coturn)
+        .matches("CREATE_PERMISSION processed, error 403: Forbidden IP")
+        .count();
     println!("symmetric↔symmetric: coturn refused {refusals} permissions (private addresses)");
     assert!(
         refusals > 2,
