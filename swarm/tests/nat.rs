@@ -593,30 +593,32 @@ fn finish_pair_within(
     }
     lab.stop(a.index);
     lab.stop(b.index);
-    // The engine's per-check errors are gone or shown once. A loopback candidate is neither
-    // offered nor used when ICE servers are set, so nothing is sent from a loopback socket to the
-    // internet (EINVAL, ~280 a second) and coturn is not asked to relay to 127.0.0.1. The lab's
-    // coturn refuses private addresses, as production configurations do (`denied-peer-ip`), so a
-    // relay candidate paired with the other home's host address is refused (403) on every check;
-    // webrtc-rs 0.21 asks again each time and logs each refusal (~150 per peer), and the lab
-    // peer's `EngineRepeatFilter` shows the first.
     for peer in [&a, &b] {
-        let log = lab.log_of(peer.index);
-        for (noise, at_most) in [
-            ("TURN permission request failed", 1),
-            ("Failed to write packet", 0),
-        ] {
-            let count = log.matches(noise).count();
-            assert!(
-                count <= at_most,
-                "peer {}: {count} × {noise:?}:\n{}",
-                peer.home,
-                tail(&log, 20)
-            );
-        }
+        assert_engine_errors_shown_once(&lab.log_of(peer.index), &format!("peer {}", peer.home));
     }
     let pair = |v: &Value| (v[0].clone(), v[1].clone());
     [pair(&out[0]), pair(&out[1])]
+}
+
+/// The engine's per-check errors in a Rust lab peer's log (`who`) are gone or shown once. A
+/// loopback candidate is neither offered nor used when ICE servers are set, so nothing is sent
+/// from a loopback socket to the internet (EINVAL, ~280 a second) and coturn is not asked to
+/// relay to 127.0.0.1. The lab's coturn refuses private addresses, as production configurations
+/// do (`denied-peer-ip`), so a relay candidate paired with the other home's host address is
+/// refused (403) on every check; webrtc-rs 0.21 asks again each time and logs each refusal (~150
+/// per peer), and the lab peer's `EngineRepeatFilter` shows the first.
+fn assert_engine_errors_shown_once(log: &str, who: &str) {
+    for (noise, at_most) in [
+        ("TURN permission request failed", 1),
+        ("Failed to write packet", 0),
+    ] {
+        let count = log.matches(noise).count();
+        assert!(
+            count <= at_most,
+            "{who}: {count} × {noise:?}:\n{}",
+            tail(log, 20)
+        );
+    }
 }
 
 fn print_figures(test: &str, reports: &[(Value, Value); 2]) {
@@ -952,20 +954,7 @@ fn rust_and_js(kind: &str, js: JsPeer) -> (Value, Value, Value, Lab) {
         js_path["remote"]["address"],
         js = js.title(),
     );
-    // As in `connect_pair`: a refused permission shown once, no write to the internet from
-    // loopback.
-    let log = lab.log_of(rust.index);
-    for (noise, at_most) in [
-        ("TURN permission request failed", 1),
-        ("Failed to write packet", 0),
-    ] {
-        let count = log.matches(noise).count();
-        assert!(
-            count <= at_most,
-            "Rust side: {count} × {noise:?}:\n{}",
-            tail(&log, 20)
-        );
-    }
+    assert_engine_errors_shown_once(&lab.log_of(rust.index), "Rust side");
     lab.stop(rust.index);
     (connected, transferred, js_path, lab)
 }
