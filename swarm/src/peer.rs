@@ -52,10 +52,12 @@ const RECEIVE_QUEUE: usize = 256;
 /// Unacknowledged bytes a data channel may hold before [`Peer::send`] waits.
 const SEND_BUFFER_LIMIT: usize = 1024 * 1024;
 
-/// The default [`PeerConfig::engine_tick`].
-pub const DEFAULT_ENGINE_TICK: Duration = Duration::from_millis(25);
+/// The default [`PeerConfig::keepalive`]: rtc-ice's own, and about libwebrtc's (2.5 s).
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(2);
 
-/// The engine tick while ICE is checking (a second or so per connection).
+/// The engine's tick while ICE is checking (a second or so per connection): a trickled
+/// candidate is first checked on the next tick (webrtc 0.21's `add_ice_candidate` does not wake
+/// its driver for it).
 const CHECK_TICK: Duration = Duration::from_millis(5);
 
 /// How long ICE keeps trying one candidate pair, whatever the tick (webrtc's default: 7 checks
@@ -76,9 +78,21 @@ const SRFLX_WAIT: Duration = Duration::from_millis(100);
 const PRFLX_WAIT: Duration = Duration::from_millis(100);
 const RELAY_WAIT: Duration = Duration::from_millis(1000);
 
-/// How often, and for how long at most, [`nudge_handshake`] wakes the engine's driver.
+/// How often [`nudge_handshake`] wakes the engine's driver: every millisecond for the first
+/// [`NUDGE_SPAN`] after ICE connects (a handshake takes a few round trips), then every
+/// [`SLOW_NUDGE_INTERVAL`] until the channel opens.
 const NUDGE_INTERVAL: Duration = Duration::from_millis(1);
 const NUDGE_SPAN: Duration = Duration::from_secs(2);
+const SLOW_NUDGE_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How often [`keep_relayed_writes_moving`] wakes the engine's driver on a connection through
+/// our own relay candidate.
+const RELAY_NUDGE_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How long an answer waits, at most, for the engine to report its host candidates, which it
+/// then carries (see [`Peer::signal`]'s offer case). They come a millisecond or so after the
+/// answer is applied.
+const ANSWER_CANDIDATES_WAIT: Duration = Duration::from_millis(20);
 
 /// How long [`Peer::close`] waits for the data channel's closing handshake, which is what lets
 /// the other side notice at once, before it tears the connection down anyway.
@@ -162,17 +176,15 @@ pub struct PeerConfig {
     /// Resolve remote mDNS (`*.local`) host candidates, as browsers send them. Off by default:
     /// it opens a multicast socket. Local candidates always carry plain IP addresses.
     pub resolve_mdns: bool,
-    /// The ICE check and keepalive interval, which is also how often the engine's driver wakes
-    /// up ([`DEFAULT_ENGINE_TICK`], 25 ms). webrtc 0.21 queues some packets (the first
-    /// connectivity check, the DTLS ClientHello, the SCTP INIT, the DCEP open) without waking
-    /// its driver, so each waited for the next tick: with webrtc's own 200 ms a connection took
-    /// 600–800 ms on loopback, with 25 ms (5 ms while ICE is checking) about 70 ms, and 21 ms
-    /// since the peer wakes the driver itself after ICE connects (see `nudge_handshake`). With a
-    /// 200 ms or 1 s tick the median stayed ~22 ms, but more tries took ~120 ms (a remote check
-    /// came before its candidate: the peer-reflexive pair's 100 ms wait). The cost is
-    /// one STUN binding request and its response (~200 bytes) per tick per connected peer,
-    /// 8 KB/s at 25 ms.
-    pub engine_tick: Duration,
+    /// How often a connected peer sends a STUN binding request on its path ([`DEFAULT_KEEPALIVE`],
+    /// 2 s): ICE's keepalive and consent freshness (RFC 7675), one request and its answer, about
+    /// 200 bytes. Anything received, these or data, keeps the connection alive; nothing for 5 s
+    /// ends it ([`CloseReason::Disconnected`]), so a keepalive over ~2 s risks cutting a quiet
+    /// connection over one lost packet. The handshake does not wait for this timer: ICE checks
+    /// every 5 ms while it checks, and the peer wakes the engine itself for the rest (see
+    /// `nudge_handshake`). Until 2026-12 this was the engine's 25 ms tick, 40 requests a second
+    /// per idle peer (8 KB/s), which the handshake needed then.
+    pub keepalive: Duration,
 }
 
 impl Default for PeerConfig {
@@ -186,7 +198,7 @@ impl Default for PeerConfig {
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             ],
             resolve_mdns: false,
-            engine_tick: DEFAULT_ENGINE_TICK,
+            keepalive: DEFAULT_KEEPALIVE,
         }
     }
 }
@@ -380,6 +392,9 @@ pub struct Peer {
     /// Whether the other side's loopback candidates are left out (see
     /// [`PeerConfig::udp_addrs`]).
     skip_remote_loopback: bool,
+    /// How many host candidates the engine will report (one per local socket that is not on
+    /// an unspecified address): what an answer waits for (see [`ANSWER_CANDIDATES_WAIT`]).
+    host_candidates: usize,
     shared: Arc<Shared>,
     negotiation: Mutex<Negotiation>,
     events: Mutex<mpsc::UnboundedReceiver<PeerEvent>>,
@@ -438,6 +453,11 @@ struct Shared {
     remote_opened: Notify,
     /// Whether [`nudge_handshake`] was started.
     nudging: AtomicBool,
+    /// While the answer is made: the local candidates the engine reported meanwhile, sent after
+    /// the answer unless the answer carries them (see [`Peer::signal`]'s offer case).
+    held_candidates: StdMutex<Option<Vec<IceCandidate>>>,
+    /// Wakes [`Peer::wait_for_host_candidates`] when a candidate is held.
+    candidate_reported: Notify,
 }
 
 #[derive(Default)]
@@ -474,6 +494,8 @@ impl Peer {
             remote_open: AtomicBool::new(false),
             remote_opened: Notify::new(),
             nudging: AtomicBool::new(false),
+            held_candidates: StdMutex::new(None),
+            candidate_reported: Notify::new(),
         });
 
         let ice_servers: Vec<RTCIceServer> = config
@@ -500,10 +522,12 @@ impl Peer {
             udp_addrs.retain(|a| !a.ip().is_loopback());
         }
         let skip_remote_loopback = for_internet && !udp_addrs.iter().any(|a| a.ip().is_loopback());
-        let tick = config.engine_tick.max(Duration::from_millis(1));
-        // While checking, a finer tick: the DTLS ClientHello goes out on the first tick after
-        // ICE connects, and that tick was scheduled while checking.
-        let check_tick = tick.min(CHECK_TICK);
+        let host_candidates = udp_addrs
+            .iter()
+            .filter(|a| !a.ip().is_unspecified())
+            .count();
+        let keepalive = config.keepalive.max(Duration::from_millis(1));
+        let check_tick = CHECK_TICK;
         let checks = (ICE_CHECK_SPAN.as_millis() / check_tick.as_millis()).clamp(7, 1000) as u16;
         let mdns = if config.resolve_mdns {
             MulticastDnsMode::QueryOnly
@@ -519,7 +543,7 @@ impl Peer {
             .with_setting_engine(
                 SettingEngineBuilder::new()
                     .with_multicast_dns_mode(mdns)
-                    .with_ice_timeouts(None, None, Some(tick))
+                    .with_ice_timeouts(None, None, Some(keepalive))
                     .with_ice_connection_attempts(Some(check_tick), Some(checks))
                     .with_srflx_acceptance_min_wait(Some(SRFLX_WAIT))
                     .with_prflx_acceptance_min_wait(Some(PRFLX_WAIT))
@@ -546,6 +570,7 @@ impl Peer {
         let peer = Peer {
             initiator: config.initiator,
             skip_remote_loopback,
+            host_candidates,
             shared,
             negotiation: Mutex::new(Negotiation::default()),
             events: Mutex::new(events_rx),
@@ -582,6 +607,31 @@ impl Peer {
             .set_local_description(offer)
             .await
             .map_err(PeerError::engine("apply the local offer"))
+    }
+
+    /// Waits until the engine has reported [`Peer::host_candidates`] local candidates while
+    /// they are held for the answer, or [`ANSWER_CANDIDATES_WAIT`] has passed.
+    async fn wait_for_host_candidates(&self) {
+        let deadline = tokio::time::Instant::now() + ANSWER_CANDIDATES_WAIT;
+        loop {
+            let reported = self.shared.candidate_reported.notified();
+            tokio::pin!(reported);
+            reported.as_mut().enable();
+            let held = lock(&self.shared.held_candidates)
+                .as_ref()
+                .map_or(0, Vec::len);
+            if held >= self.host_candidates {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, reported).await.is_err() {
+                debug!(
+                    held,
+                    wanted = self.host_candidates,
+                    "answering before every host candidate"
+                );
+                return;
+            }
+        }
     }
 
     /// Tells an initiator that the remote is a simple-peer 6.x initiator that took our offer in
@@ -626,69 +676,7 @@ impl Peer {
     /// The candidate pair ICE selected and what went over it, from the engine's statistics;
     /// `None` before ICE has selected a pair, or once the peer is closed.
     pub async fn selected_path(&self) -> Option<SelectedPath> {
-        let connection = self.shared.connection()?;
-        let report = connection
-            .get_stats(std::time::Instant::now(), StatsSelector::None)
-            .await;
-        let pair_id = report.iter().find_map(|entry| match entry {
-            RTCStatsReportEntry::Transport(transport)
-                if !transport.selected_candidate_pair_id.is_empty() =>
-            {
-                Some(transport.selected_candidate_pair_id.clone())
-            }
-            _ => None,
-        })?;
-        let Some(RTCStatsReportEntry::IceCandidatePair(pair)) = report.get(&pair_id) else {
-            return None;
-        };
-        // The pair names its candidates `candidate:…`; the report keys them with a prefix
-        // saying which side they are on (rtc 0.21's stats accumulator). A remote candidate
-        // learnt from a connectivity check (peer-reflexive) is missing from rtc 0.21's report
-        // (it lists the signalled ones only), so its address is unknown here.
-        let end = |id: &str, prefix: &str| {
-            let entry = report
-                .get(&format!("{prefix}{id}"))
-                .or_else(|| report.get(id));
-            let candidate = match entry {
-                Some(
-                    RTCStatsReportEntry::LocalCandidate(candidate)
-                    | RTCStatsReportEntry::RemoteCandidate(candidate),
-                ) => candidate,
-                _ if prefix == "RTCRemoteIceCandidate_" => {
-                    return Some(PathEnd {
-                        kind: CandidateKind::PeerReflexive,
-                        address: None,
-                        protocol: String::new(),
-                    })
-                }
-                _ => return None,
-            };
-            let kind = match candidate.candidate_type {
-                RTCIceCandidateType::Host => CandidateKind::Host,
-                RTCIceCandidateType::Srflx => CandidateKind::ServerReflexive,
-                RTCIceCandidateType::Prflx => CandidateKind::PeerReflexive,
-                RTCIceCandidateType::Relay => CandidateKind::Relay,
-                _ => return None,
-            };
-            let ip = candidate
-                .address
-                .as_deref()
-                .and_then(|a| a.parse::<IpAddr>().ok());
-            Some(PathEnd {
-                kind,
-                address: ip.map(|ip| SocketAddr::new(ip, candidate.port)),
-                protocol: candidate.protocol.clone(),
-            })
-        };
-        let rtt = (pair.current_round_trip_time.is_finite() && pair.current_round_trip_time > 0.0)
-            .then(|| Duration::from_secs_f64(pair.current_round_trip_time));
-        Some(SelectedPath {
-            local: end(&pair.local_candidate_id, "RTCLocalIceCandidate_")?,
-            remote: end(&pair.remote_candidate_id, "RTCRemoteIceCandidate_")?,
-            rtt,
-            bytes_sent: pair.bytes_sent,
-            bytes_received: pair.bytes_received,
-        })
+        selected_path_of(&self.shared.connection()?).await
     }
 
     /// Applies a signal from the other side.
@@ -742,14 +730,42 @@ impl Peer {
                     .create_answer(None)
                     .await
                     .map_err(PeerError::engine("create the answer"))?;
-                // Queued before the description is applied, hence before any candidate.
-                self.shared.emit(PeerEvent::Signal(Signal::Answer {
-                    sdp: answer.sdp.clone(),
-                }));
-                connection
-                    .set_local_description(answer)
-                    .await
-                    .map_err(PeerError::engine("apply the local answer"))
+                // The answer goes out with the candidates gathered when it is applied (the host
+                // ones): our connectivity checks start at once, and a check that reaches the
+                // offerer before the candidate it comes from makes it a peer-reflexive pair,
+                // which the offerer (controlling) may nominate only after `PRFLX_WAIT` (rtc-ice
+                // 0.21 keeps the type when the candidate arrives): ~120 ms instead of ~20 in
+                // one Rust↔Rust connection in thirty on loopback. The engine gathers after the
+                // description is applied, so the answer waits for the host candidates (a
+                // millisecond or so; at most `ANSWER_CANDIDATES_WAIT`). Candidates reported
+                // meanwhile are held, so that none goes out before the answer.
+                *lock(&self.shared.held_candidates) = Some(Vec::new());
+                let applied = connection.set_local_description(answer.clone()).await;
+                if applied.is_ok() {
+                    self.wait_for_host_candidates().await;
+                }
+                let sdp = match (&applied, connection.local_description().await) {
+                    (Ok(()), Some(described)) => without_unspecified_candidates(&described.sdp),
+                    _ => answer.sdp,
+                };
+                let mut held = lock(&self.shared.held_candidates);
+                debug!(
+                    described = sdp.matches("a=candidate:").count(),
+                    reported = held.as_ref().map_or(0, Vec::len),
+                    "answering with the candidates gathered so far"
+                );
+                if applied.is_ok() {
+                    self.shared
+                        .emit(PeerEvent::Signal(Signal::Answer { sdp: sdp.clone() }));
+                }
+                for candidate in held.take().unwrap_or_default() {
+                    if !sdp.contains(&format!("a={}\r\n", candidate.candidate)) {
+                        self.shared
+                            .emit(PeerEvent::Signal(Signal::Candidate(candidate)));
+                    }
+                }
+                drop(held);
+                applied.map_err(PeerError::engine("apply the local answer"))
             }
             Signal::Answer { sdp } => {
                 if !self.initiator {
@@ -894,6 +910,23 @@ impl Drop for Peer {
 }
 
 impl Shared {
+    /// Wakes the engine's driver, changing nothing: sets the data channel's low-water mark to
+    /// the value it has (0: this crate never sets it), which ends in the driver's
+    /// `wake_writes`; before there is a channel (an answerer's handshake), applies the
+    /// connection's configuration unchanged, which sends the driver an event (its ICE servers
+    /// are kept for a next gathering, which never comes: this crate restarts no ICE). `false`
+    /// once the peer is closed.
+    async fn wake_driver(&self) -> bool {
+        if let Some(channel) = self.send_channel.get().or(self.channel.get()) {
+            return channel.set_buffered_amount_low_threshold(0).await.is_ok();
+        }
+        let Some(connection) = self.connection() else {
+            return false;
+        };
+        let configuration = connection.get_configuration().await;
+        connection.set_configuration(configuration).await.is_ok()
+    }
+
     fn connection(&self) -> Option<Arc<dyn PeerConnection>> {
         if self.closed.load(Ordering::Acquire) {
             return None;
@@ -1018,24 +1051,61 @@ impl Shared {
 /// the engine queued (`poll_writes`) *before* it hands out the engine's events
 /// (`poll_events`), and some handshake steps queue their packet while an event is handled:
 /// the DTLS ClientHello when ICE connects, the SCTP INIT when DTLS completes, the DCEP open
-/// when the association is up. Each then waited for the driver's next wake, the ICE timer
-/// (the engine tick, 25 ms), twice or three times per connection. Setting the channel's
-/// low-water mark to the value it has (0: this crate never sets it) changes nothing but wakes
-/// the driver (`wake_writes`), whose next pass sends what is queued. The fix belongs upstream:
-/// `run` should loop again when `poll_events` queued writes.
+/// when the association is up. Each then waited for the driver's next wake, the ICE timer,
+/// which once ICE is connected is the keepalive ([`PeerConfig::keepalive`], 2 s). Setting the
+/// channel's low-water mark to the value it has (0: this crate never sets it) changes nothing
+/// but wakes the driver (`wake_writes`), whose next pass sends what is queued. The fix belongs
+/// upstream: `run` should loop again when `poll_events` queued writes.
+///
+/// A handshake slower than [`NUDGE_SPAN`] (a long or lossy path, DTLS retransmitting) is still
+/// woken, every [`SLOW_NUDGE_INTERVAL`], until it opens or the peer closes: the swarm closes a
+/// handshake that has not connected in its handshake timeout.
 async fn nudge_handshake(shared: Arc<Shared>) {
     let Some(channel) = shared.channel.get().cloned() else {
         return; // the answerer: as DTLS server it has nothing queued by an event
     };
-    let until = tokio::time::Instant::now() + NUDGE_SPAN;
-    while !shared.connected.load(Ordering::Acquire)
-        && !shared.closed.load(Ordering::Acquire)
-        && tokio::time::Instant::now() < until
-    {
+    let fast_until = tokio::time::Instant::now() + NUDGE_SPAN;
+    while !shared.connected.load(Ordering::Acquire) && !shared.closed.load(Ordering::Acquire) {
         if channel.set_buffered_amount_low_threshold(0).await.is_err() {
             return;
         }
-        tokio::time::sleep(NUDGE_INTERVAL).await;
+        let interval = if tokio::time::Instant::now() < fast_until {
+            NUDGE_INTERVAL
+        } else {
+            SLOW_NUDGE_INTERVAL
+        };
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// When ICE has connected through a relay candidate of our own (a TURN allocation), wakes the
+/// engine's driver every [`RELAY_NUDGE_INTERVAL`] until the peer closes: through the rest of
+/// the handshake, and then for as long as the connection lasts.
+///
+/// Why: webrtc 0.21's driver loop (`webrtc/src/peer_connection/driver.rs`, `poll_writes`)
+/// flushes the TURN client's queue (1.b) *before* it drains the engine's packets (1.c), and a
+/// packet for the relay only joins that queue in 1.c. So every packet this side sends through
+/// its relay waits in the queue for the driver's next wake: a received packet, a send of ours,
+/// or the ICE timer. The SCTP acknowledgements that pace the other side's sending are such
+/// packets, and so is the last packet of every burst. The fix belongs upstream: `poll_writes`
+/// should flush the TURN queue after the engine's packets too.
+async fn keep_relayed_writes_moving(shared: Arc<Shared>) {
+    let Some(connection) = shared.connection() else {
+        return;
+    };
+    let relayed = selected_path_of(&connection)
+        .await
+        .is_some_and(|path| path.local.kind == CandidateKind::Relay);
+    drop(connection);
+    if !relayed {
+        return;
+    }
+    debug!("connected through our relay: waking the engine every {RELAY_NUDGE_INTERVAL:?}");
+    while !shared.closed.load(Ordering::Acquire) {
+        if !shared.wake_driver().await {
+            return;
+        }
+        tokio::time::sleep(RELAY_NUDGE_INTERVAL).await;
     }
 }
 
@@ -1141,6 +1211,84 @@ async fn read_channel(
     shared.fail(CloseReason::ChannelClosed);
 }
 
+/// `sdp` without its candidates on an unspecified address (0.0.0.0, ::), which nobody can
+/// reach: the engine describes every candidate it gathered, and such a one is not advertised
+/// when trickled either (see `Handler::on_ice_candidate`).
+fn without_unspecified_candidates(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .filter(|line| {
+            !(line.starts_with("a=candidate:")
+                && candidate_ip(line.trim_end()).is_some_and(|ip| ip.is_unspecified()))
+        })
+        .collect()
+}
+
+/// The selected candidate pair of `connection`, from its stats (see [`Peer::selected_path`]).
+async fn selected_path_of(connection: &Arc<dyn PeerConnection>) -> Option<SelectedPath> {
+    let report = connection
+        .get_stats(std::time::Instant::now(), StatsSelector::None)
+        .await;
+    let pair_id = report.iter().find_map(|entry| match entry {
+        RTCStatsReportEntry::Transport(transport)
+            if !transport.selected_candidate_pair_id.is_empty() =>
+        {
+            Some(transport.selected_candidate_pair_id.clone())
+        }
+        _ => None,
+    })?;
+    let Some(RTCStatsReportEntry::IceCandidatePair(pair)) = report.get(&pair_id) else {
+        return None;
+    };
+    // The pair names its candidates `candidate:…`; the report keys them with a prefix
+    // saying which side they are on (rtc 0.21's stats accumulator). A remote candidate
+    // learnt from a connectivity check (peer-reflexive) is missing from rtc 0.21's report
+    // (it lists the signalled ones only), so its address is unknown here.
+    let end = |id: &str, prefix: &str| {
+        let entry = report
+            .get(&format!("{prefix}{id}"))
+            .or_else(|| report.get(id));
+        let candidate = match entry {
+            Some(
+                RTCStatsReportEntry::LocalCandidate(candidate)
+                | RTCStatsReportEntry::RemoteCandidate(candidate),
+            ) => candidate,
+            _ if prefix == "RTCRemoteIceCandidate_" => {
+                return Some(PathEnd {
+                    kind: CandidateKind::PeerReflexive,
+                    address: None,
+                    protocol: String::new(),
+                })
+            }
+            _ => return None,
+        };
+        let kind = match candidate.candidate_type {
+            RTCIceCandidateType::Host => CandidateKind::Host,
+            RTCIceCandidateType::Srflx => CandidateKind::ServerReflexive,
+            RTCIceCandidateType::Prflx => CandidateKind::PeerReflexive,
+            RTCIceCandidateType::Relay => CandidateKind::Relay,
+            _ => return None,
+        };
+        let ip = candidate
+            .address
+            .as_deref()
+            .and_then(|a| a.parse::<IpAddr>().ok());
+        Some(PathEnd {
+            kind,
+            address: ip.map(|ip| SocketAddr::new(ip, candidate.port)),
+            protocol: candidate.protocol.clone(),
+        })
+    };
+    let rtt = (pair.current_round_trip_time.is_finite() && pair.current_round_trip_time > 0.0)
+        .then(|| Duration::from_secs_f64(pair.current_round_trip_time));
+    Some(SelectedPath {
+        local: end(&pair.local_candidate_id, "RTCLocalIceCandidate_")?,
+        remote: end(&pair.remote_candidate_id, "RTCRemoteIceCandidate_")?,
+        rtt,
+        bytes_sent: pair.bytes_sent,
+        bytes_received: pair.bytes_received,
+    })
+}
+
 /// Whether `sdp` repeats the remote description already applied; an error if a different one
 /// was.
 fn is_repeat(
@@ -1220,12 +1368,21 @@ impl PeerConnectionEventHandler for Handler {
         match event.candidate.to_json() {
             Ok(init) => {
                 let mid = lock(&self.shared.mid).clone();
-                self.shared
-                    .emit(PeerEvent::Signal(Signal::Candidate(IceCandidate {
-                        candidate: init.candidate,
-                        sdp_m_line_index: Some(0),
-                        sdp_mid: Some(mid),
-                    })));
+                let candidate = IceCandidate {
+                    candidate: init.candidate,
+                    sdp_m_line_index: Some(0),
+                    sdp_mid: Some(mid),
+                };
+                let mut held = lock(&self.shared.held_candidates);
+                match held.as_mut() {
+                    Some(held) => {
+                        held.push(candidate);
+                        self.shared.candidate_reported.notify_waiters();
+                    }
+                    None => self
+                        .shared
+                        .emit(PeerEvent::Signal(Signal::Candidate(candidate))),
+                }
             }
             Err(error) => warn!(%error, "cannot write a local candidate"),
         }
@@ -1248,6 +1405,7 @@ impl PeerConnectionEventHandler for Handler {
                     .store(ICE_CONNECTED, Ordering::Release);
                 if !self.shared.nudging.swap(true, Ordering::AcqRel) {
                     tokio::spawn(nudge_handshake(self.shared.clone()));
+                    tokio::spawn(keep_relayed_writes_moving(self.shared.clone()));
                 }
             }
             RTCIceConnectionState::Disconnected => self.shared.fail(CloseReason::Disconnected),

@@ -117,8 +117,8 @@ pub struct SwarmOptions {
     pub udp_addrs: Vec<SocketAddr>,
     /// Resolve remote mDNS (`*.local`) candidates, as browsers send them.
     pub resolve_mdns: bool,
-    /// See [`PeerConfig::engine_tick`] (25 ms).
-    pub engine_tick: Duration,
+    /// See [`PeerConfig::keepalive`] (2 s).
+    pub keepalive: Duration,
     /// Sign every message and accept only signed ones (see the module docs).
     pub keypair: Option<Keypair>,
     /// webrtc-swarm's `wrap` hook.
@@ -145,7 +145,7 @@ impl Default for SwarmOptions {
             ice_servers_from_hub: true,
             udp_addrs: PeerConfig::default().udp_addrs,
             resolve_mdns: false,
-            engine_tick: crate::peer::DEFAULT_ENGINE_TICK,
+            keepalive: crate::peer::DEFAULT_KEEPALIVE,
             keypair: None,
             wrap: None,
             unwrap: None,
@@ -863,7 +863,7 @@ impl SwarmLoop {
                 .collect(),
             udp_addrs: self.options.udp_addrs.clone(),
             resolve_mdns: self.options.resolve_mdns,
-            engine_tick: self.options.engine_tick,
+            keepalive: self.options.keepalive,
         };
         let peer = match Peer::new(config).await {
             Ok(peer) => Arc::new(peer),

@@ -42,6 +42,8 @@ use netlab::{
 const MIB: usize = 1 << 20;
 /// The longest any peer process may take for what it is asked.
 const PEER_DEADLINE: Duration = Duration::from_secs(60);
+/// How long the cone test leaves its connected pair idle to count its datagrams.
+const IDLE_SPAN: Duration = Duration::from_secs(4);
 
 /// One lab at a time (see the module docs).
 static LAB_LOCK: Mutex<()> = Mutex::new(());
@@ -559,15 +561,19 @@ fn connect_pair(lab: &mut Lab, setup: &PeerSetup, app: &str) -> [(Value, Value);
 
 /// Waits for peers `a` and `b` to connect and exchange MIB each way, then stops them.
 fn finish_pair(lab: &mut Lab, a: PeerProc, b: PeerProc) -> [(Value, Value); 2] {
-    finish_pair_within(lab, a, b, PEER_DEADLINE)
+    finish_pair_within(lab, a, b, PEER_DEADLINE, None)
 }
 
-/// [`finish_pair`], with `transfer_deadline` for the exchange.
+/// [`finish_pair`], with `transfer_deadline` for the exchange. With `idle`, the pair is then
+/// left connected and idle: after a second to settle, `a`'s home counts the UDP datagrams it
+/// sends and receives for that long, and the figures (a second) are printed and checked: ICE
+/// keepalives (consent checks) every 2 s each way, nothing more.
 fn finish_pair_within(
     lab: &mut Lab,
     a: PeerProc,
     b: PeerProc,
     transfer_deadline: Duration,
+    idle: Option<Duration>,
 ) -> [(Value, Value); 2] {
     let mut out = Vec::new();
     for peer in [&a, &b] {
@@ -591,6 +597,9 @@ fn finish_pair_within(
         );
         out[i] = json!([out[i].clone(), transferred]);
     }
+    if let Some(span) = idle {
+        assert_idle_pair_is_quiet(lab, &a.home, span);
+    }
     lab.stop(a.index);
     lab.stop(b.index);
     for peer in [&a, &b] {
@@ -598,6 +607,37 @@ fn finish_pair_within(
     }
     let pair = |v: &Value| (v[0].clone(), v[1].clone());
     [pair(&out[0]), pair(&out[1])]
+}
+
+/// Most UDP datagrams a second one end of an idle connection may send or receive. Each side
+/// sends a STUN binding request every [`swarm::peer::DEFAULT_KEEPALIVE`] (2 s) and answers the
+/// other's: one a second each way. With the engine's old 25 ms tick it was 80 a second each
+/// way.
+const IDLE_DATAGRAMS_A_SECOND: f64 = 3.0;
+
+/// Counts the UDP datagrams `home` sends and receives over `span` while its peer is connected
+/// and idle, and checks they are keepalives only ([`IDLE_DATAGRAMS_A_SECOND`]).
+fn assert_idle_pair_is_quiet(lab: &Lab, home: &str, span: Duration) {
+    let ns = lab.home_ns(home);
+    std::thread::sleep(Duration::from_secs(1));
+    let (sent_before, received_before) = lab.udp_datagrams(&ns);
+    std::thread::sleep(span);
+    let (sent_after, received_after) = lab.udp_datagrams(&ns);
+    let per_second = |n: u64| n as f64 / span.as_secs_f64();
+    let (sent, received) = (
+        per_second(sent_after - sent_before),
+        per_second(received_after - received_before),
+    );
+    println!("idle connection, home {home}: {sent:.1} datagrams/s sent, {received:.1} received");
+    assert!(
+        sent <= IDLE_DATAGRAMS_A_SECOND && received <= IDLE_DATAGRAMS_A_SECOND,
+        "home {home}: an idle connection sent {sent:.1} and received {received:.1} datagrams a \
+         second (at most {IDLE_DATAGRAMS_A_SECOND} expected: keepalives every 2 s)"
+    );
+    assert!(
+        received > 0.0,
+        "home {home}: nothing received in {span:?}: no keepalive came"
+    );
 }
 
 /// The engine's per-check errors in a Rust lab peer's log (`who`) are gone or shown once. A
@@ -661,7 +701,10 @@ fn cone_nats_connect_directly_through_server_reflexive_addresses() {
     // direct path.
     let flags = hub_ice_flags(&["udp"], 3600);
     lab.start_hub(&flags.iter().map(String::as_str).collect::<Vec<_>>());
-    let reports = connect_pair(&mut lab, &PeerSetup::from_hub(), "cone");
+    let setup = PeerSetup::from_hub();
+    let a = lab.start_peer("a", "cone", &setup);
+    let b = lab.start_peer("b", "cone", &setup);
+    let reports = finish_pair_within(&mut lab, a, b, PEER_DEADLINE, Some(IDLE_SPAN));
     print_figures("cone↔cone", &reports);
     for (home, other) in [("a", "b"), ("b", "a")] {
         let (_, transferred) = &reports[usize::from(home == "b")];
@@ -1040,7 +1083,7 @@ fn a_relayed_pair_moves_64_mib_each_way() {
     setup.bytes = 64 * MIB;
     let a = lab.start_peer("a", "relay-64", &setup);
     let b = lab.start_peer("b", "relay-64", &setup);
-    let reports = finish_pair_within(&mut lab, a, b, Duration::from_secs(300));
+    let reports = finish_pair_within(&mut lab, a, b, Duration::from_secs(300), None);
     for (home, (_, transferred)) in ["a", "b"].iter().zip(&reports) {
         let ms = transferred["ms"].as_u64().unwrap_or(0).max(1);
         println!(

@@ -203,6 +203,77 @@ async fn candidates_before_the_offer_are_held_back() {
     b.close().await;
 }
 
+/// The answer is the answerer's first signal and already carries its host candidate, which is
+/// not trickled again. (The answerer checks at once: had its candidate come after the answer, a
+/// check reaching the offerer first would make a peer-reflexive pair, nominated only after
+/// rtc-ice's wait for such pairs, ~100 ms.) The offerer, applying it, connects without any
+/// trickled candidate of the answerer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_carries_the_answerers_host_candidates() {
+    let a = Arc::new(Peer::new(loopback(true)).await.expect("initiator"));
+    let b = Arc::new(Peer::new(loopback(false)).await.expect("answerer"));
+    let mut a_signals = vec![];
+    while !a_signals.iter().any(|s| matches!(s, Signal::Candidate(_))) {
+        match timeout(STEP, a.next_event()).await.expect("in time") {
+            Some(PeerEvent::Signal(signal)) => a_signals.push(signal),
+            other => panic!("before the answer: {other:?}"),
+        }
+    }
+    for signal in a_signals {
+        b.signal(signal)
+            .await
+            .expect("b takes a's offer and candidate");
+    }
+    let answer = match timeout(STEP, b.next_event()).await.expect("in time") {
+        Some(PeerEvent::Signal(Signal::Answer { sdp })) => sdp,
+        other => panic!("the answerer's first event is not its answer: {other:?}"),
+    };
+    let described: Vec<&str> = answer
+        .lines()
+        .filter_map(|line| line.strip_prefix("a="))
+        .filter(|line| line.starts_with("candidate:"))
+        .collect();
+    assert!(
+        described
+            .iter()
+            .any(|c| c.contains("127.0.0.1") && c.contains("typ host")),
+        "no host candidate in the answer:\n{answer}"
+    );
+    a.signal(Signal::Answer {
+        sdp: answer.clone(),
+    })
+    .await
+    .expect("answer applied");
+    let (mut a_up, mut b_up) = (false, false);
+    let handshake = async {
+        while !(a_up && b_up) {
+            tokio::select! {
+                Some(event) = a.next_event() => match event {
+                    PeerEvent::Signal(signal) => b.signal(signal).await.expect("b takes a's signal"),
+                    PeerEvent::Connected => a_up = true,
+                    PeerEvent::Closed(reason) => panic!("a closed: {reason:?}"),
+                },
+                Some(event) = b.next_event() => match event {
+                    PeerEvent::Signal(Signal::Candidate(c)) => {
+                        assert!(
+                            !described.contains(&c.candidate.as_str()),
+                            "trickled again after the answer carried it: {c:?}"
+                        );
+                    }
+                    PeerEvent::Signal(other) => panic!("b signalled after its answer: {other:?}"),
+                    PeerEvent::Connected => b_up = true,
+                    PeerEvent::Closed(reason) => panic!("b closed: {reason:?}"),
+                },
+            }
+        }
+    };
+    timeout(CONNECT, handshake)
+        .await
+        .expect("connected with the answer's candidates alone");
+    a.close().await;
+    b.close().await;
+}
+
 /// Connects `a` and `b` without background tasks, so the test keeps sole ownership of both.
 async fn connect_inline(a: &Peer, b: &Peer) {
     let (mut a_up, mut b_up) = (false, false);

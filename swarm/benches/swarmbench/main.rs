@@ -81,13 +81,13 @@ fn args() -> Args {
 }
 
 fn options() -> SwarmOptions {
-    let tick = std::env::var("SWARM_ENGINE_TICK_MS")
+    let keepalive = std::env::var("SWARM_KEEPALIVE_MS")
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map(Duration::from_millis);
     SwarmOptions {
         udp_addrs: vec!["127.0.0.1:0".parse().expect("an address")],
-        engine_tick: tick.unwrap_or(swarm::peer::DEFAULT_ENGINE_TICK),
+        keepalive: keepalive.unwrap_or(swarm::peer::DEFAULT_KEEPALIVE),
         ..SwarmOptions::default()
     }
 }

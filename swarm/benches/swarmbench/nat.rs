@@ -186,6 +186,30 @@ fn throughput(lab: &mut Lab, a: &LabPeer, b: &LabPeer, app: &str, mib: usize) ->
     )
 }
 
+/// A and B connected and idle: the UDP datagrams per second A's home sends and receives once the
+/// connection has settled (ICE keepalives, which are consent checks), over `IDLE_SPAN`.
+fn idle_datagrams(lab: &mut Lab, a: &LabPeer, b: &LabPeer, app: &str) -> (f64, f64) {
+    const SETTLE: Duration = Duration::from_secs(2);
+    const IDLE_SPAN: Duration = Duration::from_secs(10);
+    let home = lab.home_ns(&a.home);
+    a.join(lab, app);
+    b.send(lab, json!({"cmd": "join", "app": app}));
+    b.wait(lab, "join", |v| v["event"] == "joined");
+    a.wait(lab, "a connection", |v| v["event"] == "connect");
+    b.wait(lab, "a connection", |v| v["event"] == "connect");
+    std::thread::sleep(SETTLE);
+    let (out_before, in_before) = lab.udp_datagrams(&home);
+    std::thread::sleep(IDLE_SPAN);
+    let (out_after, in_after) = lab.udp_datagrams(&home);
+    a.leave(lab);
+    b.leave(lab);
+    let per_second = |n: u64| n as f64 / IDLE_SPAN.as_secs_f64();
+    (
+        per_second(out_after - out_before),
+        per_second(in_after - in_before),
+    )
+}
+
 /// (median, p95, max) in ms.
 fn summary(samples: &mut [f64]) -> (f64, f64, f64) {
     samples.sort_by(f64::total_cmp);
@@ -266,6 +290,17 @@ pub fn run(tries: usize, mib: usize) {
             "| {kind} | {path} | {rust:.1} MB/s | {node:.1} MB/s | \
              {rust_inet} / {rust_homes}; {node_inet} / {node_homes} |"
         );
+    }
+    println!();
+    println!("NAT lab, a connected pair left idle (cone NATs, A's home, datagrams a second):");
+    println!("| pair | A sends | A receives |");
+    println!("|---|---:|---:|");
+    for side in [Side::Rust, Side::Node] {
+        try_no += 1;
+        let a = &peers[&("c1".to_string(), side as u8)];
+        let b = &peers[&("c2".to_string(), side as u8)];
+        let (sent, received) = idle_datagrams(&mut lab, a, b, &format!("lab-{try_no}"));
+        println!("| {0}↔{0} | {sent:.1} | {received:.1} |", side.name());
     }
     for peer in peers.values() {
         lab.stop(peer.index);

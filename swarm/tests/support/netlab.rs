@@ -131,6 +131,20 @@ impl Lab {
     /// UDP datagrams the kernel dropped in namespace `ns` for want of room in a socket's
     /// receive buffer (`Udp: RcvbufErrors` of its `/proc/net/snmp`), since it was made.
     pub fn udp_receive_drops(&self, ns: &str) -> u64 {
+        self.udp_counter(ns, "RcvbufErrors")
+    }
+
+    /// UDP datagrams sent and received in namespace `ns` since it was made (`Udp: OutDatagrams`
+    /// and `InDatagrams` of its `/proc/net/snmp`).
+    pub fn udp_datagrams(&self, ns: &str) -> (u64, u64) {
+        (
+            self.udp_counter(ns, "OutDatagrams"),
+            self.udp_counter(ns, "InDatagrams"),
+        )
+    }
+
+    /// One counter of the `Udp:` lines of namespace `ns`'s `/proc/net/snmp`.
+    fn udp_counter(&self, ns: &str, name: &str) -> u64 {
         let out = Command::new("ip")
             .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
             .output()
@@ -143,9 +157,9 @@ impl Lab {
         names
             .split_whitespace()
             .zip(values.split_whitespace())
-            .find(|(name, _)| *name == "RcvbufErrors")
+            .find(|(field, _)| *field == name)
             .and_then(|(_, value)| value.parse().ok())
-            .unwrap_or_else(|| panic!("no RcvbufErrors in {ns}'s /proc/net/snmp: {text}"))
+            .unwrap_or_else(|| panic!("no {name} in {ns}'s /proc/net/snmp: {text}"))
     }
 
     pub fn wan(&self, home: &str) -> String {
