@@ -153,6 +153,15 @@ export function attach (swarm, { emit, now }) {
           Object.assign(reply, await selectedPath(peer._pc))
           break
         }
+        case 'close-connection': {
+          // RTCPeerConnection.close() alone, its data channel not closed first (simple-peer's
+          // destroy closes the channel, then the connection): the remote learns of the end on
+          // the connection, not in the channel's stream after its messages.
+          const [peer] = targets(cmd.to)
+          if (!peer || !peer._pc) throw new Error('no such connected peer')
+          peer._pc.close()
+          break
+        }
         case 'close':
           await new Promise((resolve) => {
             const timer = setTimeout(resolve, 3000)

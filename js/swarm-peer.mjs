@@ -30,6 +30,9 @@
 //   {"cmd":"id"}                                         -> {"reply":"id","id":"<swarm.me>"}
 //   {"cmd":"path","to":id}  -> {"reply":"path","local":{"type","address","port","protocol"},
 //        "remote":{…},"bytesSent":N,"bytesReceived":N,"rtt":seconds}: the selected candidate pair
+//   {"cmd":"close-connection","to":id}                  -> {"reply":"close-connection"}
+//        closes that peer's RTCPeerConnection alone (not its data channel first, as simple-peer's
+//        destroy does): the other side sees the connection end, not the channel
 //   {"cmd":"close"}  swarm.close(), then {"reply":"close"}, {"event":"closed"} and exit 0
 // End of stdin closes the same way.
 // Events:

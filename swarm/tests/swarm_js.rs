@@ -14,7 +14,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use swarm::{PeerMessage, Swarm, SwarmOptions, SwarmPeer};
+use swarm::{PeerMessage, Swarm, SwarmEvent, SwarmOptions, SwarmPeer};
 use tokio::io::AsyncWriteExt;
 use tokio::time::timeout;
 
@@ -217,14 +217,24 @@ async fn rust_offers_to_a_node_webrtc_swarm_peer() {
     node.close().await;
 }
 
-/// A Node peer sends 50 messages, lets them arrive, then leaves
-/// (webrtc-swarm's `close` destroys the peer: its data channel, then its connection). The Rust side does not read until `Disconnected` has
-/// come; by then every message is queued: `recv_message` hands out all 50, in order, each at
-/// once, then `None`.
+/// A Node peer sends 300 messages, lets them arrive, then closes its RTCPeerConnection (not
+/// the channel first, as simple-peer's destroy would). The Rust
+/// side reads nothing until then, so its receive queue (256) is full and the last 44 are still
+/// in the engine when the close comes; then it reads one every 10 ms, as a slow application
+/// would. `Disconnected` must come only once every message has been queued: after it, the rest
+/// are all there at once, in order, then `None`.
+///
+/// What orders them: webrtc-rs 0.21 reports a remote's close as the end of the channel's
+/// stream, after its messages, on the reader's path (checked: this test also passes with
+/// `Shared::shut`'s wait for the reader removed). That wait covers the engine's other path, a
+/// connection reported disconnected or failed by ICE (after 5 s of silence), which only a
+/// reader held up for seconds could lose to; no test here can make the engine report that
+/// before the channel's queued messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnected_comes_after_the_messages_sent_before_the_close() {
     use futures_util::FutureExt;
-    const N: usize = 50;
+    const N: usize = 300;
+    const READ_EVERY: Duration = Duration::from_millis(10);
     require_setup();
     let hub = start_hub().await;
     let (mut node, node_id) = js_peer("swarm-peer.mjs", hub.url(), "last-words").await;
@@ -249,15 +259,43 @@ async fn disconnected_comes_after_the_messages_sent_before_the_close() {
     node.wait_for("the channel drained", |e| e["reply"] == "drain")
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    node.close().await;
-    disconnected_from(&mut rust, &node_id).await;
-    for i in 0..N {
-        let got = peer
-            .recv_message()
-            .now_or_never()
-            .unwrap_or_else(|| panic!("message {i} was not queued when Disconnected came"));
-        assert_eq!(got, Some(PeerMessage::Text(format!("message {i}"))));
+    node.send(json!({"cmd": "close-connection", "to": rust_id}));
+    node.wait_for("the connection closed", |e| {
+        e["reply"] == "close-connection"
+    })
+    .await;
+
+    let mut got = Vec::new();
+    let mut read_tick = tokio::time::interval(READ_EVERY);
+    loop {
+        tokio::select! {
+            event = next_event(&mut rust, "the Node peer to disconnect") => match event {
+                SwarmEvent::Disconnected { id, .. } if id == node_id => break,
+                other => panic!("expected {node_id} to disconnect, got {other:?}"),
+            },
+            _ = read_tick.tick() => {
+                if let Some(Some(message)) = peer.recv_message().now_or_never() {
+                    got.push(message);
+                }
+            }
+        }
     }
+    let read_before = got.len();
+    while got.len() < N {
+        // Unconstrained: tokio's cooperative budget would make a queued message look pending
+        // after a hundred or so receives in one go.
+        match tokio::task::unconstrained(peer.recv_message()).now_or_never() {
+            Some(Some(message)) => got.push(message),
+            _ => panic!(
+                "message {} was not queued when Disconnected came ({read_before} read before it)",
+                got.len()
+            ),
+        }
+    }
+    for (i, message) in got.into_iter().enumerate() {
+        assert_eq!(message, PeerMessage::Text(format!("message {i}")));
+    }
+    println!("{read_before} of {N} messages were read before Disconnected; the rest were queued");
     let end = timeout(STEP, peer.recv_message())
         .await
         .expect("the end in time");
