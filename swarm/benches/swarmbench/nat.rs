@@ -187,8 +187,9 @@ fn throughput(lab: &mut Lab, a: &LabPeer, b: &LabPeer, app: &str, mib: usize) ->
 }
 
 /// A and B connected and idle: the UDP datagrams per second A's home sends and receives once the
-/// connection has settled (ICE keepalives, which are consent checks), over `IDLE_SPAN`.
-fn idle_datagrams(lab: &mut Lab, a: &LabPeer, b: &LabPeer, app: &str) -> (f64, f64) {
+/// connection has settled (ICE keepalives, which are consent checks), and the CPU A's and B's
+/// processes use meanwhile (% of one core), over `IDLE_SPAN`.
+fn idle_cost(lab: &mut Lab, a: &LabPeer, b: &LabPeer, app: &str) -> [f64; 4] {
     const SETTLE: Duration = Duration::from_secs(2);
     const IDLE_SPAN: Duration = Duration::from_secs(10);
     let home = lab.home_ns(&a.home);
@@ -199,15 +200,21 @@ fn idle_datagrams(lab: &mut Lab, a: &LabPeer, b: &LabPeer, app: &str) -> (f64, f
     b.wait(lab, "a connection", |v| v["event"] == "connect");
     std::thread::sleep(SETTLE);
     let (out_before, in_before) = lab.udp_datagrams(&home);
+    let cpu_before = [lab.cpu_time(a.index), lab.cpu_time(b.index)];
     std::thread::sleep(IDLE_SPAN);
     let (out_after, in_after) = lab.udp_datagrams(&home);
+    let cpu_after = [lab.cpu_time(a.index), lab.cpu_time(b.index)];
     a.leave(lab);
     b.leave(lab);
     let per_second = |n: u64| n as f64 / IDLE_SPAN.as_secs_f64();
-    (
+    let cpu =
+        |i: usize| (cpu_after[i] - cpu_before[i]).as_secs_f64() / IDLE_SPAN.as_secs_f64() * 100.0;
+    [
         per_second(out_after - out_before),
         per_second(in_after - in_before),
-    )
+        cpu(0),
+        cpu(1),
+    ]
 }
 
 /// (median, p95, max) in ms.
@@ -292,15 +299,26 @@ pub fn run(tries: usize, mib: usize) {
         );
     }
     println!();
-    println!("NAT lab, a connected pair left idle (cone NATs, A's home, datagrams a second):");
-    println!("| pair | A sends | A receives |");
-    println!("|---|---:|---:|");
-    for side in [Side::Rust, Side::Node] {
-        try_no += 1;
-        let a = &peers[&("c1".to_string(), side as u8)];
-        let b = &peers[&("c2".to_string(), side as u8)];
-        let (sent, received) = idle_datagrams(&mut lab, a, b, &format!("lab-{try_no}"));
-        println!("| {0}↔{0} | {sent:.1} | {received:.1} |", side.name());
+    println!(
+        "NAT lab, a connected pair left idle (datagrams a second in A's home; CPU, % of a core):"
+    );
+    println!("| NATs | path | pair | A sends | A receives | A's CPU | B's CPU |");
+    println!("|---|---|---|---:|---:|---:|---:|");
+    for (kind, path, (home_a, home_b)) in [
+        ("cone", "srflx (direct)", ("c1", "c2")),
+        ("symmetric", "relay (TURN)", ("s1", "s2")),
+    ] {
+        for side in [Side::Rust, Side::Node] {
+            try_no += 1;
+            let a = &peers[&(home_a.to_string(), side as u8)];
+            let b = &peers[&(home_b.to_string(), side as u8)];
+            let [sent, received, cpu_a, cpu_b] =
+                idle_cost(&mut lab, a, b, &format!("lab-{try_no}"));
+            println!(
+                "| {kind} | {path} | {0}↔{0} | {sent:.1} | {received:.1} | {cpu_a:.1} % | {cpu_b:.1} % |",
+                side.name()
+            );
+        }
     }
     for peer in peers.values() {
         lab.stop(peer.index);

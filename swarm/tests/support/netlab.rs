@@ -162,6 +162,25 @@ impl Lab {
             .unwrap_or_else(|| panic!("no {name} in {ns}'s /proc/net/snmp: {text}"))
     }
 
+    /// CPU time (user + system) process `index` has used so far, from `/proc/<pid>/stat`
+    /// (`ip netns exec` runs the program in its own process).
+    pub fn cpu_time(&self, index: usize) -> Duration {
+        let pid = self.processes[index].child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+            .sum();
+        // USER_HZ is 100 on every Linux architecture this runs on.
+        Duration::from_millis(ticks * 10)
+    }
+
     pub fn wan(&self, home: &str) -> String {
         self.var(&format!("WAN_ADDR_{home}")).to_string()
     }
