@@ -453,6 +453,8 @@ struct Shared {
     remote_opened: Notify,
     /// Whether [`nudge_handshake`] was started.
     nudging: AtomicBool,
+    /// Whether this side offers (and so controls ICE).
+    initiator: bool,
     /// While the answer is made: the local candidates the engine reported meanwhile, sent after
     /// the answer unless the answer carries them (see [`Peer::signal`]'s offer case).
     held_candidates: StdMutex<Option<Vec<IceCandidate>>>,
@@ -494,6 +496,7 @@ impl Peer {
             remote_open: AtomicBool::new(false),
             remote_opened: Notify::new(),
             nudging: AtomicBool::new(false),
+            initiator: config.initiator,
             held_candidates: StdMutex::new(None),
             candidate_reported: Notify::new(),
         });
@@ -1348,6 +1351,38 @@ fn candidate_ip(candidate: &str) -> Option<IpAddr> {
     line.split_ascii_whitespace().nth(4)?.parse().ok()
 }
 
+/// `candidate` (an `a=candidate` value) as the offerer advertises it: a host candidate's
+/// priority is lowered just below a server-reflexive one's (type preference 98 instead of 126;
+/// the rest of the priority kept).
+///
+/// Why: the remote orders its connectivity checks by these priorities, and libwebrtc (Node,
+/// browsers) paces its checks ~50 ms apart. Across two NATs our host address is unreachable,
+/// yet its pairs were checked first, and the pair that works, the remote's host to our
+/// server-reflexive address, only after them. Behind a cone NAT it is the remote's own check
+/// that opens its NAT to ours: Rust offering to Node across cone NATs took 463 ms, 213 ms with
+/// this. Only the offerer does this: as the controlling side it nominates by its own
+/// priorities, which are unchanged, so what it chooses stays the same (a host pair first on one
+/// network); only the remote's order of checks changes.
+fn checked_first_by_the_remote(candidate: &str) -> String {
+    const HOST_TYPE_PREFERENCE: u32 = 98;
+    let fields: Vec<&str> = candidate.split(' ').collect();
+    let is_host = fields
+        .iter()
+        .position(|f| *f == "typ")
+        .and_then(|i| fields.get(i + 1))
+        == Some(&"host");
+    let Some(priority) = fields.get(3).and_then(|p| p.parse::<u32>().ok()) else {
+        return candidate.to_string();
+    };
+    if !is_host {
+        return candidate.to_string();
+    }
+    let advertised = (HOST_TYPE_PREFERENCE << 24) | (priority & 0x00ff_ffff);
+    let mut fields: Vec<String> = fields.into_iter().map(String::from).collect();
+    fields[3] = advertised.to_string();
+    fields.join(" ")
+}
+
 /// The engine's callbacks. They run on the engine's driver, so they only hand things on.
 struct Handler {
     shared: Arc<Shared>,
@@ -1369,7 +1404,11 @@ impl PeerConnectionEventHandler for Handler {
             Ok(init) => {
                 let mid = lock(&self.shared.mid).clone();
                 let candidate = IceCandidate {
-                    candidate: init.candidate,
+                    candidate: if self.shared.initiator {
+                        checked_first_by_the_remote(&init.candidate)
+                    } else {
+                        init.candidate
+                    },
                     sdp_m_line_index: Some(0),
                     sdp_mid: Some(mid),
                 };
@@ -1566,6 +1605,34 @@ mod tests {
             None
         );
         assert_eq!(candidate_ip(""), None);
+    }
+
+    #[test]
+    fn the_offerer_advertises_host_candidates_below_server_reflexive_ones() {
+        let host = "candidate:2693830880 1 udp 2130706431 10.1.0.2 50886 typ host";
+        let srflx =
+            "candidate:1 1 udp 1694498815 198.51.100.11 50886 typ srflx raddr 10.1.0.2 rport 50886";
+        let relay = "candidate:2 1 udp 16777215 198.51.100.2 61000 typ relay raddr 198.51.100.11 rport 50886";
+        let priority = |c: &str| -> u32 { c.split(' ').nth(3).unwrap().parse().unwrap() };
+        let host = checked_first_by_the_remote(host);
+        assert_eq!(checked_first_by_the_remote(srflx), srflx);
+        assert_eq!(checked_first_by_the_remote(relay), relay);
+        assert!(priority(relay) < priority(&host) && priority(&host) < priority(srflx));
+        assert_eq!(priority(&host), (98 << 24) | (2130706431 & 0x00ff_ffff));
+        assert_eq!(
+            host,
+            format!(
+                "candidate:2693830880 1 udp {} 10.1.0.2 50886 typ host",
+                priority(&host)
+            )
+        );
+        for odd in [
+            "",
+            "candidate:1 1 udp x 10.0.0.1 1 typ host",
+            "candidate:1 1 udp 5",
+        ] {
+            assert_eq!(checked_first_by_the_remote(odd), odd);
+        }
     }
 
     #[test]
