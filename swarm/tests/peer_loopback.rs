@@ -244,38 +244,29 @@ async fn the_answer_carries_the_answerers_host_candidates() {
     })
     .await
     .expect("answer applied");
-    let (mut a_up, mut b_up) = (false, false);
-    let handshake = async {
-        while !(a_up && b_up) {
-            tokio::select! {
-                Some(event) = a.next_event() => match event {
-                    PeerEvent::Signal(signal) => b.signal(signal).await.expect("b takes a's signal"),
-                    PeerEvent::Connected => a_up = true,
-                    PeerEvent::Closed(reason) => panic!("a closed: {reason:?}"),
-                },
-                Some(event) = b.next_event() => match event {
-                    PeerEvent::Signal(Signal::Candidate(c)) => {
-                        assert!(
-                            !described.contains(&c.candidate.as_str()),
-                            "trickled again after the answer carried it: {c:?}"
-                        );
-                    }
-                    PeerEvent::Signal(other) => panic!("b signalled after its answer: {other:?}"),
-                    PeerEvent::Connected => b_up = true,
-                    PeerEvent::Closed(reason) => panic!("b closed: {reason:?}"),
-                },
-            }
+    // None of b's later signals is passed on: a connects with the answer's candidates alone.
+    connect_inline_passing(&a, &b, |signal| match signal {
+        Signal::Candidate(c) => {
+            assert!(
+                !described.contains(&c.candidate.as_str()),
+                "trickled again after the answer carried it: {c:?}"
+            );
+            false
         }
-    };
-    timeout(CONNECT, handshake)
-        .await
-        .expect("connected with the answer's candidates alone");
+        other => panic!("b signalled after its answer: {other:?}"),
+    })
+    .await;
     a.close().await;
     b.close().await;
 }
 
 /// Connects `a` and `b` without background tasks, so the test keeps sole ownership of both.
 async fn connect_inline(a: &Peer, b: &Peer) {
+    connect_inline_passing(a, b, |_| true).await;
+}
+
+/// [`connect_inline`], passing on only those of `b`'s signals that `pass_b` accepts.
+async fn connect_inline_passing(a: &Peer, b: &Peer, pass_b: impl Fn(&Signal) -> bool) {
     let (mut a_up, mut b_up) = (false, false);
     let handshake = async {
         while !(a_up && b_up) {
@@ -286,7 +277,10 @@ async fn connect_inline(a: &Peer, b: &Peer) {
                     PeerEvent::Closed(reason) => panic!("a closed: {reason:?}"),
                 },
                 Some(event) = b.next_event() => match event {
-                    PeerEvent::Signal(signal) => a.signal(signal).await.expect("a takes b's signal"),
+                    PeerEvent::Signal(signal) if pass_b(&signal) => {
+                        a.signal(signal).await.expect("a takes b's signal");
+                    }
+                    PeerEvent::Signal(_) => {}
                     PeerEvent::Connected => b_up = true,
                     PeerEvent::Closed(reason) => panic!("b closed: {reason:?}"),
                 },
