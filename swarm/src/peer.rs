@@ -392,7 +392,6 @@ impl PeerError {
 /// Every method takes `&self`, so one task can `select!` over [`Peer::next_event`],
 /// [`Peer::recv`] and the hub at once (both are cancel-safe).
 pub struct Peer {
-    initiator: bool,
     /// Whether the other side's loopback candidates are left out (see
     /// [`PeerConfig::udp_addrs`]).
     skip_remote_loopback: bool,
@@ -408,7 +407,7 @@ pub struct Peer {
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peer")
-            .field("initiator", &self.initiator)
+            .field("initiator", &self.is_initiator())
             .field("label", &self.label())
             .field("connected", &self.is_connected())
             .field("closed", &self.is_closed())
@@ -534,8 +533,7 @@ impl Peer {
             .filter(|a| !a.ip().is_unspecified())
             .count();
         let keepalive = config.keepalive.max(Duration::from_millis(1));
-        let check_tick = CHECK_TICK;
-        let checks = (ICE_CHECK_SPAN.as_millis() / check_tick.as_millis()).clamp(7, 1000) as u16;
+        let checks = (ICE_CHECK_SPAN.as_millis() / CHECK_TICK.as_millis()).clamp(7, 1000) as u16;
         let mdns = if config.resolve_mdns {
             MulticastDnsMode::QueryOnly
         } else {
@@ -551,7 +549,7 @@ impl Peer {
                 SettingEngineBuilder::new()
                     .with_multicast_dns_mode(mdns)
                     .with_ice_timeouts(None, None, Some(keepalive))
-                    .with_ice_connection_attempts(Some(check_tick), Some(checks))
+                    .with_ice_connection_attempts(Some(CHECK_TICK), Some(checks))
                     .with_srflx_acceptance_min_wait(Some(SRFLX_WAIT))
                     .with_prflx_acceptance_min_wait(Some(PRFLX_WAIT))
                     .with_relay_acceptance_min_wait(Some(RELAY_WAIT))
@@ -575,7 +573,6 @@ impl Peer {
         *lock(&shared.connection) = Some(connection.clone());
 
         let peer = Peer {
-            initiator: config.initiator,
             skip_remote_loopback,
             host_candidates,
             shared,
@@ -647,14 +644,14 @@ impl Peer {
     /// waits until that channel is open (at most [`REMOTE_CHANNEL_WAIT`] after ours), so that
     /// nothing is sent on ours, which the remote never reads. Too late once `Connected` came.
     pub fn expect_remote_channel(&self) {
-        if self.initiator && !self.shared.expect_remote.swap(true, Ordering::AcqRel) {
+        if self.shared.initiator && !self.shared.expect_remote.swap(true, Ordering::AcqRel) {
             debug!("expecting the remote's own data channel");
         }
     }
 
     /// Whether this side offers.
     pub fn is_initiator(&self) -> bool {
-        self.initiator
+        self.shared.initiator
     }
 
     /// The data channel's label: known at once on the initiator, once the channel arrives on
@@ -714,7 +711,7 @@ impl Peer {
                 Ok(())
             }
             Signal::Offer { sdp } => {
-                if self.initiator {
+                if self.shared.initiator {
                     return Err(PeerError::UnexpectedSignal {
                         signal: "offer",
                         why: "this peer is the initiator (both sides offered)",
@@ -775,7 +772,7 @@ impl Peer {
                 applied.map_err(PeerError::engine("apply the local answer"))
             }
             Signal::Answer { sdp } => {
-                if !self.initiator {
+                if !self.shared.initiator {
                     return Err(PeerError::UnexpectedSignal {
                         signal: "answer",
                         why: "this peer did not offer",
@@ -1068,12 +1065,12 @@ impl Shared {
 /// woken, every [`SLOW_NUDGE_INTERVAL`], until it opens or the peer closes: the swarm closes a
 /// handshake that has not connected in its handshake timeout.
 async fn nudge_handshake(shared: Arc<Shared>) {
-    let Some(channel) = shared.channel.get().cloned() else {
+    if shared.channel.get().is_none() {
         return; // the answerer: as DTLS server it has nothing queued by an event
-    };
+    }
     let fast_until = tokio::time::Instant::now() + NUDGE_SPAN;
     while !shared.connected.load(Ordering::Acquire) && !shared.closed.load(Ordering::Acquire) {
-        if channel.set_buffered_amount_low_threshold(0).await.is_err() {
+        if !shared.wake_driver().await {
             return;
         }
         let interval = if tokio::time::Instant::now() < fast_until {
@@ -1375,12 +1372,10 @@ fn checked_first_by_the_remote(candidate: &str) -> String {
         .position(|f| *f == "typ")
         .and_then(|i| fields.get(i + 1))
         == Some(&"host");
-    let Some(priority) = fields.get(3).and_then(|p| p.parse::<u32>().ok()) else {
+    let priority = fields.get(3).and_then(|p| p.parse::<u32>().ok());
+    let (true, Some(priority)) = (is_host, priority) else {
         return candidate.to_string();
     };
-    if !is_host {
-        return candidate.to_string();
-    }
     let advertised = (HOST_TYPE_PREFERENCE << 24) | (priority & 0x00ff_ffff);
     let mut fields: Vec<String> = fields.into_iter().map(String::from).collect();
     fields[3] = advertised.to_string();

@@ -131,35 +131,36 @@ impl Lab {
     /// UDP datagrams the kernel dropped in namespace `ns` for want of room in a socket's
     /// receive buffer (`Udp: RcvbufErrors` of its `/proc/net/snmp`), since it was made.
     pub fn udp_receive_drops(&self, ns: &str) -> u64 {
-        self.udp_counter(ns, "RcvbufErrors")
+        let [drops] = self.udp_counters(ns, ["RcvbufErrors"]);
+        drops
     }
 
     /// UDP datagrams sent and received in namespace `ns` since it was made (`Udp: OutDatagrams`
-    /// and `InDatagrams` of its `/proc/net/snmp`).
+    /// and `InDatagrams` of its `/proc/net/snmp`, from one reading).
     pub fn udp_datagrams(&self, ns: &str) -> (u64, u64) {
-        (
-            self.udp_counter(ns, "OutDatagrams"),
-            self.udp_counter(ns, "InDatagrams"),
-        )
+        let [sent, received] = self.udp_counters(ns, ["OutDatagrams", "InDatagrams"]);
+        (sent, received)
     }
 
-    /// One counter of the `Udp:` lines of namespace `ns`'s `/proc/net/snmp`.
-    fn udp_counter(&self, ns: &str, name: &str) -> u64 {
+    /// Counters of the `Udp:` lines of namespace `ns`'s `/proc/net/snmp`, read once.
+    fn udp_counters<const N: usize>(&self, ns: &str, names: [&str; N]) -> [u64; N] {
         let out = Command::new("ip")
             .args(["netns", "exec", ns, "cat", "/proc/net/snmp"])
             .output()
             .expect("run ip netns exec");
         let text = String::from_utf8_lossy(&out.stdout);
         let mut udp = text.lines().filter(|line| line.starts_with("Udp:"));
-        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        let (Some(fields), Some(values)) = (udp.next(), udp.next()) else {
             panic!("no Udp lines in {ns}'s /proc/net/snmp: {text}");
         };
-        names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|(field, _)| *field == name)
-            .and_then(|(_, value)| value.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {ns}'s /proc/net/snmp: {text}"))
+        names.map(|name| {
+            fields
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(field, _)| *field == name)
+                .and_then(|(_, value)| value.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {ns}'s /proc/net/snmp: {text}"))
+        })
     }
 
     /// CPU time (user + system) process `index` has used so far, from `/proc/<pid>/stat`
