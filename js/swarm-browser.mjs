@@ -3,9 +3,9 @@
 //
 // Usage: node js/swarm-browser.mjs '<config JSON>'
 //   config: {"hubs": ["http://127.0.0.1:PORT", ...], "app": "<app>",
-//            "id"?: "<uuid to use>", "maxPeers"?: N, "iceServersFromHub"?: true}
+//            "id"?: "<uuid to use>", "maxPeers"?: N, "iceServersFromHub"?: true, "sinkAll"?: true}
 //   iceServersFromHub: the page takes the STUN/TURN servers the first hub hands out at
-//   GET /ice-servers, as js/swarm-peer.mjs does.
+//   GET /ice-servers, as js/swarm-peer.mjs does. sinkAll: as js/swarm-peer.mjs.
 //   Needs the page bundle: `npm run --prefix js build` (writes js/dist/swarm-page.js).
 //
 // It serves a small page and the bundle on 127.0.0.1:<free port> (Node's http), starts
@@ -149,6 +149,7 @@ query.set('app', config.app)
 if (config.id) query.set('id', config.id)
 if (config.maxPeers) query.set('maxPeers', String(config.maxPeers))
 if (config.iceServersFromHub) query.set('iceFromHub', '1')
+if (config.sinkAll) query.set('sinkAll', '1')
 try {
   await page.goto(`${origin}/index.html?${query}`, { timeout: 60000 })
   await page.waitForFunction(() => typeof window.swarmCommand === 'function', null, { timeout: 60000 })

@@ -2,11 +2,14 @@
 // (Node, @roamhq/wrtc) and js/browser/swarm-page.js (headless Chromium, bundled by js/build.mjs).
 // The protocol itself is documented at the top of js/swarm-peer.mjs.
 //
-// attach(swarm, { emit, now }) watches a webrtc-swarm instance, reports its events through
-// `emit(object)` and returns `handle(command) -> Promise<reply object>`. `now()` gives milliseconds
-// (performance.now); event times are counted from the call to attach().
+// attach(swarm, { emit, now, sinkAll }) watches a webrtc-swarm instance, reports its events
+// through `emit(object)` and returns `handle(command) -> Promise<reply object>`. `now()` gives
+// milliseconds (performance.now); event times are counted from the call to attach(). With
+// `sinkAll`, every peer's bytes are counted from its connection on (no "data" events), and a
+// later "sink" command keeps what was counted: a peer that sends the moment its channel opens
+// cannot beat the command (which, in the browser, is only read once the page has started).
 
-export function attach (swarm, { emit, now }) {
+export function attach (swarm, { emit, now, sinkAll = false }) {
   const start = now()
   const connected = new Map() // peer id -> simple-peer instance, connected peers only
   const sinks = new Map() // peer id -> { bytes, firstMs, lastMs, expect }
@@ -27,7 +30,11 @@ export function attach (swarm, { emit, now }) {
     }
     peer.on('data', (buf) => {
       const kind = kinds.shift()
-      const sink = sinks.get(id)
+      let sink = sinks.get(id)
+      if (!sink && sinkAll) {
+        sink = newSink(null)
+        sinks.set(id, sink)
+      }
       if (sink) {
         const t = now()
         if (sink.firstMs === null) sink.firstMs = t
@@ -126,7 +133,15 @@ export function attach (swarm, { emit, now }) {
         }
         case 'sink': {
           const expect = typeof cmd.expect === 'number' ? cmd.expect : null
-          sinks.set(cmd.to, { bytes: 0, firstMs: null, lastMs: null, expect })
+          const counted = sinkAll ? sinks.get(cmd.to) : undefined
+          if (!counted) {
+            sinks.set(cmd.to, newSink(expect))
+          } else if (expect !== null && counted.bytes >= expect) {
+            emit({ event: 'sunk', from: cmd.to, bytes: counted.bytes, ms: round(counted.lastMs - counted.firstMs) })
+            counted.expect = null
+          } else {
+            counted.expect = expect
+          }
           break
         }
         case 'sunk': {
@@ -240,4 +255,8 @@ export async function hubIceServers (hub) {
   if (res.status === 404) return []
   if (!res.ok) throw new Error(`GET /ice-servers: ${res.status}`)
   return res.json()
+}
+
+function newSink (expect) {
+  return { bytes: 0, firstMs: null, lastMs: null, expect }
 }

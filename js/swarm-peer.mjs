@@ -5,10 +5,12 @@
 // Usage: node js/swarm-peer.mjs '<config JSON>'
 //   config: {"hubs": ["http://127.0.0.1:PORT", ...], "app": "<app>",
 //            "id"?: "<uuid to use, default a cuid>", "maxPeers"?: N,
-//            "iceServers"?: [RTCIceServer, ...], "iceServersFromHub"?: true}
+//            "iceServers"?: [RTCIceServer, ...], "iceServersFromHub"?: true, "sinkAll"?: true}
 //   The swarm uses `config: {iceServers}`: by default none (host candidates only, no STUN); with
 //   "iceServersFromHub", also those the first hub hands out at GET /ice-servers (a 404 means
 //   none), which is how any webrtc-swarm user takes the hub's STUN/TURN servers and credentials.
+//   "sinkAll": every peer's bytes are counted as by "sink" from its connection on, and a later
+//   "sink" keeps them (so a peer that sends the moment its channel opens is counted in full).
 //
 // Commands, one JSON object a line on stdin; replies, one a line on stdout. A command may carry
 // "seq": any value, echoed in its reply. A failed command replies {"reply":<cmd>,"error":"..."}.
@@ -107,7 +109,7 @@ const swarm = webrtcSwarm(hub, {
   maxPeers: config.maxPeers || undefined,
   config: { iceServers }
 })
-const handle = attach(swarm, { emit: out, now: () => performance.now() })
+const handle = attach(swarm, { emit: out, now: () => performance.now(), sinkAll: config.sinkAll === true })
 
 // webrtc-swarm ignores hub errors (a failed POST just moves on); report failed signal POSTs.
 const broadcast = hub.broadcast.bind(hub)

@@ -36,7 +36,7 @@ async function start () {
     maxPeers: Number(params.get('maxPeers')) || undefined,
     config: { iceServers }
   })
-  const handle = attach(swarm, { emit, now: () => performance.now() })
+  const handle = attach(swarm, { emit, now: () => performance.now(), sinkAll: params.get('sinkAll') === '1' })
 
   const broadcast = hub.broadcast.bind(hub)
   hub.broadcast = (channel, message, cb) => broadcast(channel, message, (err) => {

@@ -374,6 +374,9 @@ impl Lab {
             "hubs": [format!("http://{INET}:{HUB_PORT}")],
             "app": app,
             "iceServersFromHub": true,
+            // A Rust peer sends the moment its channel opens, before the test's "sink" may have
+            // reached the page (the browser driver reads commands only once the page runs).
+            "sinkAll": true,
         });
         let ns = self.home_ns(home);
         self.spawn(
