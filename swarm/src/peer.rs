@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::peer_connection::transport::{RTCDtlsRole, RTCIceRole};
 use tokio::sync::{mpsc, Mutex, Notify};
 use tracing::{debug, info, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
@@ -338,6 +338,9 @@ pub struct SelectedPath {
     /// Bytes sent and received on this pair (every packet: STUN, DTLS, SCTP).
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Whether this side's ICE agent is the controlling one, which chose (nominated) the pair.
+    /// The offerer starts controlling; only an ICE role conflict changes that.
+    pub controlling: bool,
 }
 
 impl SelectedPath {
@@ -463,6 +466,8 @@ struct Shared {
     held_candidates: StdMutex<Option<Vec<IceCandidate>>>,
     /// Wakes [`Peer::wait_for_host_candidates`] when a candidate is held.
     candidate_reported: Notify,
+    /// Told our ICE credentials before each local description is applied.
+    check_gate: Arc<CheckGate>,
 }
 
 #[derive(Default)]
@@ -502,6 +507,7 @@ impl Peer {
             initiator: config.initiator,
             held_candidates: StdMutex::new(None),
             candidate_reported: Notify::new(),
+            check_gate: Arc::new(CheckGate::new()),
         });
 
         let ice_servers: Vec<RTCIceServer> = config
@@ -560,7 +566,7 @@ impl Peer {
                     .with_answering_dtls_role(RTCDtlsRole::Server)
                     .build(),
             )
-            .with_runtime(socket_buffers_runtime()?)
+            .with_runtime(peer_runtime(shared.check_gate.clone())?)
             .with_handler(Arc::new(Handler {
                 shared: shared.clone(),
             }))
@@ -607,6 +613,7 @@ impl Peer {
         self.shared.emit(PeerEvent::Signal(Signal::Offer {
             sdp: offer.sdp.clone(),
         }));
+        self.shared.check_gate.admit(&offer.sdp);
         connection
             .set_local_description(offer)
             .await
@@ -744,6 +751,7 @@ impl Peer {
                 // millisecond or so; at most `ANSWER_CANDIDATES_WAIT`). Candidates reported
                 // meanwhile are held, so that none goes out before the answer.
                 *lock(&self.shared.held_candidates) = Some(Vec::new());
+                self.shared.check_gate.admit(&answer.sdp);
                 let applied = connection.set_local_description(answer.clone()).await;
                 if applied.is_ok() {
                     self.wait_for_host_candidates().await;
@@ -1232,11 +1240,14 @@ async fn selected_path_of(connection: &Arc<dyn PeerConnection>) -> Option<Select
     let report = connection
         .get_stats(std::time::Instant::now(), StatsSelector::None)
         .await;
-    let pair_id = report.iter().find_map(|entry| match entry {
+    let (pair_id, controlling) = report.iter().find_map(|entry| match entry {
         RTCStatsReportEntry::Transport(transport)
             if !transport.selected_candidate_pair_id.is_empty() =>
         {
-            Some(transport.selected_candidate_pair_id.clone())
+            Some((
+                transport.selected_candidate_pair_id.clone(),
+                transport.ice_role == RTCIceRole::Controlling,
+            ))
         }
         _ => None,
     })?;
@@ -1290,6 +1301,7 @@ async fn selected_path_of(connection: &Arc<dyn PeerConnection>) -> Option<Select
         rtt,
         bytes_sent: pair.bytes_sent,
         bytes_received: pair.bytes_received,
+        controlling,
     })
 }
 
@@ -1483,24 +1495,28 @@ impl PeerConnectionEventHandler for Handler {
 /// the request at `net.core.rmem_max` / `wmem_max`, so raise those on hosts that move bulk data.
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
-/// webrtc's Tokio runtime, except that every UDP socket it wraps gets [`SOCKET_BUFFER`].
+/// webrtc's Tokio runtime, except that every UDP socket it wraps gets [`SOCKET_BUFFER`] and
+/// passes its received datagrams through the connection's [`CheckGate`].
 #[derive(Debug)]
-struct SocketBuffersRuntime(Arc<dyn Runtime>);
+struct PeerRuntime {
+    inner: Arc<dyn Runtime>,
+    gate: Arc<CheckGate>,
+}
 
-fn socket_buffers_runtime() -> Result<Arc<dyn Runtime>, PeerError> {
+fn peer_runtime(gate: Arc<CheckGate>) -> Result<Arc<dyn Runtime>, PeerError> {
     let inner = webrtc::runtime::default_runtime().ok_or_else(|| PeerError::Engine {
         op: "find the Tokio runtime",
         message: "no async runtime available".into(),
     })?;
-    Ok(Arc::new(SocketBuffersRuntime(inner)))
+    Ok(Arc::new(PeerRuntime { inner, gate }))
 }
 
-impl Runtime for SocketBuffersRuntime {
+impl Runtime for PeerRuntime {
     fn spawn(
         &self,
         future: Pin<Box<dyn Future<Output = ()> + Send>>,
     ) -> Box<dyn webrtc::runtime::JoinHandle> {
-        self.0.spawn(future)
+        self.inner.spawn(future)
     }
 
     fn spawn_reactor(
@@ -1508,7 +1524,7 @@ impl Runtime for SocketBuffersRuntime {
         pool_size: usize,
         future: Pin<Box<dyn Future<Output = ()> + Send>>,
     ) -> Box<dyn webrtc::runtime::JoinHandle> {
-        self.0.spawn_reactor(pool_size, future)
+        self.inner.spawn_reactor(pool_size, future)
     }
 
     fn wrap_udp_socket(
@@ -1524,14 +1540,17 @@ impl Runtime for SocketBuffersRuntime {
                 debug!(%error, what, "cannot enlarge a UDP socket buffer");
             }
         }
-        self.0.wrap_udp_socket(socket)
+        Ok(Arc::new(GatedUdpSocket {
+            inner: self.inner.wrap_udp_socket(socket)?,
+            gate: self.gate.clone(),
+        }))
     }
 
     fn wrap_tcp_listener(
         &self,
         listener: std::net::TcpListener,
     ) -> std::io::Result<Arc<dyn webrtc::runtime::AsyncTcpListener>> {
-        self.0.wrap_tcp_listener(listener)
+        self.inner.wrap_tcp_listener(listener)
     }
 
     fn connect_tcp<'a>(
@@ -1544,30 +1563,181 @@ impl Runtime for SocketBuffersRuntime {
                 + 'a,
         >,
     > {
-        self.0.connect_tcp(remote_addr)
+        self.inner.connect_tcp(remote_addr)
     }
 
     fn resolve_host<'a>(
         &'a self,
         host: &'a str,
     ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
-        self.0.resolve_host(host)
+        self.inner.resolve_host(host)
     }
 
     fn now(&self) -> std::time::Instant {
-        self.0.now()
+        self.inner.now()
     }
 
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        self.0.sleep(duration)
+        self.inner.sleep(duration)
     }
 
     fn interval(&self, period: Duration) -> Box<dyn webrtc::runtime::AsyncInterval> {
-        self.0.interval(period)
+        self.inner.interval(period)
     }
 
     fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
-        self.0.block_on(future)
+        self.inner.block_on(future)
+    }
+}
+
+/// Drops connectivity checks that are not for this connection before the engine sees them.
+///
+/// rtc-ice 0.21 (`Agent::handle_inbound`, `src/agent/mod.rs`) settles ICE role conflicts
+/// (RFC 8445 §7.3.1.1) *before* it checks a request's USERNAME and MESSAGE-INTEGRITY, which
+/// RFC 8445 §7.3 puts first. So any binding request claiming ICE-CONTROLLING with a greater
+/// tie-breaker turned our controlling agent into a controlled one, and the pair was then
+/// chosen by whichever side won the argument that followed. Such checks come for real: after
+/// a glare, the remote's abandoned attempt has our candidates and checks them with its own
+/// credentials (logged by the engine as `ErrMismatchUsername`), and so can anyone who knows
+/// our address. A binding request reaches the engine only when its USERNAME names our local
+/// ufrag and its MESSAGE-INTEGRITY is keyed with our password; everything else passes as it
+/// came. Checks relayed through our TURN allocation are unwrapped inside the engine and are
+/// not gated (the relay forwards only from peers we gave a permission). Upstream: rtc-ice
+/// should authenticate first.
+struct CheckGate {
+    /// Our ICE ufrag and password, from the local description; until then nothing is dropped.
+    credentials: std::sync::RwLock<Option<(String, String)>>,
+    crypto: Option<Arc<dyn rtc::crypto::RTCCryptoProvider>>,
+}
+
+impl std::fmt::Debug for CheckGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckGate").finish_non_exhaustive()
+    }
+}
+
+impl CheckGate {
+    fn new() -> Self {
+        CheckGate {
+            credentials: std::sync::RwLock::new(None),
+            crypto: rtc::crypto::default_provider().ok(),
+        }
+    }
+
+    /// Takes our credentials from a local description about to be applied.
+    fn admit(&self, local_sdp: &str) {
+        let attribute = |name: &str| {
+            local_sdp
+                .lines()
+                .find_map(|line| line.trim_end().strip_prefix(name).map(str::to_string))
+        };
+        if let (Some(ufrag), Some(pwd)) = (attribute("a=ice-ufrag:"), attribute("a=ice-pwd:")) {
+            *self
+                .credentials
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((ufrag, pwd));
+        }
+    }
+
+    /// Whether the engine may see `datagram`: anything but a binding request for other
+    /// credentials.
+    fn passes(&self, datagram: &[u8]) -> bool {
+        use rtc::stun::attributes::ATTR_USERNAME;
+        use rtc::stun::integrity::MessageIntegrity;
+        use rtc::stun::message::{Message, BINDING_REQUEST};
+        // A STUN binding request: type 0x0001, then the magic cookie.
+        if datagram.len() < 20
+            || datagram[..2] != [0x00, 0x01]
+            || datagram[4..8] != [0x21, 0x12, 0xA4, 0x42]
+        {
+            return true;
+        }
+        let credentials = self
+            .credentials
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (Some((ufrag, pwd)), Some(crypto)) = (credentials.as_ref(), &self.crypto) else {
+            return true;
+        };
+        let mut message = Message::new();
+        message.raw = datagram.to_vec();
+        if message.decode().is_err() || message.typ != BINDING_REQUEST {
+            return false;
+        }
+        let ours = message.get(ATTR_USERNAME).is_ok_and(|username| {
+            username
+                .strip_prefix(ufrag.as_bytes())
+                .is_some_and(|rest| rest.first() == Some(&b':'))
+        });
+        ours && MessageIntegrity::check(&mut message, pwd.as_bytes(), crypto.crypto()).is_ok()
+    }
+}
+
+/// A UDP socket of the engine's whose received datagrams pass the [`CheckGate`] first.
+#[derive(Debug)]
+struct GatedUdpSocket {
+    inner: Arc<dyn webrtc::runtime::AsyncUdpSocket>,
+    gate: Arc<CheckGate>,
+}
+
+impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn poll_send(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        transmit: &webrtc::runtime::Transmit<'_>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.inner.poll_send(cx, transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [webrtc::runtime::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        loop {
+            let received = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(received)) => received,
+                other => return other,
+            };
+            // Keep the messages that pass, moved down over the dropped ones. A buffer holding
+            // several coalesced datagrams (GRO) is kept whole: checks are never coalesced.
+            let mut kept = 0;
+            for index in 0..received {
+                let len = meta[index].len;
+                let single = meta[index].stride >= len;
+                if single && !self.gate.passes(&bufs[index][..len]) {
+                    debug!(from = %meta[index].addr, "dropped a connectivity check for other ICE credentials");
+                    continue;
+                }
+                if kept != index {
+                    let (low, high) = bufs.split_at_mut(index);
+                    if low[kept].len() < len {
+                        continue; // the engine's buffers are all one size: never happens
+                    }
+                    low[kept][..len].copy_from_slice(&high[0][..len]);
+                    meta[kept] = meta[index];
+                }
+                kept += 1;
+            }
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+            // Everything was dropped: read again (or register for the next datagram).
+        }
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        self.inner.max_gso_segments()
+    }
+
+    fn max_gro_segments(&self) -> usize {
+        self.inner.max_gro_segments()
     }
 }
 

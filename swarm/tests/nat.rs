@@ -517,6 +517,7 @@ fn path_json(path: Option<swarm::SelectedPath>) -> Value {
             "rtt_ms": path.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
             "bytes_sent": path.bytes_sent,
             "bytes_received": path.bytes_received,
+            "controlling": path.controlling,
         }),
     }
 }
@@ -1004,9 +1005,9 @@ fn rust_and_js(kind: &str, js: JsPeer) -> (Value, Value, Value, Lab) {
 
 fn rust_and_js_behind_cone_nats_connect_directly(js: JsPeer) {
     let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
-    let (connected, transferred, js_path, lab) = rust_and_js("cone", js);
+    let (_, transferred, js_path, lab) = rust_and_js("cone", js);
     let path = &transferred["path"];
-    if path["relayed"] == true && connected["initiator"] == false && js == JsPeer::Chromium {
+    if path["relayed"] == true && path["controlling"] == false && js == JsPeer::Chromium {
         // Chromium, controlling, nominated the relay pair first (its checks of the NAT-to-NAT
         // pair come later) and then the direct one, as libwebrtc does; rtc-ice 0.21, controlled,
         // keeps the first pair it was given (`agent_selector.rs`: a nomination counts only while

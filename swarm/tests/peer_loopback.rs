@@ -260,6 +260,105 @@ async fn the_answer_carries_the_answerers_host_candidates() {
     b.close().await;
 }
 
+/// A STUN binding request as another connection's ICE agent sends it: a USERNAME that is not
+/// ours (`forged:other`), ICE-CONTROLLING with the greatest tie-breaker, no MESSAGE-INTEGRITY.
+fn forged_controlling_check(seq: u32) -> Vec<u8> {
+    let mut attributes = Vec::new();
+    let username = b"forged:other"; // 12 bytes: no padding
+    attributes.extend_from_slice(&0x0006u16.to_be_bytes());
+    attributes.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attributes.extend_from_slice(username);
+    attributes.extend_from_slice(&0x802Au16.to_be_bytes()); // ICE-CONTROLLING
+    attributes.extend_from_slice(&8u16.to_be_bytes());
+    attributes.extend_from_slice(&u64::MAX.to_be_bytes());
+    attributes.extend_from_slice(&0x0024u16.to_be_bytes()); // PRIORITY
+    attributes.extend_from_slice(&4u16.to_be_bytes());
+    attributes.extend_from_slice(&2_130_706_431u32.to_be_bytes());
+    let mut message = Vec::new();
+    message.extend_from_slice(&0x0001u16.to_be_bytes()); // Binding request
+    message.extend_from_slice(&(attributes.len() as u16).to_be_bytes());
+    message.extend_from_slice(&0x2112_A442u32.to_be_bytes());
+    message.extend_from_slice(&[7; 8]);
+    message.extend_from_slice(&seq.to_be_bytes());
+    message.extend_from_slice(&attributes);
+    message
+}
+
+/// The port of the first `127.0.0.1 … typ host` candidate among `signals`.
+fn host_port(signals: &[Signal]) -> u16 {
+    signals
+        .iter()
+        .find_map(|signal| match signal {
+            Signal::Candidate(c) => {
+                let fields: Vec<&str> = c.candidate.split_whitespace().collect();
+                (fields.get(4) == Some(&"127.0.0.1") && fields.get(7) == Some(&"host"))
+                    .then(|| fields.get(5)?.parse().ok())
+                    .flatten()
+            }
+            _ => None,
+        })
+        .expect("a loopback host candidate")
+}
+
+/// A check from another connection's agent (in a glare, the remote's abandoned attempt, which
+/// got our candidates) claims the controlling role with a greater tie-breaker. rtc-ice 0.21
+/// settles role conflicts before it checks a request's USERNAME and MESSAGE-INTEGRITY, so
+/// such checks made the offerer controlled: then the remote's real agent, also controlled,
+/// and ours argued it out by 487s, and whichever won chose the pair (seen as a relayed path
+/// between two cone NATs). The peer drops checks for other credentials before the engine
+/// sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_with_another_connections_credentials_cannot_take_the_ice_role() {
+    let a = Arc::new(Peer::new(loopback(true)).await.expect("initiator"));
+    let b = Arc::new(Peer::new(loopback(false)).await.expect("answerer"));
+    let mut a_signals = vec![];
+    while !a_signals.iter().any(|s| matches!(s, Signal::Candidate(_))) {
+        match timeout(STEP, a.next_event()).await.expect("in time") {
+            Some(PeerEvent::Signal(signal)) => a_signals.push(signal),
+            other => panic!("before the answer: {other:?}"),
+        }
+    }
+    let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), host_port(&a_signals));
+    let forger = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("a socket");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forging = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut seq = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let _ = forger.send_to(&forged_controlling_check(seq), target).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            seq
+        })
+    };
+    for signal in a_signals {
+        b.signal(signal).await.expect("b takes a's offer");
+    }
+    connect_inline(&a, &b).await;
+    // The forged checks keep coming after the connection: the roles must still hold.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a_path = a.selected_path().await.expect("a's path");
+    let b_path = b.selected_path().await.expect("b's path");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let forged = forging.await.expect("the forger");
+    assert!(forged > 10, "only {forged} forged checks were sent");
+    assert!(
+        a_path.controlling,
+        "the offerer gave up the controlling role to {forged} forged checks: {a_path:?}"
+    );
+    assert!(!b_path.controlling, "the answerer controls: {b_path:?}");
+    a.send(Bytes::from_static(b"still here"))
+        .await
+        .expect("a sends");
+    assert_eq!(recv(&b).await, "still here");
+    a.close().await;
+    b.close().await;
+}
+
 /// Connects `a` and `b` without background tasks, so the test keeps sole ownership of both.
 async fn connect_inline(a: &Peer, b: &Peer) {
     connect_inline_passing(a, b, |_| true).await;
