@@ -7,7 +7,9 @@
 // Usage: node js/own-channel-answerer.mjs '{"hubs":["http://127.0.0.1:PORT"],"app":"<app>"[,"glare":G]}'
 // It announces itself on "all" (as webrtc-swarm does, every second until an offer comes) and
 // answers the first offer in its inbox. With "glare": "answer-first", it also sends an offer of its
-// own right after its answer, as the browser did before ours reached it (its two POSTs crossed). Events on stdout, one JSON object a line:
+// own right after its answer, as the browser did before ours reached it (its two POSTs crossed);
+// with "glare": "offer-first", that offer goes out (and is delivered) before the answer, as when
+// the browser's offer reaches us first. Events on stdout, one JSON object a line:
 //   {"event":"ready","id"}             its id, before it subscribes
 //   {"event":"open","label"}           its own channel opened
 //   {"event":"their-channel","label"}  the offerer's channel arrived (left alone, unread)
@@ -55,9 +57,10 @@ inbox.on('data', async (message) => {
         const decoy = new wrtc.RTCPeerConnection({ iceServers: [] })
         decoy.createDataChannel('rolled-back-' + id)
         const offer = await decoy.createOffer()
-        hub.broadcast(from, { from: id, signal: { type: 'offer', sdp: offer.sdp } })
+        await new Promise((resolve) => hub.broadcast(from, { from: id, signal: { type: 'offer', sdp: offer.sdp } }, resolve))
         decoy.close()
       }
+      if (config.glare === 'offer-first') await ownOffer()
       pc = new wrtc.RTCPeerConnection({ iceServers: [] })
       own = pc.createDataChannel('own-' + id)
       own.onopen = () => out({ event: 'open', label: own.label })

@@ -16,8 +16,9 @@
 //! - **Glare** (both sides offered): between swarms of this crate (their signals say so with
 //!   [`GLARE_RULE_KEY`]), the side with the greater id keeps its offer and ignores the other's;
 //!   the other side answers it: one round trip instead of two teardowns and an announce period.
-//!   A JS peer destroys its attempt when our offer reaches it, so with one we drop ours too and
-//!   announce again at once ([`ANNOUNCE_SOON`]); it then offers, alone. An own offer older than
+//!   A JS peer in Node destroys its attempt when our offer reaches it, and one in a browser rolls
+//!   its offer back and answers ours: we keep ours for that answer and announce again at once
+//!   ([`ANNOUNCE_SOON`]), which a Node peer answers with an offer, alone. An own offer older than
 //!   [`GLARE_WINDOW`] always yields to a new incoming offer. Within the window, an offer that
 //!   arrives after the other side already answered ours is the late half of a glare it resolved,
 //!   and is ignored (answering it would tear down the connection it just accepted).
@@ -457,6 +458,9 @@ struct Remote {
     /// After ignoring its offer in a glare, its candidates belong to the abandoned attempt until
     /// its answer to ours arrives.
     dropping_candidates: bool,
+    /// A JS peer's offer crossed ours (see [`SwarmLoop::on_inbox`]): ours waits for the answer a
+    /// browser sends, and a new offer from it (a Node peer's) is answered instead.
+    js_glare: bool,
 }
 
 struct SwarmLoop {
@@ -784,24 +788,30 @@ impl SwarmLoop {
                 let ours_is_fresh = !remote.connected
                     && !remote.peer.has_remote_description().await
                     && remote.started.elapsed() < GLARE_WINDOW;
-                if ours_is_fresh && !resolves_glare {
-                    // JS webrtc-swarm destroys its attempt when our offer reaches it, so neither
-                    // offer can complete. Drop ours as well and announce again soon: the other
-                    // side, with no attempt left, then offers once, and that one succeeds.
-                    debug!(%from, "glare with a peer without the id rule: dropping both attempts");
-                    if let Some(old) = self.remotes.remove(&from) {
-                        self.forget(&from, &old, CloseReason::Local);
-                        tokio::spawn(async move { old.peer.close().await });
-                    }
+                if ours_is_fresh && !resolves_glare && !remote.js_glare {
+                    // A JS webrtc-swarm initiator takes our offer one of two ways. In Node
+                    // (@roamhq/wrtc), setRemoteDescription fails in have-local-offer and it
+                    // destroys its attempt; Chromium rolls its own offer back (implicit rollback)
+                    // and answers ours. So ours is kept, for a browser's answer, and we announce
+                    // again soon, for the offer a Node peer with no attempt left then sends
+                    // (answered in place of ours, below, even after an answer: a Node
+                    // simple-peer that took our offer before its own was set answers it, then
+                    // fails on its own and destroys the connection). Dropping ours left a browser's answer
+                    // with nobody to take it: ~30 s until its ICE failed, or a renegotiation
+                    // 3–5 s later on its next announce.
+                    debug!(%from, "glare with a peer without the id rule: keeping our offer for its answer");
+                    remote.js_glare = true;
+                    remote.dropping_candidates = true;
                     self.announce_soon = true;
                     return;
                 }
-                if ours_is_fresh && self.id > from {
+                if ours_is_fresh && !remote.js_glare && self.id > from {
                     debug!(%from, "glare: keeping our offer, ignoring theirs");
                     remote.dropping_candidates = true;
                     return;
                 }
                 if remote.started.elapsed() < GLARE_WINDOW
+                    && !remote.js_glare
                     && remote.peer.has_remote_description().await
                 {
                     // They answered our offer: this offer of theirs is the other half of a glare,
@@ -833,6 +843,11 @@ impl SwarmLoop {
             _ => {
                 if matches!(signal, Signal::Answer { .. }) {
                     remote.dropping_candidates = false;
+                    if remote.js_glare {
+                        // A browser that rolled its offer back talks only on the channel it
+                        // made for that offer (see the late-offer case above).
+                        remote.peer.expect_remote_channel();
+                    }
                 }
                 if let Err(error) = remote.peer.signal(signal).await {
                     // A stray answer from an older attempt must not kill a good connection.
@@ -910,6 +925,7 @@ impl SwarmLoop {
                 connected: false,
                 started: Instant::now(),
                 dropping_candidates: false,
+                js_glare: false,
             },
         );
     }

@@ -326,6 +326,14 @@ async fn after_glare_with_the_offer_late_the_first_message_arrives() {
     own_channel_answerer(Some("answer-first")).await;
 }
 
+/// The same after a glare whose offer reached us first: the Rust side keeps its own offer for the
+/// browser's answer (before, it dropped it, and the browser's answer found nobody: ~30 s until
+/// the browser's ICE failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_glare_with_the_offer_first_the_browsers_answer_is_taken() {
+    own_channel_answerer(Some("offer-first")).await;
+}
+
 async fn own_channel_answerer(glare: Option<&str>) {
     require_setup();
     let hub = start_hub().await;
