@@ -1763,6 +1763,65 @@ fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    /// A binding request as an ICE agent sends it: `username`, ICE-CONTROLLING, integrity keyed
+    /// with `pwd`, fingerprint.
+    fn binding_request(username: &str, pwd: &str) -> Vec<u8> {
+        use rtc::ice::attributes::control::AttrControlling;
+        use rtc::stun::attributes::ATTR_USERNAME;
+        use rtc::stun::fingerprint::FINGERPRINT;
+        use rtc::stun::integrity::MessageIntegrity;
+        use rtc::stun::message::{Message, Setter, TransactionId, BINDING_REQUEST};
+        use rtc::stun::textattrs::Username;
+        let provider = rtc::crypto::default_provider().expect("a crypto provider");
+        let mut message = Message::new();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(BINDING_REQUEST),
+            Box::new(TransactionId::new()),
+            Box::new(Username::new(ATTR_USERNAME, username.to_string())),
+            Box::new(AttrControlling(u64::MAX)),
+            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+                pwd.to_string(),
+                provider.crypto(),
+            )),
+            Box::new(FINGERPRINT),
+        ];
+        message.build(&setters).expect("a request");
+        message.raw
+    }
+
+    #[test]
+    fn the_check_gate_passes_only_checks_for_our_credentials() {
+        let gate = CheckGate::new();
+        let pwd = "0123456789abcdefghijklmnop";
+        let ours = binding_request("Ab1z:remote", pwd);
+        let other_ufrag = binding_request("Xy9w:remote", pwd);
+        let other_pwd = binding_request("Ab1z:remote", "not-our-password-at-all");
+        let ufrag_prefix = binding_request("Ab1zz:remote", pwd);
+        // Before the local description, nothing is known: everything passes.
+        assert!(gate.passes(&other_ufrag));
+        gate.admit(&format!(
+            "v=0\r\na=ice-ufrag:Ab1z\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 00\r\n"
+        ));
+        assert!(gate.passes(&ours));
+        assert!(!gate.passes(&other_ufrag), "another ufrag");
+        assert!(
+            !gate.passes(&other_pwd),
+            "integrity keyed with another password"
+        );
+        assert!(
+            !gate.passes(&ufrag_prefix),
+            "a ufrag that only starts with ours"
+        );
+        let mut truncated = ours.clone();
+        truncated.truncate(30);
+        assert!(!gate.passes(&truncated), "a broken request");
+        // Not binding requests: DTLS, SCTP, a STUN success response (type 0x0101).
+        assert!(gate.passes(&[22, 254, 253, 0, 0]));
+        let mut response = ours;
+        response[..2].copy_from_slice(&[0x01, 0x01]);
+        assert!(gate.passes(&response));
+    }
+
     #[test]
     fn candidate_addresses_are_read() {
         let host = "candidate:3831815203 1 udp 2130706431 127.0.0.1 50886 typ host";
