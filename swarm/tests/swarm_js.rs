@@ -422,6 +422,127 @@ async fn glare_with_a_node_peer_resolves_without_waiting_for_a_timeout() {
     panic!("8 rounds without a glare");
 }
 
+/// Glare with a real browser whose offer reaches us before its answer. Chromium rolls its own
+/// offer back and answers ours; the Rust side must take that answer (before, it dropped its own
+/// offer, and the browser's next announce, 3–5 s later, renegotiated its stale connection).
+///
+/// Made deterministic by holding the browser's offer back, as a slow path would: the Rust side's
+/// inbox drops it the first time and the test posts it again once the Rust side has offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glare_with_chromium_whose_offer_comes_first_connects_at_once() {
+    require_setup();
+    let hub = start_hub().await;
+    for round in 0..5 {
+        if browser_glare_round(hub.url(), &format!("browser-glare-{round}")).await {
+            return;
+        }
+        println!("round {round}: the browser answered before its offer was delivered again");
+    }
+    panic!("5 rounds without the browser's offer ahead of its answer");
+}
+
+/// False if the browser's answer overtook its delayed offer (then it was no such glare).
+async fn browser_glare_round(hub: &str, app: &str) -> bool {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let hearing = Arc::new(AtomicBool::new(false));
+    let offers_out = Arc::new(AtomicUsize::new(0));
+    let held: Arc<Mutex<Option<Value>>> = Arc::default();
+    let releasing = Arc::new(AtomicBool::new(false));
+    let offer_first = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicBool::new(false));
+    let options = {
+        let (gate, out, held, releasing) = (
+            hearing.clone(),
+            offers_out.clone(),
+            held.clone(),
+            releasing.clone(),
+        );
+        let (offer_first, answered) = (offer_first.clone(), answered.clone());
+        swarm::SwarmOptions {
+            announce_alone: Duration::from_secs(600),
+            announce_with_peers: Duration::from_secs(600),
+            wrap: Some(Arc::new(move |message: Value, _: &str| {
+                if message["signal"]["type"] == "offer" {
+                    out.fetch_add(1, Ordering::SeqCst);
+                }
+                message
+            })),
+            unwrap: Some(Arc::new(move |message: Value, channel: &str| {
+                if channel == "all" {
+                    return gate.load(Ordering::SeqCst).then_some(message);
+                }
+                match message["signal"]["type"].as_str() {
+                    Some("offer") if !releasing.load(Ordering::SeqCst) => {
+                        *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+                        return None;
+                    }
+                    Some("offer") if !answered.load(Ordering::SeqCst) => {
+                        offer_first.store(true, Ordering::SeqCst);
+                    }
+                    Some("answer") => answered.store(true, Ordering::SeqCst),
+                    _ => {}
+                }
+                Some(message)
+            })),
+            ..loopback_options()
+        }
+    };
+    let mut rust = Swarm::join([hub], app, options).await.unwrap();
+    let rust_id = rust.id().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await; // its one announce is gone
+    let (mut browser, browser_id) = js_peer("swarm-browser.mjs", hub, app).await;
+    let client = signalhub::client::Client::new(app, [hub]).unwrap();
+
+    // The browser hears the Rust side's announce and offers; that offer is held back.
+    client
+        .broadcast("all", &json!({"type": "connect", "from": rust_id}))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + STEP;
+    let offer = loop {
+        if let Some(offer) = held.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            break offer;
+        }
+        assert!(Instant::now() < deadline, "the browser did not offer");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    // The Rust side hears the browser's announce and offers; then the browser's offer arrives.
+    hearing.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    client
+        .broadcast("all", &json!({"type": "connect", "from": browser_id}))
+        .await
+        .unwrap();
+    while offers_out.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < STEP, "the Rust side did not offer");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    releasing.store(true, Ordering::SeqCst);
+    client.broadcast(&rust_id, &offer).await.unwrap();
+    let peer = connected(&mut rust, &browser_id).await;
+    js_connected(&mut browser, &rust_id).await;
+    let took = started.elapsed();
+    if !offer_first.load(Ordering::SeqCst) {
+        browser.close().await;
+        rust.close().await;
+        return false;
+    }
+    println!("glare with Chromium, its offer first, resolved in {took:?}");
+    // One round trip: not the browser's next announce (3–5 s) nor its ICE timeout.
+    assert!(took < Duration::from_secs(3), "glare took {took:?}");
+    assert_eq!(
+        offers_out.load(Ordering::SeqCst),
+        1,
+        "the Rust side offered again"
+    );
+    exchange_messages(&peer, &rust_id, &mut browser).await;
+    browser.close().await;
+    rust.close().await;
+    true
+}
+
 /// One attempt at glare between a Rust peer and a Node peer: false if only one side offered.
 async fn js_glare_round(hub: &str, app: &str) -> bool {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
