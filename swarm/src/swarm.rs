@@ -680,15 +680,16 @@ impl SwarmLoop {
         })
     }
 
-    /// Writes a message for `channel`: sealed when signing, then wrapped. Plain signals carry
-    /// [`GLARE_RULE_KEY`] after webrtc-swarm's keys (which JS ignores), so another swarm of this
-    /// crate knows that this side resolves glare by the id rule.
+    /// Writes a message for `channel`: sealed when signing, then wrapped. Plain announces and
+    /// signals carry [`GLARE_RULE_KEY`] after webrtc-swarm's keys (which JS ignores), so another
+    /// swarm of this crate knows that this side resolves glare by the id rule (and checks every
+    /// candidate pair at once, see [`PeerConfig::remote_paces_checks`]).
     fn encode(&self, channel: &str, message: &HubMessage) -> Bytes {
         let mut value = match &self.options.keypair {
             Some(keypair) => seal(keypair, &self.app, channel, message),
             None => {
                 let mut value = message.to_value();
-                if let (HubMessage::Signal { .. }, Value::Object(object)) = (message, &mut value) {
+                if let Value::Object(object) = &mut value {
                     object.insert(GLARE_RULE_KEY.into(), Value::String(GLARE_RULE.into()));
                 }
                 value
@@ -747,7 +748,7 @@ impl SwarmLoop {
     }
 
     async fn on_all(&mut self, value: Value) {
-        let Some((HubMessage::Announce { from }, _)) = self.decode("all", value) else {
+        let Some((HubMessage::Announce { from }, of_this_crate)) = self.decode("all", value) else {
             return;
         };
         if from == self.id || self.remotes.contains_key(&from) {
@@ -758,7 +759,7 @@ impl SwarmLoop {
             return;
         }
         debug!(%from, "heard an announce; offering");
-        self.start_peer(from, None).await;
+        self.start_peer(from, None, of_this_crate).await;
     }
 
     async fn on_inbox(&mut self, value: Value) {
@@ -780,7 +781,7 @@ impl SwarmLoop {
                 debug!(%from, "full: refusing an offer");
                 return;
             }
-            self.start_peer(from, Some(signal)).await;
+            self.start_peer(from, Some(signal), resolves_glare).await;
             return;
         };
         match &signal {
@@ -828,14 +829,16 @@ impl SwarmLoop {
                     return;
                 }
                 debug!(%from, "glare or restart: answering their offer instead");
-                self.replace_with_answerer(from, signal).await;
+                self.replace_with_answerer(from, signal, resolves_glare)
+                    .await;
             }
             Signal::Offer { sdp } => {
                 if remote.peer.remote_description_is(sdp).await {
                     return; // a copy from another hub
                 }
                 debug!(%from, "a new offer: the peer started over");
-                self.replace_with_answerer(from, signal).await;
+                self.replace_with_answerer(from, signal, resolves_glare)
+                    .await;
             }
             Signal::Candidate(_) if remote.dropping_candidates => {
                 debug!(%from, "dropping a candidate of an abandoned offer");
@@ -857,16 +860,17 @@ impl SwarmLoop {
         }
     }
 
-    async fn replace_with_answerer(&mut self, from: String, offer: Signal) {
+    async fn replace_with_answerer(&mut self, from: String, offer: Signal, of_this_crate: bool) {
         if let Some(old) = self.remotes.remove(&from) {
             self.forget(&from, &old, CloseReason::Local);
             tokio::spawn(async move { old.peer.close().await });
         }
-        self.start_peer(from, Some(offer)).await;
+        self.start_peer(from, Some(offer), of_this_crate).await;
     }
 
-    /// Creates a peer for `id`: an initiator, or an answerer of `offer`.
-    async fn start_peer(&mut self, id: String, offer: Option<Signal>) {
+    /// Creates a peer for `id`: an initiator, or an answerer of `offer`. `of_this_crate`: the
+    /// remote's messages carry the rule key (it checks candidate pairs without pacing).
+    async fn start_peer(&mut self, id: String, offer: Option<Signal>, of_this_crate: bool) {
         let config = PeerConfig {
             initiator: offer.is_none(),
             ice_servers: self
@@ -879,6 +883,7 @@ impl SwarmLoop {
             udp_addrs: self.options.udp_addrs.clone(),
             resolve_mdns: self.options.resolve_mdns,
             keepalive: self.options.keepalive,
+            remote_paces_checks: !of_this_crate,
         };
         let peer = match Peer::new(config).await {
             Ok(peer) => Arc::new(peer),

@@ -755,7 +755,12 @@ async fn ready_means_subscribed_and_announced() {
     let a_id = a.id().to_string();
     let heard = timeout(CONNECT, async {
         while let Some(message) = futures_util::StreamExt::next(&mut all).await {
-            if message == json!({"type": "connect", "from": a_id}) {
+            if message["type"] == "connect" && message["from"] == a_id.as_str() {
+                // The rule key, which JS ignores, tells another swarm of this crate what it is.
+                assert_eq!(
+                    message,
+                    json!({"type": "connect", "from": a_id, swarm::swarm::GLARE_RULE_KEY: swarm::swarm::GLARE_RULE})
+                );
                 return;
             }
         }
