@@ -212,13 +212,7 @@ async fn candidates_before_the_offer_are_held_back() {
 async fn the_answer_carries_the_answerers_host_candidates() {
     let a = Arc::new(Peer::new(loopback(true)).await.expect("initiator"));
     let b = Arc::new(Peer::new(loopback(false)).await.expect("answerer"));
-    let mut a_signals = vec![];
-    while !a_signals.iter().any(|s| matches!(s, Signal::Candidate(_))) {
-        match timeout(STEP, a.next_event()).await.expect("in time") {
-            Some(PeerEvent::Signal(signal)) => a_signals.push(signal),
-            other => panic!("before the answer: {other:?}"),
-        }
-    }
+    let a_signals = offer_and_first_candidate(&a).await;
     for signal in a_signals {
         b.signal(signal)
             .await
@@ -301,23 +295,16 @@ fn host_port(signals: &[Signal]) -> u16 {
 }
 
 /// A check from another connection's agent (in a glare, the remote's abandoned attempt, which
-/// got our candidates) claims the controlling role with a greater tie-breaker. rtc-ice 0.21
-/// settles role conflicts before it checks a request's USERNAME and MESSAGE-INTEGRITY, so
-/// such checks made the offerer controlled: then the remote's real agent, also controlled,
-/// and ours argued it out by 487s, and whichever won chose the pair (seen as a relayed path
-/// between two cone NATs). The peer drops checks for other credentials before the engine
-/// sees them.
+/// got our candidates), or from anyone who knows our address, claims the controlling role with a
+/// greater tie-breaker. rtc-ice 0.21 settles role conflicts before it checks a request's
+/// USERNAME and MESSAGE-INTEGRITY, so such checks made the offerer controlled: then the remote's
+/// real agent, also controlled, and ours argued it out, and whichever won chose the pair. The
+/// peer drops checks for other credentials before the engine sees them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checks_with_another_connections_credentials_cannot_take_the_ice_role() {
     let a = Arc::new(Peer::new(loopback(true)).await.expect("initiator"));
     let b = Arc::new(Peer::new(loopback(false)).await.expect("answerer"));
-    let mut a_signals = vec![];
-    while !a_signals.iter().any(|s| matches!(s, Signal::Candidate(_))) {
-        match timeout(STEP, a.next_event()).await.expect("in time") {
-            Some(PeerEvent::Signal(signal)) => a_signals.push(signal),
-            other => panic!("before the answer: {other:?}"),
-        }
-    }
+    let a_signals = offer_and_first_candidate(&a).await;
     let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), host_port(&a_signals));
     let forger = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
         .await
@@ -357,6 +344,18 @@ async fn checks_with_another_connections_credentials_cannot_take_the_ice_role() 
     assert_eq!(recv(&b).await, "still here");
     a.close().await;
     b.close().await;
+}
+
+/// An initiator's signals up to its first candidate: its offer, then what it trickled.
+async fn offer_and_first_candidate(a: &Peer) -> Vec<Signal> {
+    let mut signals = vec![];
+    while !signals.iter().any(|s| matches!(s, Signal::Candidate(_))) {
+        match timeout(STEP, a.next_event()).await.expect("in time") {
+            Some(PeerEvent::Signal(signal)) => signals.push(signal),
+            other => panic!("before the answer: {other:?}"),
+        }
+    }
+    signals
 }
 
 /// Connects `a` and `b` without background tasks, so the test keeps sole ownership of both.

@@ -413,13 +413,37 @@ async fn glare_with_a_node_peer_resolves_without_waiting_for_a_timeout() {
     let hub = start_hub().await;
     // Glare needs each side to hear the other's announce before the other's offer arrives; when
     // one offer still wins the race, that round was no glare, and it tries again.
-    for round in 0..8 {
-        if js_glare_round(hub.url(), &format!("js-glare-{round}")).await {
+    until_a_round_counts(8, "one offer arrived first, no glare", |round| {
+        js_glare_round(hub.url(), format!("js-glare-{round}"))
+    })
+    .await;
+}
+
+/// A wrap hook that counts the offers the swarm sends.
+fn counting_offers(
+    offers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> swarm::swarm::WrapHook {
+    std::sync::Arc::new(move |message: Value, _: &str| {
+        if message["signal"]["type"] == "offer" {
+            offers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        message
+    })
+}
+
+/// Runs `round` until one counts (returns true), at most `rounds` times.
+async fn until_a_round_counts<F: std::future::Future<Output = bool>>(
+    rounds: usize,
+    not_counted: &str,
+    mut round: impl FnMut(usize) -> F,
+) {
+    for n in 0..rounds {
+        if round(n).await {
             return;
         }
-        println!("round {round}: one offer arrived first, no glare; again");
+        println!("round {n}: {not_counted}; again");
     }
-    panic!("8 rounds without a glare");
+    panic!("{rounds} rounds, and each time {not_counted}");
 }
 
 /// Glare with a real browser whose offer reaches us before its answer. Chromium rolls its own
@@ -432,17 +456,17 @@ async fn glare_with_a_node_peer_resolves_without_waiting_for_a_timeout() {
 async fn glare_with_chromium_whose_offer_comes_first_connects_at_once() {
     require_setup();
     let hub = start_hub().await;
-    for round in 0..5 {
-        if browser_glare_round(hub.url(), &format!("browser-glare-{round}")).await {
-            return;
-        }
-        println!("round {round}: the browser answered before its offer was delivered again");
-    }
-    panic!("5 rounds without the browser's offer ahead of its answer");
+    until_a_round_counts(
+        5,
+        "the browser's answer came before its offer was delivered again",
+        |round| browser_glare_round(hub.url(), format!("browser-glare-{round}")),
+    )
+    .await;
 }
 
 /// False if the browser's answer overtook its delayed offer (then it was no such glare).
-async fn browser_glare_round(hub: &str, app: &str) -> bool {
+async fn browser_glare_round(hub: &str, app: String) -> bool {
+    let app = app.as_str();
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -463,12 +487,7 @@ async fn browser_glare_round(hub: &str, app: &str) -> bool {
         swarm::SwarmOptions {
             announce_alone: Duration::from_secs(600),
             announce_with_peers: Duration::from_secs(600),
-            wrap: Some(Arc::new(move |message: Value, _: &str| {
-                if message["signal"]["type"] == "offer" {
-                    out.fetch_add(1, Ordering::SeqCst);
-                }
-                message
-            })),
+            wrap: Some(counting_offers(out)),
             unwrap: Some(Arc::new(move |message: Value, channel: &str| {
                 if channel == "all" {
                     return gate.load(Ordering::SeqCst).then_some(message);
@@ -544,7 +563,8 @@ async fn browser_glare_round(hub: &str, app: &str) -> bool {
 }
 
 /// One attempt at glare between a Rust peer and a Node peer: false if only one side offered.
-async fn js_glare_round(hub: &str, app: &str) -> bool {
+async fn js_glare_round(hub: &str, app: String) -> bool {
+    let app = app.as_str();
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -556,12 +576,7 @@ async fn js_glare_round(hub: &str, app: &str) -> bool {
     let options = swarm::SwarmOptions {
         announce_alone: Duration::from_secs(600),
         announce_with_peers: Duration::from_secs(600),
-        wrap: Some(Arc::new(move |message: Value, _: &str| {
-            if message["signal"]["type"] == "offer" {
-                out.fetch_add(1, Ordering::SeqCst);
-            }
-            message
-        })),
+        wrap: Some(counting_offers(out)),
         unwrap: Some(Arc::new(move |message: Value, channel: &str| {
             if channel != "all" && message["signal"]["type"] == "offer" {
                 into.fetch_add(1, Ordering::SeqCst);
