@@ -9,11 +9,12 @@
 //! that replaces the peer.
 //!
 //! The sequence is the JS one (spec §4): subscribe to `all` and to the own id; announce
-//! `{"type":"connect","from":id}` on `all` once the inbox is open, then every 3–5 s while alone
+//! `{"type":"connect","from":id}` (plus [`GLARE_RULE_KEY`], which JS ignores) on `all` once the
+//! inbox is open, then every 3–5 s while alone
 //! and 13–15 s with peers; whoever hears an announce from an unknown id offers; an unknown sender
 //! is accepted only with an offer. Where JS breaks, this does better:
 //!
-//! - **Glare** (both sides offered): between swarms of this crate (their signals say so with
+//! - **Glare** (both sides offered): between swarms of this crate (their messages say so with
 //!   [`GLARE_RULE_KEY`]), the side with the greater id keeps its offer and ignores the other's;
 //!   the other side answers it: one round trip instead of two teardowns and an announce period.
 //!   A JS peer in Node destroys its attempt when our offer reaches it, and one in a browser rolls
