@@ -1719,7 +1719,10 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
         meta: &mut [webrtc::runtime::RecvMeta],
     ) -> std::task::Poll<std::io::Result<usize>> {
         use std::task::Poll;
-        loop {
+        // A flood of dropped checks must not keep the engine's task in this loop: after this
+        // many reads that kept nothing, it yields and asks to be polled again.
+        const DROPPED_READS_BEFORE_YIELDING: usize = 16;
+        for _ in 0..DROPPED_READS_BEFORE_YIELDING {
             let received = match self.inner.poll_recv(cx, bufs, meta) {
                 Poll::Ready(Ok(received)) => received,
                 other => return other,
@@ -1749,6 +1752,8 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
             }
             // Everything was dropped: read again (or register for the next datagram).
         }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     fn max_gso_segments(&self) -> usize {
