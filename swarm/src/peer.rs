@@ -521,7 +521,7 @@ impl Peer {
             initiator: config.initiator,
             held_candidates: StdMutex::new(None),
             candidate_reported: Notify::new(),
-            check_gate: Arc::new(CheckGate::new()),
+            check_gate: Arc::new(CheckGate::new(config.initiator)),
         });
 
         let ice_servers: Vec<RTCIceServer> = config
@@ -1623,10 +1623,31 @@ impl Runtime for PeerRuntime {
 /// came. Checks relayed through our TURN allocation are unwrapped inside the engine and are
 /// not gated (the relay forwards only from peers we gave a permission). Upstream: rtc-ice
 /// should authenticate first.
+///
+/// The offerer also keeps the controlling role when a genuine check claims it too. A browser
+/// whose own offer crossed ours rolls it back and answers ours, but stays controlling
+/// (webrtc-pc keeps an ICE role once a local offer set it), so both agents claim the role and
+/// the tie-breakers decide: half the time the browser won, nominated a relay pair first, and
+/// rtc-ice, controlled, kept that nomination for good (it ignores later, better ones), so our
+/// side sent through TURN across two cone NATs. The gate gives such a check a tie-breaker of 0
+/// (signed again with our password, which keys the checks sent to us): our agent answers with
+/// a role-conflict error, and the browser, as RFC 8445 §7.3.1.1 has it, becomes controlled.
+/// Only an offerer does this, and only offerers claim control, so two such peers never meet.
 struct CheckGate {
     /// Our ICE ufrag and password, from the local description; until then nothing is dropped.
     credentials: std::sync::RwLock<Option<(String, String)>>,
     crypto: Option<Arc<dyn rtc::crypto::RTCCryptoProvider>>,
+    /// Whether we offered, and so control ICE.
+    offerer: bool,
+}
+
+/// What [`CheckGate::inspect`] makes of a received datagram.
+#[derive(Debug, PartialEq)]
+enum CheckVerdict {
+    Pass,
+    Drop,
+    /// A genuine check claiming control, with its tie-breaker set to 0: the same length.
+    Rewrite(Vec<u8>),
 }
 
 impl std::fmt::Debug for CheckGate {
@@ -1636,10 +1657,11 @@ impl std::fmt::Debug for CheckGate {
 }
 
 impl CheckGate {
-    fn new() -> Self {
+    fn new(offerer: bool) -> Self {
         CheckGate {
             credentials: std::sync::RwLock::new(None),
             crypto: rtc::crypto::default_provider().ok(),
+            offerer,
         }
     }
 
@@ -1658,37 +1680,76 @@ impl CheckGate {
         }
     }
 
-    /// Whether the engine may see `datagram`: anything but a binding request for other
-    /// credentials.
-    fn passes(&self, datagram: &[u8]) -> bool {
-        use rtc::stun::attributes::ATTR_USERNAME;
+    /// What the engine gets of `datagram`: anything but a binding request for other
+    /// credentials, and, as the offerer, a genuine check claiming control without its
+    /// tie-breaker.
+    fn inspect(&self, datagram: &[u8]) -> CheckVerdict {
+        use rtc::ice::attributes::control::AttrControlling;
+        use rtc::stun::attributes::{ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY, ATTR_USERNAME};
+        use rtc::stun::fingerprint::FINGERPRINT;
         use rtc::stun::integrity::MessageIntegrity;
-        use rtc::stun::message::{Message, BINDING_REQUEST};
+        use rtc::stun::message::{Message, Setter, BINDING_REQUEST};
         // A STUN binding request: type 0x0001, then the magic cookie.
         if datagram.len() < 20
             || datagram[..2] != [0x00, 0x01]
             || datagram[4..8] != [0x21, 0x12, 0xA4, 0x42]
         {
-            return true;
+            return CheckVerdict::Pass;
         }
         let credentials = self
             .credentials
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (Some((ufrag, pwd)), Some(crypto)) = (credentials.as_ref(), &self.crypto) else {
-            return true;
+            return CheckVerdict::Pass;
         };
         let mut message = Message::new();
         message.raw = datagram.to_vec();
         if message.decode().is_err() || message.typ != BINDING_REQUEST {
-            return false;
+            return CheckVerdict::Drop;
         }
         let ours = message.get(ATTR_USERNAME).is_ok_and(|username| {
             username
                 .strip_prefix(ufrag.as_bytes())
                 .is_some_and(|rest| rest.first() == Some(&b':'))
         });
-        ours && MessageIntegrity::check(&mut message, pwd.as_bytes(), crypto.crypto()).is_ok()
+        if !ours || MessageIntegrity::check(&mut message, pwd.as_bytes(), crypto.crypto()).is_err()
+        {
+            return CheckVerdict::Drop;
+        }
+        let claims_control = message
+            .attributes
+            .0
+            .iter()
+            .any(|a| a.typ == rtc::stun::attributes::ATTR_ICE_CONTROLLING);
+        if !self.offerer || !claims_control {
+            return CheckVerdict::Pass;
+        }
+        let mut yielded = Message::new();
+        yielded.typ = message.typ;
+        yielded.transaction_id = message.transaction_id;
+        yielded.write_header();
+        for attribute in &message.attributes.0 {
+            if attribute.typ == ATTR_MESSAGE_INTEGRITY || attribute.typ == ATTR_FINGERPRINT {
+                continue;
+            }
+            if attribute.typ == rtc::stun::attributes::ATTR_ICE_CONTROLLING {
+                if AttrControlling(0).add_to(&mut yielded).is_err() {
+                    return CheckVerdict::Pass;
+                }
+            } else {
+                yielded.add(attribute.typ, &attribute.value);
+            }
+        }
+        let signed =
+            MessageIntegrity::new_short_term_integrity_with_provider(pwd.clone(), crypto.crypto())
+                .add_to(&mut yielded)
+                .and_then(|()| FINGERPRINT.add_to(&mut yielded));
+        if signed.is_err() || yielded.raw.len() != datagram.len() {
+            return CheckVerdict::Pass;
+        }
+        debug!("a check claims the controlling role too: the offerer keeps it");
+        CheckVerdict::Rewrite(yielded.raw)
     }
 }
 
@@ -1732,10 +1793,15 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
             let mut kept = 0;
             for index in 0..received {
                 let len = meta[index].len;
-                let single = meta[index].stride >= len;
-                if single && !self.gate.passes(&bufs[index][..len]) {
-                    debug!(from = %meta[index].addr, "dropped a connectivity check for other ICE credentials");
-                    continue;
+                if meta[index].stride >= len {
+                    match self.gate.inspect(&bufs[index][..len]) {
+                        CheckVerdict::Pass => {}
+                        CheckVerdict::Drop => {
+                            debug!(from = %meta[index].addr, "dropped a connectivity check for other ICE credentials");
+                            continue;
+                        }
+                        CheckVerdict::Rewrite(check) => bufs[index][..len].copy_from_slice(&check),
+                    }
                 }
                 if kept != index {
                     let (low, high) = bufs.split_at_mut(index);
@@ -1813,37 +1879,87 @@ mod tests {
         message.raw
     }
 
+    const GATE_PWD: &str = "0123456789abcdefghijklmnop";
+
+    fn gate(offerer: bool) -> CheckGate {
+        let gate = CheckGate::new(offerer);
+        gate.admit(&format!(
+            "v=0\r\na=ice-ufrag:Ab1z\r\na=ice-pwd:{GATE_PWD}\r\na=fingerprint:sha-256 00\r\n"
+        ));
+        gate
+    }
+
     #[test]
     fn the_check_gate_passes_only_checks_for_our_credentials() {
-        let gate = CheckGate::new();
-        let pwd = "0123456789abcdefghijklmnop";
-        let ours = binding_request("Ab1z:remote", pwd);
-        let other_ufrag = binding_request("Xy9w:remote", pwd);
+        let ours = binding_request("Ab1z:remote", GATE_PWD);
+        let other_ufrag = binding_request("Xy9w:remote", GATE_PWD);
         let other_pwd = binding_request("Ab1z:remote", "not-our-password-at-all");
-        let ufrag_prefix = binding_request("Ab1zz:remote", pwd);
+        let ufrag_prefix = binding_request("Ab1zz:remote", GATE_PWD);
         // Before the local description, nothing is known: everything passes.
-        assert!(gate.passes(&other_ufrag));
-        gate.admit(&format!(
-            "v=0\r\na=ice-ufrag:Ab1z\r\na=ice-pwd:{pwd}\r\na=fingerprint:sha-256 00\r\n"
-        ));
-        assert!(gate.passes(&ours));
-        assert!(!gate.passes(&other_ufrag), "another ufrag");
-        assert!(
-            !gate.passes(&other_pwd),
+        assert_eq!(
+            CheckGate::new(false).inspect(&other_ufrag),
+            CheckVerdict::Pass
+        );
+        let gate = gate(false);
+        assert_eq!(gate.inspect(&ours), CheckVerdict::Pass);
+        assert_eq!(
+            gate.inspect(&other_ufrag),
+            CheckVerdict::Drop,
+            "another ufrag"
+        );
+        assert_eq!(
+            gate.inspect(&other_pwd),
+            CheckVerdict::Drop,
             "integrity keyed with another password"
         );
-        assert!(
-            !gate.passes(&ufrag_prefix),
+        assert_eq!(
+            gate.inspect(&ufrag_prefix),
+            CheckVerdict::Drop,
             "a ufrag that only starts with ours"
         );
         let mut truncated = ours.clone();
         truncated.truncate(30);
-        assert!(!gate.passes(&truncated), "a broken request");
+        assert_eq!(
+            gate.inspect(&truncated),
+            CheckVerdict::Drop,
+            "a broken request"
+        );
         // Not binding requests: DTLS, SCTP, a STUN success response (type 0x0101).
-        assert!(gate.passes(&[22, 254, 253, 0, 0]));
+        assert_eq!(gate.inspect(&[22, 254, 253, 0, 0]), CheckVerdict::Pass);
         let mut response = ours;
         response[..2].copy_from_slice(&[0x01, 0x01]);
-        assert!(gate.passes(&response));
+        assert_eq!(gate.inspect(&response), CheckVerdict::Pass);
+    }
+
+    #[test]
+    fn the_offerers_gate_takes_the_tie_breaker_from_a_genuine_check_claiming_control() {
+        use rtc::ice::attributes::control::AttrControlling;
+        use rtc::stun::integrity::MessageIntegrity;
+        use rtc::stun::message::{Getter, Message};
+        let ours = binding_request("Ab1z:remote", GATE_PWD);
+        let CheckVerdict::Rewrite(yielded) = gate(true).inspect(&ours) else {
+            panic!("the offerer's gate passed a check claiming control as it came");
+        };
+        assert_eq!(yielded.len(), ours.len());
+        let mut message = Message::new();
+        message.raw = yielded;
+        message.decode().expect("a STUN message");
+        let mut tie_breaker = AttrControlling(1);
+        tie_breaker.get_from(&message).expect("ICE-CONTROLLING");
+        assert_eq!(tie_breaker.0, 0);
+        let provider = rtc::crypto::default_provider().expect("a crypto provider");
+        MessageIntegrity::check(&mut message, GATE_PWD.as_bytes(), provider.crypto())
+            .expect("signed again with our password");
+        rtc::stun::fingerprint::FINGERPRINT
+            .check(&message)
+            .expect("a fingerprint that matches");
+        // Idempotent: a check whose tie-breaker is already 0 comes out the same.
+        assert_eq!(
+            gate(true).inspect(&message.raw),
+            CheckVerdict::Rewrite(message.raw.clone())
+        );
+        // An answerer's gate leaves it alone.
+        assert_eq!(gate(false).inspect(&ours), CheckVerdict::Pass);
     }
 
     #[test]

@@ -556,6 +556,14 @@ async fn browser_glare_round(hub: &str, app: String) -> bool {
         1,
         "the Rust side offered again"
     );
+    // The browser, which rolled its offer back, still claims the controlling role (webrtc-pc
+    // keeps it); the offerer keeps it instead (the check gate in swarm/src/peer.rs), so the
+    // pair is chosen by the side that waits for a direct one.
+    let path = peer.path().await.expect("a selected path");
+    assert!(
+        path.controlling,
+        "the browser took the controlling role: {path:?}"
+    );
     exchange_messages(&peer, &rust_id, &mut browser).await;
     browser.close().await;
     rust.close().await;
