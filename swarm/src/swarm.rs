@@ -459,9 +459,10 @@ struct Remote {
     /// After ignoring its offer in a glare, its candidates belong to the abandoned attempt until
     /// its answer to ours arrives.
     dropping_candidates: bool,
-    /// A JS peer's offer crossed ours (see [`SwarmLoop::on_inbox`]): ours waits for the answer a
-    /// browser sends, and a new offer from it (a Node peer's) is answered instead.
-    js_glare: bool,
+    /// A JS peer's offer crossed ours (see [`SwarmLoop::on_inbox`]), this one: ours waits for
+    /// the answer a browser sends, and a new offer from it (a Node peer's) is answered instead.
+    /// A copy of this one (from another hub) is not new.
+    js_glare: Option<String>,
 }
 
 struct SwarmLoop {
@@ -786,11 +787,14 @@ impl SwarmLoop {
             return;
         };
         match &signal {
-            Signal::Offer { .. } if remote.peer.is_initiator() => {
+            Signal::Offer { sdp } if remote.peer.is_initiator() => {
                 let ours_is_fresh = !remote.connected
                     && !remote.peer.has_remote_description().await
                     && remote.started.elapsed() < GLARE_WINDOW;
-                if ours_is_fresh && !resolves_glare && !remote.js_glare {
+                if remote.js_glare.as_ref() == Some(sdp) {
+                    return; // a copy, from another hub, of the offer that crossed ours
+                }
+                if ours_is_fresh && !resolves_glare && remote.js_glare.is_none() {
                     // A JS webrtc-swarm initiator takes our offer one of two ways. In Node
                     // (@roamhq/wrtc), setRemoteDescription fails in have-local-offer and it
                     // destroys its attempt; Chromium rolls its own offer back (implicit rollback)
@@ -802,18 +806,18 @@ impl SwarmLoop {
                     // with nobody to take it: ~30 s until its ICE failed, or a renegotiation
                     // 3–5 s later on its next announce.
                     debug!(%from, "glare with a peer without the id rule: keeping our offer for its answer");
-                    remote.js_glare = true;
+                    remote.js_glare = Some(sdp.clone());
                     remote.dropping_candidates = true;
                     self.announce_soon = true;
                     return;
                 }
-                if ours_is_fresh && !remote.js_glare && self.id > from {
+                if ours_is_fresh && remote.js_glare.is_none() && self.id > from {
                     debug!(%from, "glare: keeping our offer, ignoring theirs");
                     remote.dropping_candidates = true;
                     return;
                 }
                 if remote.started.elapsed() < GLARE_WINDOW
-                    && !remote.js_glare
+                    && remote.js_glare.is_none()
                     && remote.peer.has_remote_description().await
                 {
                     // They answered our offer: this offer of theirs is the other half of a glare,
@@ -847,7 +851,7 @@ impl SwarmLoop {
             _ => {
                 if matches!(signal, Signal::Answer { .. }) {
                     remote.dropping_candidates = false;
-                    if remote.js_glare {
+                    if remote.js_glare.is_some() {
                         // A browser that rolled its offer back talks only on the channel it
                         // made for that offer (see the late-offer case above).
                         remote.peer.expect_remote_channel();
@@ -931,7 +935,7 @@ impl SwarmLoop {
                 connected: false,
                 started: Instant::now(),
                 dropping_candidates: false,
-                js_glare: false,
+                js_glare: None,
             },
         );
     }
