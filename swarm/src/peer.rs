@@ -1620,9 +1620,9 @@ impl Runtime for PeerRuntime {
 /// credentials (logged by the engine as `ErrMismatchUsername`), and so can anyone who knows
 /// our address. A binding request reaches the engine only when its USERNAME names our local
 /// ufrag and its MESSAGE-INTEGRITY is keyed with our password; everything else passes as it
-/// came. Checks relayed through our TURN allocation are unwrapped inside the engine and are
-/// not gated (the relay forwards only from peers we gave a permission). Upstream: rtc-ice
-/// should authenticate first.
+/// came. Checks relayed through our TURN allocation in ChannelData messages are looked at
+/// inside them (those in Data indications, which coturn sends only before a channel is bound,
+/// are not). Upstream: rtc-ice should authenticate first.
 ///
 /// The offerer also keeps the controlling role when a genuine check claims it too. A browser
 /// whose own offer crossed ours rolls it back and answers ours, but stays controlling
@@ -1684,6 +1684,27 @@ impl CheckGate {
     /// credentials, and, as the offerer, a genuine check claiming control without its
     /// tie-breaker.
     fn inspect(&self, datagram: &[u8]) -> CheckVerdict {
+        // A TURN ChannelData message (RFC 7983: first byte 64–79) from our relay carries a
+        // remote's datagram after a 4-byte header; its checks are inspected the same way.
+        if let [64..=79, _, high, low, payload @ ..] = datagram {
+            let len = usize::from(u16::from_be_bytes([*high, *low]));
+            let Some(inner) = payload.get(..len) else {
+                return CheckVerdict::Pass;
+            };
+            return match self.inspect_direct(inner) {
+                CheckVerdict::Rewrite(check) => {
+                    let mut wrapped = datagram.to_vec();
+                    wrapped[4..4 + len].copy_from_slice(&check);
+                    CheckVerdict::Rewrite(wrapped)
+                }
+                verdict => verdict,
+            };
+        }
+        self.inspect_direct(datagram)
+    }
+
+    /// [`CheckGate::inspect`] for a datagram as the remote sent it.
+    fn inspect_direct(&self, datagram: &[u8]) -> CheckVerdict {
         use rtc::ice::attributes::control::AttrControlling;
         use rtc::stun::attributes::{ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY, ATTR_USERNAME};
         use rtc::stun::fingerprint::FINGERPRINT;
@@ -1960,6 +1981,40 @@ mod tests {
         );
         // An answerer's gate leaves it alone.
         assert_eq!(gate(false).inspect(&ours), CheckVerdict::Pass);
+    }
+
+    #[test]
+    fn checks_relayed_in_channel_data_are_inspected_inside_it() {
+        let channel_data = |inner: &[u8]| {
+            let mut wrapped = vec![0x40, 0x01];
+            wrapped.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+            wrapped.extend_from_slice(inner);
+            wrapped.extend_from_slice(&[0; 3]); // padding, as over UDP it may come
+            wrapped
+        };
+        let ours = channel_data(&binding_request("Ab1z:remote", GATE_PWD));
+        let stranger = channel_data(&binding_request("Xy9w:remote", GATE_PWD));
+        assert_eq!(gate(false).inspect(&ours), CheckVerdict::Pass);
+        assert_eq!(gate(false).inspect(&stranger), CheckVerdict::Drop);
+        let CheckVerdict::Rewrite(yielded) = gate(true).inspect(&ours) else {
+            panic!("the offerer's gate passed a relayed check claiming control as it came");
+        };
+        assert_eq!(yielded.len(), ours.len());
+        assert_eq!(yielded[..4], ours[..4], "the ChannelData header is kept");
+        assert_eq!(
+            gate(true).inspect(&yielded[4..yielded.len() - 3]),
+            CheckVerdict::Rewrite(yielded[4..yielded.len() - 3].to_vec()),
+            "the inner check is the rewritten one"
+        );
+        // DTLS or SCTP inside ChannelData, and a header longer than the datagram, pass.
+        assert_eq!(
+            gate(true).inspect(&channel_data(&[22, 254, 253])),
+            CheckVerdict::Pass
+        );
+        assert_eq!(
+            gate(true).inspect(&[0x40, 0x01, 0x00, 0x30, 1]),
+            CheckVerdict::Pass
+        );
     }
 
     #[test]
