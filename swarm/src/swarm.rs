@@ -805,9 +805,12 @@ impl SwarmLoop {
                     // fails on its own and destroys the connection). Dropping ours left a browser's answer
                     // with nobody to take it: ~30 s until its ICE failed, or a renegotiation
                     // 3–5 s later on its next announce.
+                    // Its candidates are kept (held by the peer until the answer): a browser
+                    // that rolls back answers on the transport it gathered for its own offer,
+                    // and may not send those candidates again (a stray one only fails its own
+                    // checks).
                     debug!(%from, "glare with a peer without the id rule: keeping our offer for its answer");
                     remote.js_glare = Some(sdp.clone());
-                    remote.dropping_candidates = true;
                     self.announce_soon = true;
                     return;
                 }

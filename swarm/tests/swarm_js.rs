@@ -451,7 +451,8 @@ async fn until_a_round_counts<F: std::future::Future<Output = bool>>(
 /// offer, and the browser's next announce, 3–5 s later, renegotiated its stale connection).
 ///
 /// Made deterministic by holding the browser's offer back, as a slow path would: the Rust side's
-/// inbox drops it the first time and the test posts it again once the Rust side has offered.
+/// inbox drops it and the candidates that follow it, and the test posts them again, in order,
+/// once the Rust side has offered (so they come before the browser's answer, as they can).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn glare_with_chromium_whose_offer_comes_first_connects_at_once() {
     require_setup();
@@ -472,7 +473,7 @@ async fn browser_glare_round(hub: &str, app: String) -> bool {
 
     let hearing = Arc::new(AtomicBool::new(false));
     let offers_out = Arc::new(AtomicUsize::new(0));
-    let held: Arc<Mutex<Option<Value>>> = Arc::default();
+    let held: Arc<Mutex<Vec<Value>>> = Arc::default();
     let releasing = Arc::new(AtomicBool::new(false));
     let offer_first = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicBool::new(false));
@@ -492,11 +493,12 @@ async fn browser_glare_round(hub: &str, app: String) -> bool {
                 if channel == "all" {
                     return gate.load(Ordering::SeqCst).then_some(message);
                 }
+                if !releasing.load(Ordering::SeqCst) {
+                    // The browser's offer and the candidates it trickles for it.
+                    held.lock().unwrap_or_else(|e| e.into_inner()).push(message);
+                    return None;
+                }
                 match message["signal"]["type"].as_str() {
-                    Some("offer") if !releasing.load(Ordering::SeqCst) => {
-                        *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
-                        return None;
-                    }
                     Some("offer") if !answered.load(Ordering::SeqCst) => {
                         offer_first.store(true, Ordering::SeqCst);
                     }
@@ -514,20 +516,27 @@ async fn browser_glare_round(hub: &str, app: String) -> bool {
     let (mut browser, browser_id) = js_peer("swarm-browser.mjs", hub, app).await;
     let client = signalhub::client::Client::new(app, [hub]).unwrap();
 
-    // The browser hears the Rust side's announce and offers; that offer is held back.
+    // The browser hears the Rust side's announce and offers; its offer and the candidates it
+    // gathers for it are held back.
     client
         .broadcast("all", &json!({"type": "connect", "from": rust_id}))
         .await
         .unwrap();
     let deadline = Instant::now() + STEP;
-    let offer = loop {
-        if let Some(offer) = held.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            break offer;
+    loop {
+        let has_candidate = held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|m| m["signal"]["candidate"].is_object());
+        if has_candidate {
+            break;
         }
         assert!(Instant::now() < deadline, "the browser did not offer");
         tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    // The Rust side hears the browser's announce and offers; then the browser's offer arrives.
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // the rest of its candidates
+                                                          // The Rust side hears the browser's announce and offers; then the browser's offer arrives.
     hearing.store(true, Ordering::SeqCst);
     let started = Instant::now();
     client
@@ -539,7 +548,11 @@ async fn browser_glare_round(hub: &str, app: String) -> bool {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     releasing.store(true, Ordering::SeqCst);
-    client.broadcast(&rust_id, &offer).await.unwrap();
+    let delayed = std::mem::take(&mut *held.lock().unwrap_or_else(|e| e.into_inner()));
+    assert_eq!(delayed[0]["signal"]["type"], "offer", "{delayed:?}");
+    for message in delayed {
+        client.broadcast(&rust_id, &message).await.unwrap();
+    }
     let peer = connected(&mut rust, &browser_id).await;
     js_connected(&mut browser, &rust_id).await;
     let took = started.elapsed();
