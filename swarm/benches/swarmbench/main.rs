@@ -336,6 +336,41 @@ async fn chromium_connect(hub: &str, tries: usize) -> (Vec<f64>, Vec<f64>) {
     (rust_samples, node_samples)
 }
 
+/// Node → Chromium throughput, the JS figure beside Rust → Chromium: a Node webrtc-swarm peer
+/// (js/swarm-peer.mjs, "blast", 16 KiB messages as the Rust stream's) writes `mib` MiB to the
+/// Chromium tab, which counts them; from the blast command to the tab's last byte.
+async fn node_browser_throughput(hub: &str, mib: usize) -> f64 {
+    let app = "bench-node-browser";
+    let mut page = JsonChild::start("swarm-browser.mjs", json!({"hubs": [hub], "app": app}));
+    let (_, ready) = page.wait("the page", |v| v["event"] == "ready").await;
+    let page_id = ready["id"].as_str().unwrap_or_default().to_string();
+    let mut node = JsonChild::start("swarm-peer.mjs", json!({"hubs": [hub], "app": app}));
+    let (_, ready) = node.wait("the Node peer", |v| v["event"] == "ready").await;
+    let node_id = ready["id"].as_str().unwrap_or_default().to_string();
+    node.wait("a connection", |v| {
+        v["event"] == "connect" && v["id"] == page_id.as_str()
+    })
+    .await;
+    page.wait("a connection", |v| {
+        v["event"] == "connect" && v["id"] == node_id.as_str()
+    })
+    .await;
+    // Let the page's side settle, then count, as for Rust.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let total = mib << 20;
+    page.send(json!({"cmd": "sink", "to": node_id, "expect": total}))
+        .await;
+    page.wait("the sink", |v| v["reply"] == "sink").await;
+    let started = Instant::now();
+    node.send(json!({"cmd": "blast", "to": page_id, "bytes": total}))
+        .await;
+    let (done, _) = page.wait("the bytes", |v| v["event"] == "sunk").await;
+    let secs = (done - started).as_secs_f64();
+    node.close().await;
+    page.close().await;
+    total as f64 / secs / 1e6
+}
+
 /// Rust → Chromium throughput: a Rust peer writes `mib` MiB to a headless Chromium tab running
 /// webrtc-swarm (js/swarm-browser.mjs), which counts them.
 async fn browser_throughput(hub: &str, mib: usize) -> f64 {
@@ -485,6 +520,10 @@ async fn loopback(args: &Args) {
         }
         let mb = browser_throughput(&url, args.mib).await;
         println!("throughput, Rust→Chromium: {mb:.1} MB/s");
+        if args.js {
+            let mb = node_browser_throughput(&url, args.mib).await;
+            println!("throughput, Node→Chromium: {mb:.1} MB/s");
+        }
     }
     let mesh = rust_mesh(&url, args.mesh).await;
     println!("full mesh of {} Rust peers: {mesh:.0} ms", args.mesh);
