@@ -1738,12 +1738,7 @@ impl CheckGate {
         {
             return CheckVerdict::Drop;
         }
-        let claims_control = message
-            .attributes
-            .0
-            .iter()
-            .any(|a| a.typ == rtc::stun::attributes::ATTR_ICE_CONTROLLING);
-        if !self.offerer || !claims_control {
+        if !self.offerer || !message.contains(rtc::stun::attributes::ATTR_ICE_CONTROLLING) {
             return CheckVerdict::Pass;
         }
         let mut yielded = Message::new();
