@@ -22,9 +22,7 @@
 //!
 //! The peer needs a Tokio runtime: the engine spawns its driver task on the current one.
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::Duration;
@@ -41,9 +39,12 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry,
     SettingEngineBuilder, StatsSelector,
 };
-use webrtc::runtime::Runtime;
 
 use crate::signal::{IceCandidate, Signal};
+
+mod check_gate;
+
+use check_gate::{CheckGate, PeerRuntime};
 
 /// How many received messages wait for [`Peer::recv`] before the data channel stops reading
 /// (and SCTP flow control slows the sender down).
@@ -65,28 +66,36 @@ const CHECK_TICK: Duration = Duration::from_millis(5);
 const ICE_CHECK_SPAN: Duration = Duration::from_millis(1400);
 
 /// How long after ICE starts checking the controlling side may nominate a pair whose end is a
-/// server-reflexive, peer-reflexive or relay candidate. rtc-ice 0.21's defaults (500 ms, 1 s,
-/// 2 s) hold every such pair back that long even when it is the only one that works, in case a
-/// better one succeeds meanwhile: through symmetric NATs every connection took 2.1 s, and a
-/// connection whose first check came before the other side's candidate (a peer-reflexive pair)
-/// 1 s more. Host pairs still win when they work: they are checked first and succeed within
-/// milliseconds. The relay waits 700 ms: libwebrtc (Node's wrtc, browsers) paces its checks,
-/// and behind a cone NAT the direct pair works only once the remote's own check has opened its
-/// NAT. It came ~1 s in while our host candidates were advertised first; since the offerer
-/// advertises them below its server-reflexive one (`checked_first_by_the_remote`), Node's
-/// comes within ~200 ms, but Chromium's still after 400 ms in some tries: with a 400 ms wait a
-/// Rust offerer relayed to a Chromium page across cone NATs in 2 runs of 6 of
-/// `nat::rust_and_chromium_behind_cone_nats_connect_directly` (300 ms: 2 of 5), with 600 and
-/// 700 ms in none of 8 (the NAT tests assert the direct path, against Rust, Node and Chromium).
+/// server-reflexive or peer-reflexive candidate (and, for the engine, a relay one: see
+/// [`RELAY_WAIT`]). rtc-ice 0.21's defaults (500 ms, 1 s, 2 s) hold every such pair back that
+/// long even when it is the only one that works, in case a better one succeeds meanwhile:
+/// through symmetric NATs every connection took 2.1 s, and a connection whose first check came
+/// before the other side's candidate (a peer-reflexive pair) 1 s more. Host pairs still win
+/// when they work: they are checked first and succeed within milliseconds.
+const SRFLX_WAIT: Duration = Duration::from_millis(100);
+const PRFLX_WAIT: Duration = Duration::from_millis(100);
+/// The engine's own wait for relay pairs: no shorter than for server-reflexive ones. How long
+/// the relay really waits is the offerer's check gate's call (see [`RELAY_WAIT`]).
+const ENGINE_RELAY_WAIT: Duration = SRFLX_WAIT;
+/// The longest the offerer holds relay pairs back after its first check, in case a direct
+/// pair works; its check gate lets them through sooner once the remote's checks come only
+/// through relays (see `check_gate.rs`, "Relay hold"), which through symmetric NATs is
+/// ~100–150 ms after checks start. 700 ms: libwebrtc (Node's wrtc, browsers) paces its
+/// checks, and behind a cone NAT the direct pair works only once the remote's own check has
+/// opened its NAT. It came ~1 s in while our host candidates were advertised first; since the
+/// offerer advertises them below its server-reflexive one (`checked_first_by_the_remote`),
+/// Node's comes within ~200 ms, but Chromium's still after 400 ms in some tries: with a 400 ms
+/// wait (and no gate) a Rust offerer relayed to a Chromium page across cone NATs in 2 runs of
+/// 6 of `nat::rust_and_chromium_behind_cone_nats_connect_directly` (300 ms: 2 of 5), with 600
+/// and 700 ms in none of 8 (the NAT tests assert the direct path, against Rust, Node and
+/// Chromium).
 ///
 /// A peer of this crate checks every pair every 5 ms (rtc-ice), so when the remote is one
 /// ([`PeerConfig::remote_paces_checks`] false) its check of the direct pair comes within a
-/// round trip, and the relay waits [`PROMPT_RELAY_WAIT`] instead.
-const SRFLX_WAIT: Duration = Duration::from_millis(100);
-const PRFLX_WAIT: Duration = Duration::from_millis(100);
+/// round trip, and the relay waits at most [`PROMPT_RELAY_WAIT`] instead.
 const RELAY_WAIT: Duration = Duration::from_millis(700);
-/// The relay's wait against a remote that does not pace its checks (see [`RELAY_WAIT`]).
-/// Through symmetric NATs Rust↔Rust connects in ~340 ms with it, against ~740 with 700 ms.
+/// The relay's longest wait against a remote that does not pace its checks (see
+/// [`RELAY_WAIT`]).
 const PROMPT_RELAY_WAIT: Duration = Duration::from_millis(300);
 
 /// How often [`nudge_handshake`] wakes the engine's driver: every millisecond for the first
@@ -197,10 +206,11 @@ pub struct PeerConfig {
     /// per idle peer (8 KB/s), which the handshake needed then.
     pub keepalive: Duration,
     /// Whether the remote may pace its connectivity checks, as libwebrtc does (browsers, Node's
-    /// wrtc): then a controlling peer holds a relay pair back 700 ms, time for the remote's check
-    /// of a direct pair to open its NAT. `false` for a peer of this crate, which checks every
-    /// pair at once: the relay then waits 300 ms (a swarm knows such peers by the rule key in
-    /// their announces and signals). Default `true`.
+    /// wrtc): then a controlling peer holds a relay pair back up to 700 ms, time for the
+    /// remote's check of a direct pair to open its NAT (less once the remote's checks come only
+    /// through relays, see `peer/check_gate.rs`). `false` for a peer of this crate, which checks
+    /// every pair at once: the relay then waits up to 300 ms (a swarm knows such peers by the
+    /// rule key in their announces and signals). Default `true`.
     pub remote_paces_checks: bool,
 }
 
@@ -521,7 +531,14 @@ impl Peer {
             initiator: config.initiator,
             held_candidates: StdMutex::new(None),
             candidate_reported: Notify::new(),
-            check_gate: Arc::new(CheckGate::new(config.initiator)),
+            check_gate: Arc::new(CheckGate::new(
+                config.initiator,
+                if config.remote_paces_checks {
+                    RELAY_WAIT
+                } else {
+                    PROMPT_RELAY_WAIT
+                },
+            )),
         });
 
         let ice_servers: Vec<RTCIceServer> = config
@@ -553,11 +570,6 @@ impl Peer {
             .filter(|a| !a.ip().is_unspecified())
             .count();
         let keepalive = config.keepalive.max(Duration::from_millis(1));
-        let relay_wait = if config.remote_paces_checks {
-            RELAY_WAIT
-        } else {
-            PROMPT_RELAY_WAIT
-        };
         let checks = (ICE_CHECK_SPAN.as_millis() / CHECK_TICK.as_millis()).clamp(7, 1000) as u16;
         let mdns = if config.resolve_mdns {
             MulticastDnsMode::QueryOnly
@@ -577,7 +589,7 @@ impl Peer {
                     .with_ice_connection_attempts(Some(CHECK_TICK), Some(checks))
                     .with_srflx_acceptance_min_wait(Some(SRFLX_WAIT))
                     .with_prflx_acceptance_min_wait(Some(PRFLX_WAIT))
-                    .with_relay_acceptance_min_wait(Some(relay_wait))
+                    .with_relay_acceptance_min_wait(Some(ENGINE_RELAY_WAIT))
                     // The offerer holds the data channel, so it can wake the engine at each
                     // handshake step (see `nudge_handshake`); as DTLS client it also sends the
                     // SCTP INIT, so every step that waits on the engine is on the side that can
@@ -585,7 +597,14 @@ impl Peer {
                     .with_answering_dtls_role(RTCDtlsRole::Server)
                     .build(),
             )
-            .with_runtime(peer_runtime(shared.check_gate.clone())?)
+            .with_runtime(
+                PeerRuntime::gating(shared.check_gate.clone()).ok_or_else(|| {
+                    PeerError::Engine {
+                        op: "find the Tokio runtime",
+                        message: "no async runtime available".into(),
+                    }
+                })?,
+            )
             .with_handler(Arc::new(Handler {
                 shared: shared.clone(),
             }))
@@ -732,7 +751,13 @@ impl Peer {
                     debug!("holding a remote candidate until the remote description");
                     negotiation.pending.push(candidate);
                 } else {
-                    add_candidate(&connection, candidate, self.skip_remote_loopback).await;
+                    add_candidate(
+                        &connection,
+                        &self.shared.check_gate,
+                        candidate,
+                        self.skip_remote_loopback,
+                    )
+                    .await;
                 }
                 Ok(())
             }
@@ -754,7 +779,13 @@ impl Peer {
                     .await
                     .map_err(PeerError::bad("offer"))?;
                 negotiation.remote_sdp = Some(sdp);
-                flush_pending(&connection, &mut negotiation, self.skip_remote_loopback).await;
+                flush_pending(
+                    &connection,
+                    &self.shared.check_gate,
+                    &mut negotiation,
+                    self.skip_remote_loopback,
+                )
+                .await;
 
                 let answer = connection
                     .create_answer(None)
@@ -810,12 +841,19 @@ impl Peer {
                 }
                 let answer = RTCSessionDescription::answer(self.usable_sdp(&sdp))
                     .map_err(PeerError::bad("answer"))?;
+                self.shared.check_gate.note_remote_description(&answer.sdp);
                 connection
                     .set_remote_description(answer)
                     .await
                     .map_err(PeerError::bad("answer"))?;
                 negotiation.remote_sdp = Some(sdp);
-                flush_pending(&connection, &mut negotiation, self.skip_remote_loopback).await;
+                flush_pending(
+                    &connection,
+                    &self.shared.check_gate,
+                    &mut negotiation,
+                    self.skip_remote_loopback,
+                )
+                .await;
                 Ok(())
             }
         }
@@ -1346,16 +1384,18 @@ fn is_repeat(
 
 async fn flush_pending(
     connection: &Arc<dyn PeerConnection>,
+    gate: &CheckGate,
     negotiation: &mut Negotiation,
     skip_loopback: bool,
 ) {
     for candidate in std::mem::take(&mut negotiation.pending) {
-        add_candidate(connection, candidate, skip_loopback).await;
+        add_candidate(connection, gate, candidate, skip_loopback).await;
     }
 }
 
 async fn add_candidate(
     connection: &Arc<dyn PeerConnection>,
+    gate: &CheckGate,
     candidate: IceCandidate,
     skip_loopback: bool,
 ) {
@@ -1364,6 +1404,7 @@ async fn add_candidate(
         return;
     }
     debug!(candidate = %candidate.candidate, "adding a remote candidate");
+    gate.note_remote_candidate(&candidate.candidate);
     let init = RTCIceCandidateInit {
         candidate: candidate.candidate,
         sdp_mid: candidate.sdp_mid,
@@ -1505,348 +1546,6 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// The kernel buffer asked for on each UDP socket of a peer, both ways.
-///
-/// SCTP lets a sender have up to a 1 MiB window in flight; in datagrams of ~1.2 KB that is
-/// about 900 packets, while Linux's default socket buffer (208 KiB, charged ~2.3 KiB per
-/// datagram) holds about 90. The rest were dropped, and each loss cost a fast retransmit or a
-/// 1 s retransmission timeout: loopback throughput swung between 2 and 25 MB/s. The kernel caps
-/// the request at `net.core.rmem_max` / `wmem_max`, so raise those on hosts that move bulk data.
-const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
-
-/// webrtc's Tokio runtime, except that every UDP socket it wraps gets [`SOCKET_BUFFER`] and
-/// passes its received datagrams through the connection's [`CheckGate`].
-#[derive(Debug)]
-struct PeerRuntime {
-    inner: Arc<dyn Runtime>,
-    gate: Arc<CheckGate>,
-}
-
-fn peer_runtime(gate: Arc<CheckGate>) -> Result<Arc<dyn Runtime>, PeerError> {
-    let inner = webrtc::runtime::default_runtime().ok_or_else(|| PeerError::Engine {
-        op: "find the Tokio runtime",
-        message: "no async runtime available".into(),
-    })?;
-    Ok(Arc::new(PeerRuntime { inner, gate }))
-}
-
-impl Runtime for PeerRuntime {
-    fn spawn(
-        &self,
-        future: Pin<Box<dyn Future<Output = ()> + Send>>,
-    ) -> Box<dyn webrtc::runtime::JoinHandle> {
-        self.inner.spawn(future)
-    }
-
-    fn spawn_reactor(
-        &self,
-        pool_size: usize,
-        future: Pin<Box<dyn Future<Output = ()> + Send>>,
-    ) -> Box<dyn webrtc::runtime::JoinHandle> {
-        self.inner.spawn_reactor(pool_size, future)
-    }
-
-    fn wrap_udp_socket(
-        &self,
-        socket: std::net::UdpSocket,
-    ) -> std::io::Result<Arc<dyn webrtc::runtime::AsyncUdpSocket>> {
-        let sock = socket2::SockRef::from(&socket);
-        for (what, result) in [
-            ("receive", sock.set_recv_buffer_size(SOCKET_BUFFER)),
-            ("send", sock.set_send_buffer_size(SOCKET_BUFFER)),
-        ] {
-            if let Err(error) = result {
-                debug!(%error, what, "cannot enlarge a UDP socket buffer");
-            }
-        }
-        Ok(Arc::new(GatedUdpSocket {
-            inner: self.inner.wrap_udp_socket(socket)?,
-            gate: self.gate.clone(),
-        }))
-    }
-
-    fn wrap_tcp_listener(
-        &self,
-        listener: std::net::TcpListener,
-    ) -> std::io::Result<Arc<dyn webrtc::runtime::AsyncTcpListener>> {
-        self.inner.wrap_tcp_listener(listener)
-    }
-
-    fn connect_tcp<'a>(
-        &'a self,
-        remote_addr: SocketAddr,
-    ) -> Pin<
-        Box<
-            dyn Future<Output = std::io::Result<Arc<dyn webrtc::runtime::AsyncTcpStream>>>
-                + Send
-                + 'a,
-        >,
-    > {
-        self.inner.connect_tcp(remote_addr)
-    }
-
-    fn resolve_host<'a>(
-        &'a self,
-        host: &'a str,
-    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
-        self.inner.resolve_host(host)
-    }
-
-    fn now(&self) -> std::time::Instant {
-        self.inner.now()
-    }
-
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
-        self.inner.sleep(duration)
-    }
-
-    fn interval(&self, period: Duration) -> Box<dyn webrtc::runtime::AsyncInterval> {
-        self.inner.interval(period)
-    }
-
-    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
-        self.inner.block_on(future)
-    }
-}
-
-/// Drops connectivity checks that are not for this connection before the engine sees them.
-///
-/// rtc-ice 0.21 (`Agent::handle_inbound`, `src/agent/mod.rs`) settles ICE role conflicts
-/// (RFC 8445 §7.3.1.1) *before* it checks a request's USERNAME and MESSAGE-INTEGRITY, which
-/// RFC 8445 §7.3 puts first. So any binding request claiming ICE-CONTROLLING with a greater
-/// tie-breaker turned our controlling agent into a controlled one, and the pair was then
-/// chosen by whichever side won the argument that followed. Such checks come for real: after
-/// a glare, the remote's abandoned attempt has our candidates and checks them with its own
-/// credentials (logged by the engine as `ErrMismatchUsername`), and so can anyone who knows
-/// our address. A binding request reaches the engine only when its USERNAME names our local
-/// ufrag and its MESSAGE-INTEGRITY is keyed with our password; everything else passes as it
-/// came. Checks relayed through our TURN allocation in ChannelData messages are looked at
-/// inside them (those in Data indications, which coturn sends only before a channel is bound,
-/// are not). Upstream: rtc-ice should authenticate first.
-///
-/// The offerer also keeps the controlling role when a genuine check claims it too. A browser
-/// whose own offer crossed ours rolls it back and answers ours, but stays controlling
-/// (webrtc-pc keeps an ICE role once a local offer set it), so both agents claim the role and
-/// the tie-breakers decide: half the time the browser won, nominated a relay pair first, and
-/// rtc-ice, controlled, kept that nomination for good (it ignores later, better ones), so our
-/// side sent through TURN across two cone NATs. The gate gives such a check a tie-breaker of 0
-/// (signed again with our password, which keys the checks sent to us): our agent answers with
-/// a role-conflict error, and the browser, as RFC 8445 §7.3.1.1 has it, becomes controlled.
-/// Only an offerer does this, and only offerers claim control, so two such peers never meet.
-struct CheckGate {
-    /// Our ICE ufrag and password, from the local description; until then nothing is dropped.
-    credentials: std::sync::RwLock<Option<(String, String)>>,
-    crypto: Option<Arc<dyn rtc::crypto::RTCCryptoProvider>>,
-    /// Whether we offered, and so control ICE.
-    offerer: bool,
-}
-
-/// What [`CheckGate::inspect`] makes of a received datagram.
-#[derive(Debug, PartialEq)]
-enum CheckVerdict {
-    Pass,
-    Drop,
-    /// A genuine check claiming control, with its tie-breaker set to 0: the same length.
-    Rewrite(Vec<u8>),
-}
-
-impl std::fmt::Debug for CheckGate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckGate").finish_non_exhaustive()
-    }
-}
-
-impl CheckGate {
-    fn new(offerer: bool) -> Self {
-        CheckGate {
-            credentials: std::sync::RwLock::new(None),
-            crypto: rtc::crypto::default_provider().ok(),
-            offerer,
-        }
-    }
-
-    /// Takes our credentials from a local description about to be applied.
-    fn admit(&self, local_sdp: &str) {
-        let attribute = |name: &str| {
-            local_sdp
-                .lines()
-                .find_map(|line| line.trim_end().strip_prefix(name).map(str::to_string))
-        };
-        if let (Some(ufrag), Some(pwd)) = (attribute("a=ice-ufrag:"), attribute("a=ice-pwd:")) {
-            *self
-                .credentials
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((ufrag, pwd));
-        }
-    }
-
-    /// What the engine gets of `datagram`: anything but a binding request for other
-    /// credentials, and, as the offerer, a genuine check claiming control without its
-    /// tie-breaker.
-    fn inspect(&self, datagram: &[u8]) -> CheckVerdict {
-        // A TURN ChannelData message (RFC 7983: first byte 64–79) from our relay carries a
-        // remote's datagram after a 4-byte header; its checks are inspected the same way.
-        if let [64..=79, _, high, low, payload @ ..] = datagram {
-            let len = usize::from(u16::from_be_bytes([*high, *low]));
-            let Some(inner) = payload.get(..len) else {
-                return CheckVerdict::Pass;
-            };
-            return match self.inspect_direct(inner) {
-                CheckVerdict::Rewrite(check) => {
-                    let mut wrapped = datagram.to_vec();
-                    wrapped[4..4 + len].copy_from_slice(&check);
-                    CheckVerdict::Rewrite(wrapped)
-                }
-                verdict => verdict,
-            };
-        }
-        self.inspect_direct(datagram)
-    }
-
-    /// [`CheckGate::inspect`] for a datagram as the remote sent it.
-    fn inspect_direct(&self, datagram: &[u8]) -> CheckVerdict {
-        use rtc::ice::attributes::control::AttrControlling;
-        use rtc::stun::attributes::{ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY, ATTR_USERNAME};
-        use rtc::stun::fingerprint::FINGERPRINT;
-        use rtc::stun::integrity::MessageIntegrity;
-        use rtc::stun::message::{Message, Setter, BINDING_REQUEST};
-        // A STUN binding request: type 0x0001, then the magic cookie.
-        if datagram.len() < 20
-            || datagram[..2] != [0x00, 0x01]
-            || datagram[4..8] != [0x21, 0x12, 0xA4, 0x42]
-        {
-            return CheckVerdict::Pass;
-        }
-        let credentials = self
-            .credentials
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (Some((ufrag, pwd)), Some(crypto)) = (credentials.as_ref(), &self.crypto) else {
-            return CheckVerdict::Pass;
-        };
-        let mut message = Message::new();
-        message.raw = datagram.to_vec();
-        if message.decode().is_err() || message.typ != BINDING_REQUEST {
-            return CheckVerdict::Drop;
-        }
-        let ours = message.get(ATTR_USERNAME).is_ok_and(|username| {
-            username
-                .strip_prefix(ufrag.as_bytes())
-                .is_some_and(|rest| rest.first() == Some(&b':'))
-        });
-        if !ours || MessageIntegrity::check(&mut message, pwd.as_bytes(), crypto.crypto()).is_err()
-        {
-            return CheckVerdict::Drop;
-        }
-        if !self.offerer || !message.contains(rtc::stun::attributes::ATTR_ICE_CONTROLLING) {
-            return CheckVerdict::Pass;
-        }
-        let mut yielded = Message::new();
-        yielded.typ = message.typ;
-        yielded.transaction_id = message.transaction_id;
-        yielded.write_header();
-        for attribute in &message.attributes.0 {
-            if attribute.typ == ATTR_MESSAGE_INTEGRITY || attribute.typ == ATTR_FINGERPRINT {
-                continue;
-            }
-            if attribute.typ == rtc::stun::attributes::ATTR_ICE_CONTROLLING {
-                if AttrControlling(0).add_to(&mut yielded).is_err() {
-                    return CheckVerdict::Pass;
-                }
-            } else {
-                yielded.add(attribute.typ, &attribute.value);
-            }
-        }
-        let signed =
-            MessageIntegrity::new_short_term_integrity_with_provider(pwd.clone(), crypto.crypto())
-                .add_to(&mut yielded)
-                .and_then(|()| FINGERPRINT.add_to(&mut yielded));
-        if signed.is_err() || yielded.raw.len() != datagram.len() {
-            return CheckVerdict::Pass;
-        }
-        debug!("a check claims the controlling role too: the offerer keeps it");
-        CheckVerdict::Rewrite(yielded.raw)
-    }
-}
-
-/// A UDP socket of the engine's whose received datagrams pass the [`CheckGate`] first.
-#[derive(Debug)]
-struct GatedUdpSocket {
-    inner: Arc<dyn webrtc::runtime::AsyncUdpSocket>,
-    gate: Arc<CheckGate>,
-}
-
-impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    fn poll_send(
-        &self,
-        cx: &mut std::task::Context<'_>,
-        transmit: &webrtc::runtime::Transmit<'_>,
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.inner.poll_send(cx, transmit)
-    }
-
-    fn poll_recv(
-        &self,
-        cx: &mut std::task::Context<'_>,
-        bufs: &mut [std::io::IoSliceMut<'_>],
-        meta: &mut [webrtc::runtime::RecvMeta],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::task::Poll;
-        // A flood of dropped checks must not keep the engine's task in this loop: after this
-        // many reads that kept nothing, it yields and asks to be polled again.
-        const DROPPED_READS_BEFORE_YIELDING: usize = 16;
-        for _ in 0..DROPPED_READS_BEFORE_YIELDING {
-            let received = match self.inner.poll_recv(cx, bufs, meta) {
-                Poll::Ready(Ok(received)) => received,
-                other => return other,
-            };
-            // Keep the messages that pass, moved down over the dropped ones. A buffer holding
-            // several coalesced datagrams (GRO) is kept whole: checks are never coalesced.
-            let mut kept = 0;
-            for index in 0..received {
-                let len = meta[index].len;
-                if meta[index].stride >= len {
-                    match self.gate.inspect(&bufs[index][..len]) {
-                        CheckVerdict::Pass => {}
-                        CheckVerdict::Drop => {
-                            debug!(from = %meta[index].addr, "dropped a connectivity check for other ICE credentials");
-                            continue;
-                        }
-                        CheckVerdict::Rewrite(check) => bufs[index][..len].copy_from_slice(&check),
-                    }
-                }
-                if kept != index {
-                    let (low, high) = bufs.split_at_mut(index);
-                    if low[kept].len() < len {
-                        continue; // the engine's buffers are all one size: never happens
-                    }
-                    low[kept][..len].copy_from_slice(&high[0][..len]);
-                    meta[kept] = meta[index];
-                }
-                kept += 1;
-            }
-            if kept > 0 {
-                return Poll::Ready(Ok(kept));
-            }
-            // Everything was dropped: read again (or register for the next datagram).
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    fn max_gso_segments(&self) -> usize {
-        self.inner.max_gso_segments()
-    }
-
-    fn max_gro_segments(&self) -> usize {
-        self.inner.max_gro_segments()
-    }
-}
-
 /// 20 random bytes as 40 lowercase hex characters, as simple-peer labels its channel.
 fn random_label() -> Result<String, PeerError> {
     let mut bytes = [0u8; 20];
@@ -1868,149 +1567,6 @@ fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A binding request as an ICE agent sends it: `username`, ICE-CONTROLLING, integrity keyed
-    /// with `pwd`, fingerprint.
-    fn binding_request(username: &str, pwd: &str) -> Vec<u8> {
-        use rtc::ice::attributes::control::AttrControlling;
-        use rtc::stun::attributes::ATTR_USERNAME;
-        use rtc::stun::fingerprint::FINGERPRINT;
-        use rtc::stun::integrity::MessageIntegrity;
-        use rtc::stun::message::{Message, Setter, TransactionId, BINDING_REQUEST};
-        use rtc::stun::textattrs::Username;
-        let provider = rtc::crypto::default_provider().expect("a crypto provider");
-        let mut message = Message::new();
-        let setters: Vec<Box<dyn Setter>> = vec![
-            Box::new(BINDING_REQUEST),
-            Box::new(TransactionId::new()),
-            Box::new(Username::new(ATTR_USERNAME, username.to_string())),
-            Box::new(AttrControlling(u64::MAX)),
-            Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
-                pwd.to_string(),
-                provider.crypto(),
-            )),
-            Box::new(FINGERPRINT),
-        ];
-        message.build(&setters).expect("a request");
-        message.raw
-    }
-
-    const GATE_PWD: &str = "0123456789abcdefghijklmnop";
-
-    fn gate(offerer: bool) -> CheckGate {
-        let gate = CheckGate::new(offerer);
-        gate.admit(&format!(
-            "v=0\r\na=ice-ufrag:Ab1z\r\na=ice-pwd:{GATE_PWD}\r\na=fingerprint:sha-256 00\r\n"
-        ));
-        gate
-    }
-
-    #[test]
-    fn the_check_gate_passes_only_checks_for_our_credentials() {
-        let ours = binding_request("Ab1z:remote", GATE_PWD);
-        let other_ufrag = binding_request("Xy9w:remote", GATE_PWD);
-        let other_pwd = binding_request("Ab1z:remote", "not-our-password-at-all");
-        let ufrag_prefix = binding_request("Ab1zz:remote", GATE_PWD);
-        // Before the local description, nothing is known: everything passes.
-        assert_eq!(
-            CheckGate::new(false).inspect(&other_ufrag),
-            CheckVerdict::Pass
-        );
-        let gate = gate(false);
-        assert_eq!(gate.inspect(&ours), CheckVerdict::Pass);
-        assert_eq!(
-            gate.inspect(&other_ufrag),
-            CheckVerdict::Drop,
-            "another ufrag"
-        );
-        assert_eq!(
-            gate.inspect(&other_pwd),
-            CheckVerdict::Drop,
-            "integrity keyed with another password"
-        );
-        assert_eq!(
-            gate.inspect(&ufrag_prefix),
-            CheckVerdict::Drop,
-            "a ufrag that only starts with ours"
-        );
-        let mut truncated = ours.clone();
-        truncated.truncate(30);
-        assert_eq!(
-            gate.inspect(&truncated),
-            CheckVerdict::Drop,
-            "a broken request"
-        );
-        // Not binding requests: DTLS, SCTP, a STUN success response (type 0x0101).
-        assert_eq!(gate.inspect(&[22, 254, 253, 0, 0]), CheckVerdict::Pass);
-        let mut response = ours;
-        response[..2].copy_from_slice(&[0x01, 0x01]);
-        assert_eq!(gate.inspect(&response), CheckVerdict::Pass);
-    }
-
-    #[test]
-    fn the_offerers_gate_takes_the_tie_breaker_from_a_genuine_check_claiming_control() {
-        use rtc::ice::attributes::control::AttrControlling;
-        use rtc::stun::integrity::MessageIntegrity;
-        use rtc::stun::message::{Getter, Message};
-        let ours = binding_request("Ab1z:remote", GATE_PWD);
-        let CheckVerdict::Rewrite(yielded) = gate(true).inspect(&ours) else {
-            panic!("the offerer's gate passed a check claiming control as it came");
-        };
-        assert_eq!(yielded.len(), ours.len());
-        let mut message = Message::new();
-        message.raw = yielded;
-        message.decode().expect("a STUN message");
-        let mut tie_breaker = AttrControlling(1);
-        tie_breaker.get_from(&message).expect("ICE-CONTROLLING");
-        assert_eq!(tie_breaker.0, 0);
-        let provider = rtc::crypto::default_provider().expect("a crypto provider");
-        MessageIntegrity::check(&mut message, GATE_PWD.as_bytes(), provider.crypto())
-            .expect("signed again with our password");
-        rtc::stun::fingerprint::FINGERPRINT
-            .check(&message)
-            .expect("a fingerprint that matches");
-        // Idempotent: a check whose tie-breaker is already 0 comes out the same.
-        assert_eq!(
-            gate(true).inspect(&message.raw),
-            CheckVerdict::Rewrite(message.raw.clone())
-        );
-        // An answerer's gate leaves it alone.
-        assert_eq!(gate(false).inspect(&ours), CheckVerdict::Pass);
-    }
-
-    #[test]
-    fn checks_relayed_in_channel_data_are_inspected_inside_it() {
-        let channel_data = |inner: &[u8]| {
-            let mut wrapped = vec![0x40, 0x01];
-            wrapped.extend_from_slice(&(inner.len() as u16).to_be_bytes());
-            wrapped.extend_from_slice(inner);
-            wrapped.extend_from_slice(&[0; 3]); // padding, as over UDP it may come
-            wrapped
-        };
-        let ours = channel_data(&binding_request("Ab1z:remote", GATE_PWD));
-        let stranger = channel_data(&binding_request("Xy9w:remote", GATE_PWD));
-        assert_eq!(gate(false).inspect(&ours), CheckVerdict::Pass);
-        assert_eq!(gate(false).inspect(&stranger), CheckVerdict::Drop);
-        let CheckVerdict::Rewrite(yielded) = gate(true).inspect(&ours) else {
-            panic!("the offerer's gate passed a relayed check claiming control as it came");
-        };
-        assert_eq!(yielded.len(), ours.len());
-        assert_eq!(yielded[..4], ours[..4], "the ChannelData header is kept");
-        assert_eq!(
-            gate(true).inspect(&yielded[4..yielded.len() - 3]),
-            CheckVerdict::Rewrite(yielded[4..yielded.len() - 3].to_vec()),
-            "the inner check is the rewritten one"
-        );
-        // DTLS or SCTP inside ChannelData, and a header longer than the datagram, pass.
-        assert_eq!(
-            gate(true).inspect(&channel_data(&[22, 254, 253])),
-            CheckVerdict::Pass
-        );
-        assert_eq!(
-            gate(true).inspect(&[0x40, 0x01, 0x00, 0x30, 1]),
-            CheckVerdict::Pass
-        );
-    }
 
     #[test]
     fn candidate_addresses_are_read() {
