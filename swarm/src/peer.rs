@@ -779,13 +779,7 @@ impl Peer {
                     .await
                     .map_err(PeerError::bad("offer"))?;
                 negotiation.remote_sdp = Some(sdp);
-                flush_pending(
-                    &connection,
-                    &self.shared.check_gate,
-                    &mut negotiation,
-                    self.skip_remote_loopback,
-                )
-                .await;
+                self.flush_pending(&connection, &mut negotiation).await;
 
                 let answer = connection
                     .create_answer(None)
@@ -847,15 +841,26 @@ impl Peer {
                     .await
                     .map_err(PeerError::bad("answer"))?;
                 negotiation.remote_sdp = Some(sdp);
-                flush_pending(
-                    &connection,
-                    &self.shared.check_gate,
-                    &mut negotiation,
-                    self.skip_remote_loopback,
-                )
-                .await;
+                self.flush_pending(&connection, &mut negotiation).await;
                 Ok(())
             }
+        }
+    }
+
+    /// Adds the remote candidates that came before the remote description.
+    async fn flush_pending(
+        &self,
+        connection: &Arc<dyn PeerConnection>,
+        negotiation: &mut Negotiation,
+    ) {
+        for candidate in std::mem::take(&mut negotiation.pending) {
+            add_candidate(
+                connection,
+                &self.shared.check_gate,
+                candidate,
+                self.skip_remote_loopback,
+            )
+            .await;
         }
     }
 
@@ -1379,17 +1384,6 @@ fn is_repeat(
             signal,
             why: "a remote description is already set (renegotiation is not supported)",
         }),
-    }
-}
-
-async fn flush_pending(
-    connection: &Arc<dyn PeerConnection>,
-    gate: &CheckGate,
-    negotiation: &mut Negotiation,
-    skip_loopback: bool,
-) {
-    for candidate in std::mem::take(&mut negotiation.pending) {
-        add_candidate(connection, gate, candidate, skip_loopback).await;
     }
 }
 
