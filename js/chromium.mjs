@@ -2,6 +2,8 @@
 // chat-browser.mjs) start it: Debian's /usr/bin/chromium through playwright-core, the flags that
 // let a page use loopback host candidates, and the media grant without which Chromium gathers no
 // 127.0.0.1 candidate (see shared/specs/browser-and-node-peers.md).
+// PAGE_DEBUG=1 in the environment (for a look by hand) relays all of the page's console, with
+// webrtc-swarm's and simple-peer's debug logs switched on.
 
 export const CHROMIUM = '/usr/bin/chromium'
 
@@ -43,6 +45,7 @@ export async function launchForWebRtc (chromium, userDataDir, origin, options = 
   if (protocol === 'https:' || ['localhost', '127.0.0.1', '[::1]'].includes(hostname)) {
     await context.grantPermissions(['camera', 'microphone'], { origin })
   }
+  if (process.env.PAGE_DEBUG) await context.addInitScript(() => { try { localStorage.debug = 'webrtc-swarm,simple-peer' } catch (e) {} })
   return context
 }
 
@@ -50,7 +53,7 @@ export async function launchForWebRtc (chromium, userDataDir, origin, options = 
 export function relayConsole (page, out) {
   page.on('console', (message) => {
     const type = message.type()
-    if (type === 'error' || type === 'warning') out({ event: 'console', type, text: message.text() })
+    if (type === 'error' || type === 'warning' || process.env.PAGE_DEBUG) out({ event: 'console', type, text: message.text() })
   })
   page.on('pageerror', (err) => out({ event: 'console', type: 'pageerror', text: err.stack || err.message }))
 }

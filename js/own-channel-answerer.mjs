@@ -9,12 +9,18 @@
 // answers the first offer in its inbox. With "glare": "answer-first", it also sends an offer of its
 // own right after its answer, as the browser did before ours reached it (its two POSTs crossed);
 // with "glare": "offer-first", that offer goes out (and is delivered) before the answer, as when
-// the browser's offer reaches us first. Events on stdout, one JSON object a line:
+// the browser's offer reaches us first; "offer-first-no-candidates" is that, but its first answer
+// gathers no candidate and sends no check (what Chromium sometimes does after such a rollback,
+// see GLARE_ANSWER_CANDIDATES_WAIT in swarm/src/swarm.rs). A signal with neither `sdp` nor
+// `candidate` (the swarm's abandon) ends the attempt as simple-peer would (it destroys its peer):
+// it reports "destroyed" and announces again, and answers the next offer normally. Events on
+// stdout, one JSON object a line:
 //   {"event":"ready","id"}             its id, before it subscribes
 //   {"event":"open","label"}           its own channel opened
 //   {"event":"their-channel","label"}  the offerer's channel arrived (left alone, unread)
 //   {"event":"data","data","kind"}     a message on its own channel
 //   {"event":"closed","label"}         its own channel closed
+//   {"event":"destroyed"}              an abandon ended its attempt
 //   {"event":"fatal","message"}        then exit 3
 // Commands on stdin: {"cmd":"send","text":"…"} sends on its own channel; the end of stdin exits.
 import { createRequire } from 'node:module'
@@ -40,10 +46,11 @@ let pc = null
 let own = null
 let pending = []
 let announcing = null
+let attempts = 0
 
+const announce = () => hub.broadcast('all', { type: 'connect', from: id })
 const inbox = hub.subscribe(id)
 inbox.on('open', () => {
-  const announce = () => hub.broadcast('all', { type: 'connect', from: id })
   announce()
   announcing = setInterval(announce, 1000)
 })
@@ -51,8 +58,17 @@ inbox.on('data', async (message) => {
   const { from, signal } = message || {}
   if (!from || !signal) return
   try {
-    if (signal.type === 'offer' && !pc) {
+    if (!signal.sdp && !signal.candidate) {
+      if (pc) pc.close()
+      pc = own = null
+      pending = []
+      out({ event: 'destroyed' })
+      announce()
+      announcing = setInterval(announce, 1000)
+    } else if (signal.type === 'offer' && !pc) {
       clearInterval(announcing)
+      attempts++
+      const withoutCandidates = config.glare === 'offer-first-no-candidates' && attempts === 1
       const ownOffer = async () => {
         const decoy = new wrtc.RTCPeerConnection({ iceServers: [] })
         decoy.createDataChannel('rolled-back-' + id)
@@ -60,12 +76,13 @@ inbox.on('data', async (message) => {
         await new Promise((resolve) => hub.broadcast(from, { from: id, signal: { type: 'offer', sdp: offer.sdp } }, resolve))
         decoy.close()
       }
-      if (config.glare === 'offer-first') await ownOffer()
-      pc = new wrtc.RTCPeerConnection({ iceServers: [] })
-      own = pc.createDataChannel('own-' + id)
-      own.onopen = () => out({ event: 'open', label: own.label })
-      own.onclose = () => out({ event: 'closed', label: own.label })
-      own.onmessage = (e) => out({
+      if (config.glare === 'offer-first' || withoutCandidates) await ownOffer()
+      // A relay-only policy with no relay gathers nothing and checks nothing.
+      pc = new wrtc.RTCPeerConnection({ iceServers: [], iceTransportPolicy: withoutCandidates ? 'relay' : 'all' })
+      const channel = own = pc.createDataChannel('own-' + id)
+      channel.onopen = () => out({ event: 'open', label: channel.label })
+      channel.onclose = () => out({ event: 'closed', label: channel.label })
+      channel.onmessage = (e) => out({
         event: 'data',
         data: typeof e.data === 'string' ? e.data : Buffer.from(e.data).toString('utf8'),
         kind: typeof e.data === 'string' ? 'text' : 'binary'

@@ -746,6 +746,10 @@ impl Peer {
                 debug!(%kind, "ignoring a simple-peer 9.x signal");
                 Ok(())
             }
+            Signal::Abandon => Err(PeerError::UnexpectedSignal {
+                signal: "abandon",
+                why: "the swarm, not the peer, acts on it",
+            }),
             Signal::Candidate(candidate) => {
                 if negotiation.remote_sdp.is_none() {
                     debug!("holding a remote candidate until the remote description");

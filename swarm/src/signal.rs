@@ -63,6 +63,13 @@ pub enum Signal {
     Ignored {
         kind: String,
     },
+    /// `{"type":"abandon"}`: "I dropped my attempt to connect with you; drop yours". Not
+    /// simple-peer's: a simple-peer (6.x or 9.x) destroys its peer on any signal with neither
+    /// `sdp` nor `candidate` ("signal() called with invalid signal data"), and webrtc-swarm then
+    /// forgets the sender, so the sender's next announce brings a fresh offer. This crate sends
+    /// it to a JS peer whose handshake it gives up on; without it, webrtc-swarm keeps the stale
+    /// attempt for good and ignores every later announce from us.
+    Abandon,
 }
 
 /// A trickled ICE candidate, as `RTCIceCandidate` serializes it.
@@ -161,6 +168,7 @@ impl Signal {
             Some(kind @ ("renegotiate" | "transceiverRequest")) => Ok(Signal::Ignored {
                 kind: kind.to_string(),
             }),
+            Some("abandon") => Ok(Signal::Abandon),
             _ => Err(SignalError::EmptySignal),
         }
     }
@@ -178,6 +186,7 @@ impl Signal {
                 "sdpMid": candidate.sdp_mid,
             }}),
             Signal::Ignored { .. } => Value::Null,
+            Signal::Abandon => json!({"type": "abandon"}),
         }
     }
 
@@ -390,6 +399,26 @@ mod tests {
                 HubMessage::Signal { signal, .. } => assert!(!signal.is_sendable()),
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn abandon_round_trips_and_is_what_simple_peer_rejects() {
+        let abandon = r#"{"from":"b","signal":{"type":"abandon"}}"#;
+        let message = parse(abandon).unwrap();
+        assert_eq!(
+            message,
+            HubMessage::Signal {
+                from: "b".into(),
+                signal: Signal::Abandon
+            }
+        );
+        assert_eq!(message.to_json(), abandon);
+        // simple-peer destroys its peer on a signal with neither `sdp` nor `candidate`, and does
+        // nothing else with this one (no `renegotiate` or `transceiverRequest` either).
+        let signal = &serde_json::from_str::<Value>(abandon).unwrap()["signal"];
+        for key in ["sdp", "candidate", "renegotiate", "transceiverRequest"] {
+            assert!(signal.get(key).is_none(), "{key}");
         }
     }
 

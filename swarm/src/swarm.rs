@@ -26,7 +26,11 @@
 //! - **Several hubs**: the hub client delivers each message once; a repeated offer or answer is
 //!   ignored by the peer. Redundancy instead of broken handshakes.
 //! - **Stalls**: a handshake not connected after [`SwarmOptions::handshake_timeout`] is
-//!   abandoned, so the next announce retries it (JS keeps it forever and ignores that peer).
+//!   abandoned, so the next announce retries it. JS keeps it forever and ignores that peer, so a
+//!   JS peer is told to drop its side too ([`Signal::Abandon`], on which simple-peer destroys its
+//!   peer), and the swarm announces again at once for its fresh offer. A browser's answer after a
+//!   glare that brings no candidate is given up the same way after
+//!   [`GLARE_ANSWER_CANDIDATES_WAIT`] (a Chromium bug leaves such an answer without ICE).
 //! - **A new offer from a known peer** means it started over (it lost the old connection first):
 //!   the old peer is closed and the new offer answered.
 //! - **A full swarm** (`max_peers`) pauses its announcements and resumes them once a peer
@@ -76,6 +80,15 @@ pub const GLARE_WINDOW: Duration = Duration::from_secs(2);
 /// How soon after a glare with a JS peer the swarm announces again: time for our offer to reach
 /// it and end its attempt, so that the announce finds it with none and it offers.
 pub const ANNOUNCE_SOON: Duration = Duration::from_millis(300);
+
+/// How long a browser's answer after a glare may come without a candidate before the swarm gives
+/// the attempt up. Chromium, rolling its own offer back to answer ours right after it set that
+/// offer, sometimes never gathers candidates for its answer (reproduced with two
+/// `RTCPeerConnection`s in one page: ~8 % of such rollbacks), so its ICE never starts and the
+/// attempt can only fail; and since webrtc-swarm keeps a failed attempt for good, every later
+/// offer of ours renegotiated that same broken connection. Normally the first candidate comes a
+/// hub round trip after the answer.
+pub const GLARE_ANSWER_CANDIDATES_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a joining swarm waits for the hub's ICE servers
 /// ([`SwarmOptions::ice_servers_from_hub`]) before it starts connections: its first announce,
@@ -463,6 +476,11 @@ struct Remote {
     /// the answer a browser sends, and a new offer from it (a Node peer's) is answered instead.
     /// A copy of this one (from another hub) is not new.
     js_glare: Option<String>,
+    /// When the JS peer's answer after such a glare came without candidates, until one comes
+    /// (see [`GLARE_ANSWER_CANDIDATES_WAIT`]).
+    glare_answered: Option<Instant>,
+    /// Whether its messages carry the rule key (it is a swarm of this crate, not JS).
+    of_this_crate: bool,
 }
 
 struct SwarmLoop {
@@ -787,6 +805,16 @@ impl SwarmLoop {
             return;
         };
         match &signal {
+            Signal::Abandon if !remote.connected => {
+                debug!(%from, "the remote abandoned our handshake; so do we");
+                if let Some(remote) = self.remotes.remove(&from) {
+                    self.forget(&from, &remote, CloseReason::Local);
+                    tokio::spawn(async move { remote.peer.close().await });
+                }
+            }
+            Signal::Abandon => {
+                debug!(%from, "ignoring an abandon for a connection that is up");
+            }
             Signal::Offer { sdp } if remote.peer.is_initiator() => {
                 let ours_is_fresh = !remote.connected
                     && !remote.peer.has_remote_description().await
@@ -852,13 +880,18 @@ impl SwarmLoop {
                 debug!(%from, "dropping a candidate of an abandoned offer");
             }
             _ => {
-                if matches!(signal, Signal::Answer { .. }) {
+                if let Signal::Answer { sdp } = &signal {
                     remote.dropping_candidates = false;
                     if remote.js_glare.is_some() {
                         // A browser that rolled its offer back talks only on the channel it
                         // made for that offer (see the late-offer case above).
                         remote.peer.expect_remote_channel();
+                        if !sdp.contains("a=candidate:") {
+                            remote.glare_answered = Some(Instant::now());
+                        }
                     }
+                } else if matches!(signal, Signal::Candidate(_)) {
+                    remote.glare_answered = None;
                 }
                 if let Err(error) = remote.peer.signal(signal).await {
                     // A stray answer from an older attempt must not kill a good connection.
@@ -939,6 +972,8 @@ impl SwarmLoop {
                 started: Instant::now(),
                 dropping_candidates: false,
                 js_glare: None,
+                glare_answered: None,
+                of_this_crate,
             },
         );
     }
@@ -957,24 +992,7 @@ impl SwarmLoop {
             return; // from a peer already replaced or dropped
         }
         match event {
-            PeerEvent::Signal(signal) => {
-                if !signal.is_sendable() {
-                    return;
-                }
-                let body = self.encode(
-                    &id,
-                    &HubMessage::Signal {
-                        from: self.id.clone(),
-                        signal,
-                    },
-                );
-                if let Some(outbox) = self.outboxes.get(&id) {
-                    outbox
-                        .pending
-                        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                    let _ = outbox.queue.send(body);
-                }
-            }
+            PeerEvent::Signal(signal) => self.post_signal(&id, signal),
             PeerEvent::Connected => {
                 let Some(remote) = self.remotes.get_mut(&id) else {
                     return;
@@ -993,6 +1011,26 @@ impl SwarmLoop {
                     self.forget(&id, &remote, reason);
                 }
             }
+        }
+    }
+
+    /// Queues `signal` for `id`'s outbox (POSTed in order).
+    fn post_signal(&mut self, id: &str, signal: Signal) {
+        if !signal.is_sendable() {
+            return;
+        }
+        let body = self.encode(
+            id,
+            &HubMessage::Signal {
+                from: self.id.clone(),
+                signal,
+            },
+        );
+        if let Some(outbox) = self.outboxes.get(id) {
+            outbox
+                .pending
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let _ = outbox.queue.send(body);
         }
     }
 
@@ -1047,6 +1085,31 @@ impl SwarmLoop {
                 || outbox.pending.load(std::sync::atomic::Ordering::Acquire) > 0
         });
 
+        // A browser's answer after a glare that brings no candidate: its ICE never starts (see
+        // GLARE_ANSWER_CANDIDATES_WAIT). It is asked to drop its attempt, and our announce then
+        // brings a fresh offer from it.
+        let candidateless: Vec<String> = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| {
+                !r.connected
+                    && r.glare_answered
+                        .is_some_and(|at| at.elapsed() > GLARE_ANSWER_CANDIDATES_WAIT)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in candidateless {
+            if let Some(remote) = self.remotes.remove(&id) {
+                info!(
+                    peer = %id,
+                    "the browser answered without candidates after a glare; asking it to start over"
+                );
+                self.post_signal(&id, Signal::Abandon);
+                self.announce_soon = true;
+                tokio::spawn(async move { remote.peer.close().await });
+            }
+        }
+
         let timeout = self.options.handshake_timeout;
         let stalled: Vec<String> = self
             .remotes
@@ -1067,6 +1130,13 @@ impl SwarmLoop {
                     });
                 } else {
                     info!(peer = %id, ?timeout, "handshake stalled; abandoning it");
+                }
+                if !remote.of_this_crate {
+                    // webrtc-swarm keeps its side of a failed attempt for good, and ignores our
+                    // announces (and renegotiates that attempt on our next offer) until it drops
+                    // it: this makes it drop it, and our announce, soon, brings its fresh offer.
+                    self.post_signal(&id, Signal::Abandon);
+                    self.announce_soon = true;
                 }
                 tokio::spawn(async move { remote.peer.close().await });
             }

@@ -334,6 +334,47 @@ async fn after_glare_with_the_offer_first_the_browsers_answer_is_taken() {
     own_channel_answerer(Some("offer-first")).await;
 }
 
+/// After a glare, a browser's answer that brings no candidate (Chromium, rolling its own offer
+/// back right after setting it, sometimes gathers none: its ICE never starts) is given up
+/// within `GLARE_ANSWER_CANDIDATES_WAIT` plus a stall check, with an abandon to the JS side,
+/// and the next attempt connects. Before, the handshake waited for its 10 s timeout, and the
+/// browser then renegotiated the same broken connection on every later offer. The browser's
+/// side is `js/own-channel-answerer.mjs` (offer-first glare, an answerer that gathers nothing the
+/// first time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_glare_an_answer_without_candidates_is_abandoned_and_retried() {
+    require_setup();
+    let hub = start_hub().await;
+    let config =
+        json!({"hubs": [hub.url()], "app": "no-candidates", "glare": "offer-first-no-candidates"})
+            .to_string();
+    let mut js = NodeScript::spawn("own-channel-answerer.mjs", &[&config], STEP);
+    let js_id = js.wait_event("ready").await["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    let mut rust = Swarm::join([hub.url()], "no-candidates", loopback_options())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let Ok(peer) = timeout(Duration::from_secs(4), connected(&mut rust, &js_id)).await else {
+        panic!(
+            "no connection within 4 s (the handshake timeout is 10 s); the JS side: {:?}",
+            js.close().await
+        );
+    };
+    let took = started.elapsed();
+    js.wait_event("destroyed").await;
+    peer.send_text("after the retry").await.unwrap();
+    let got = js
+        .wait_for("the Rust message", |e| e["event"] == "data")
+        .await;
+    assert_eq!(got["data"], "after the retry");
+    println!("connected after {took:?}");
+    rust.close().await;
+    js.close().await;
+}
+
 async fn own_channel_answerer(glare: Option<&str>) {
     require_setup();
     let hub = start_hub().await;
@@ -417,6 +458,67 @@ async fn glare_with_a_node_peer_resolves_without_waiting_for_a_timeout() {
         js_glare_round(hub.url(), format!("js-glare-{round}"))
     })
     .await;
+}
+
+/// A handshake with a webrtc-swarm peer that stalls is abandoned on both sides: the swarm tells
+/// the JS peer (`{"type":"abandon"}`, on which simple-peer destroys its peer and webrtc-swarm
+/// forgets us) and announces again, and the JS peer's fresh offer connects at once. Before,
+/// webrtc-swarm kept its side of the dead attempt, ignored every later announce of ours
+/// ("skipping existing remote") and renegotiated that attempt on each later offer: a browser
+/// left without candidates by a glare never connected again.
+///
+/// The stall: the Rust side offers (the Node peer joined after its one announce) and its inbox
+/// drops everything the Node peer sends until it has posted its abandon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_abandoned_on_both_sides_and_retried_at_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    require_setup();
+    let hub = start_hub().await;
+    let deaf = Arc::new(AtomicBool::new(true));
+    let abandoned_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let options = {
+        let (deaf_in, deaf_out, abandoned) = (deaf.clone(), deaf.clone(), abandoned_at.clone());
+        SwarmOptions {
+            announce_alone: Duration::from_secs(600),
+            announce_with_peers: Duration::from_secs(600),
+            handshake_timeout: Duration::from_secs(2),
+            wrap: Some(Arc::new(move |message: Value, _: &str| {
+                if message["signal"]["type"] == "abandon" {
+                    *abandoned.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                    deaf_out.store(false, Ordering::SeqCst);
+                }
+                message
+            })),
+            unwrap: Some(Arc::new(move |message: Value, channel: &str| {
+                (channel == "all" || !deaf_in.load(Ordering::SeqCst)).then_some(message)
+            })),
+            ..loopback_options()
+        }
+    };
+    let mut rust = Swarm::join([hub.url()], "abandon", options).await.unwrap();
+    let rust_id = rust.id().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await; // its one announce is gone
+    let (mut node, node_id) = js_peer("swarm-peer.mjs", hub.url(), "abandon").await;
+    let peer = connected(&mut rust, &node_id).await;
+    let abandoned = abandoned_at
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .expect("the stalled handshake was abandoned with a signal to the JS peer");
+    let after = abandoned.elapsed();
+    assert!(
+        after < Duration::from_secs(3),
+        "connected {after:?} after abandoning the stalled handshake (the JS peer kept its side)"
+    );
+    assert!(
+        !peer.is_initiator(),
+        "the second attempt is the JS peer's fresh offer"
+    );
+    js_connected(&mut node, &rust_id).await;
+    exchange_messages(&peer, &rust_id, &mut node).await;
+    println!("connected {after:?} after the abandon");
+    node.close().await;
+    rust.close().await;
 }
 
 /// A wrap hook that counts the offers the swarm sends.

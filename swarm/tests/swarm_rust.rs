@@ -779,3 +779,46 @@ async fn ready_means_subscribed_and_announced() {
     a.close().await;
     b.close().await;
 }
+
+/// An abandon (`{"type":"abandon"}`) from a peer whose handshake is under way ends it at once:
+/// the peer's next announce brings a new offer, instead of being ignored as a known peer's until
+/// the handshake times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandon_ends_the_handshake_and_the_next_announce_is_offered_to() {
+    use futures_util::StreamExt;
+    let hub = start_hub().await;
+    let options = SwarmOptions {
+        announce_alone: Duration::from_secs(600),
+        ..loopback_options()
+    };
+    let rust = Swarm::join([hub.url()], "abandon", options).await.unwrap();
+    let rust_id = rust.id().to_string();
+    // A stranger that announces like a JS peer and never answers.
+    let client = Client::new("abandon", [hub.url()]).unwrap();
+    let mut inbox = client.subscribe(["stranger"]).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // its subscription is open
+    let announce = json!({"type": "connect", "from": "stranger"});
+    let next_offer = async |inbox: &mut signalhub::client::Subscription| loop {
+        let message = timeout(Duration::from_secs(2), inbox.next())
+            .await
+            .expect("an offer within 2 s")
+            .expect("the subscription is open");
+        if message["signal"]["type"] == "offer" {
+            assert_eq!(message["from"], rust_id.as_str());
+            return;
+        }
+    };
+    client.broadcast("all", &announce).await.unwrap();
+    next_offer(&mut inbox).await;
+    client
+        .broadcast(
+            &rust_id,
+            &json!({"from": "stranger", "signal": {"type": "abandon"}}),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.broadcast("all", &announce).await.unwrap();
+    next_offer(&mut inbox).await;
+    rust.close().await;
+}
