@@ -78,17 +78,17 @@ const PRFLX_WAIT: Duration = Duration::from_millis(100);
 /// the relay really waits is the offerer's check gate's call (see [`RELAY_WAIT`]).
 const ENGINE_RELAY_WAIT: Duration = SRFLX_WAIT;
 /// The longest the offerer holds relay pairs back after its first check, in case a direct
-/// pair works; its check gate lets them through sooner once the remote's checks come only
-/// through relays (see `check_gate.rs`, "Relay hold"), which through symmetric NATs is
-/// ~100–150 ms after checks start. 700 ms: libwebrtc (Node's wrtc, browsers) paces its
-/// checks, and behind a cone NAT the direct pair works only once the remote's own check has
-/// opened its NAT. It came ~1 s in while our host candidates were advertised first; since the
-/// offerer advertises them below its server-reflexive one (`checked_first_by_the_remote`),
-/// Node's comes within ~200 ms, but Chromium's still after 400 ms in some tries: with a 400 ms
-/// wait (and no gate) a Rust offerer relayed to a Chromium page across cone NATs in 2 runs of
-/// 6 of `nat::rust_and_chromium_behind_cone_nats_connect_directly` (300 ms: 2 of 5), with 600
-/// and 700 ms in none of 8 (the NAT tests assert the direct path, against Rust, Node and
-/// Chromium).
+/// pair works (its check gate holds them, see `peer/check_gate.rs`, "Relay hold"; against a
+/// peer of this crate it lets them through sooner once the remote's checks come only through
+/// our relay). 700 ms: libwebrtc (Node's wrtc, browsers) paces its checks, and behind a cone
+/// NAT the direct pair works only once the remote's own check has opened its NAT. It came ~1 s
+/// in while our host candidates were advertised first; since the offerer advertises them below
+/// its server-reflexive one (`checked_first_by_the_remote`), Node's comes within ~200 ms, but
+/// Chromium's still after 400 ms in some tries (253–424 ms in a third of the runs measured in
+/// 2026-12): with a 400 ms wait a Rust offerer relayed to a Chromium page across cone NATs in 2
+/// runs of 6 of `nat::rust_and_chromium_behind_cone_nats_connect_directly` (300 ms: 2 of 5),
+/// with 600 and 700 ms in none of 8 (the NAT tests assert the direct path, against Rust, Node
+/// and Chromium).
 ///
 /// A peer of this crate checks every pair every 5 ms (rtc-ice), so when the remote is one
 /// ([`PeerConfig::remote_paces_checks`] false) its check of the direct pair comes within a
@@ -206,10 +206,10 @@ pub struct PeerConfig {
     /// per idle peer (8 KB/s), which the handshake needed then.
     pub keepalive: Duration,
     /// Whether the remote may pace its connectivity checks, as libwebrtc does (browsers, Node's
-    /// wrtc): then a controlling peer holds a relay pair back up to 700 ms, time for the
-    /// remote's check of a direct pair to open its NAT (less once the remote's checks come only
-    /// through relays, see `peer/check_gate.rs`). `false` for a peer of this crate, which checks
-    /// every pair at once: the relay then waits up to 300 ms (a swarm knows such peers by the
+    /// wrtc): then a controlling peer holds a relay pair back 700 ms, time for the remote's
+    /// check of a direct pair to open its NAT. `false` for a peer of this crate, which checks
+    /// every pair at once: the relay then waits up to 300 ms, less once the remote's checks
+    /// come only through our relay (see `peer/check_gate.rs`; a swarm knows such peers by the
     /// rule key in their announces and signals). Default `true`.
     pub remote_paces_checks: bool,
 }
@@ -538,6 +538,7 @@ impl Peer {
                 } else {
                     PROMPT_RELAY_WAIT
                 },
+                !config.remote_paces_checks,
             )),
         });
 
