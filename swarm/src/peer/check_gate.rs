@@ -1,7 +1,8 @@
 //! What the engine's UDP sockets let through: the runtime that wraps them, and the
 //! [`CheckGate`] every received datagram passes first (it authenticates connectivity checks
-//! before the engine does, keeps the offerer controlling, and holds relay pairs back while a
-//! direct one may still work). A part of `peer.rs`, the one file that touches the engine.
+//! before the engine does, keeps the offerer controlling, holds relay pairs back while a direct
+//! one may still work, and replays a nomination the engine dropped). A part of `peer.rs`, the
+//! one file that touches the engine.
 
 use std::collections::VecDeque;
 use std::future::Future;
