@@ -1186,6 +1186,19 @@ mod tests {
         );
     }
 
+    /// `response` (a relay pair's) is held back until just before `release`, and passes then.
+    fn assert_held_until(gate: &CheckGate, response: &[u8], release: Instant) {
+        let before = release - Duration::from_millis(1);
+        assert_eq!(
+            gate.inspect(LOCAL, response, RELAY_SERVER, before),
+            CheckVerdict::Withhold
+        );
+        assert_eq!(
+            gate.inspect(LOCAL, response, RELAY_SERVER, release),
+            CheckVerdict::Pass
+        );
+    }
+
     #[test]
     fn after_a_direct_check_the_relay_waits_the_longest() {
         let start = Instant::now();
@@ -1195,14 +1208,7 @@ mod tests {
         let _ = gate.inspect(LOCAL, &theirs, REMOTE, start + ms(8));
         let _ = gate.inspect(LOCAL, &channel_data(&theirs), RELAY_SERVER, start + ms(10));
         let response = channel_data(&success_to(&theirs));
-        assert_eq!(
-            gate.inspect(LOCAL, &response, RELAY_SERVER, start + LONGEST - ms(1)),
-            CheckVerdict::Withhold
-        );
-        assert_eq!(
-            gate.inspect(LOCAL, &response, RELAY_SERVER, start + LONGEST),
-            CheckVerdict::Pass
-        );
+        assert_held_until(&gate, &response, start + LONGEST);
     }
 
     #[test]
@@ -1216,14 +1222,7 @@ mod tests {
         let theirs = binding_request("Ab1z:remote", GATE_PWD);
         let _ = gate.inspect(LOCAL, &channel_data(&theirs), RELAY_SERVER, start + ms(10));
         let response = channel_data(&success_to(&relayed));
-        assert_eq!(
-            gate.inspect(LOCAL, &response, RELAY_SERVER, start + LONGEST - ms(1)),
-            CheckVerdict::Withhold
-        );
-        assert_eq!(
-            gate.inspect(LOCAL, &response, RELAY_SERVER, start + LONGEST),
-            CheckVerdict::Pass
-        );
+        assert_held_until(&gate, &response, start + LONGEST);
     }
 
     #[test]
@@ -1234,14 +1233,7 @@ mod tests {
         let theirs = binding_request("Ab1z:remote", GATE_PWD);
         let _ = gate.inspect(LOCAL, &channel_data(&theirs), RELAY_SERVER, start + ms(100));
         let response = channel_data(&success_to(&theirs));
-        assert_eq!(
-            gate.inspect(LOCAL, &response, RELAY_SERVER, start + ms(259)),
-            CheckVerdict::Withhold
-        );
-        assert_eq!(
-            gate.inspect(LOCAL, &response, RELAY_SERVER, start + ms(260)),
-            CheckVerdict::Pass
-        );
+        assert_held_until(&gate, &response, start + ms(260));
     }
 
     #[test]
