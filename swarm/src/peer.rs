@@ -44,7 +44,7 @@ use crate::signal::{IceCandidate, Signal};
 
 mod check_gate;
 
-use check_gate::{CheckGate, PeerRuntime};
+use check_gate::{candidate_ip, CheckGate, PeerRuntime};
 
 /// How many received messages wait for [`Peer::recv`] before the data channel stops reading
 /// (and SCTP flow control slows the sender down).
@@ -1416,13 +1416,6 @@ async fn add_candidate(
     }
 }
 
-/// The address of an SDP candidate line (`candidate:F 1 udp P ADDRESS PORT typ …`), if it is an
-/// IP address (not an mDNS name).
-fn candidate_ip(candidate: &str) -> Option<IpAddr> {
-    let line = candidate.strip_prefix("a=").unwrap_or(candidate);
-    line.split_ascii_whitespace().nth(4)?.parse().ok()
-}
-
 /// `candidate` (an `a=candidate` value) as the offerer advertises it: a host candidate's
 /// priority is lowered just below a server-reflexive one's (type preference 98 instead of 126;
 /// the rest of the priority kept).
@@ -1566,19 +1559,6 @@ fn lock<T>(mutex: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn candidate_addresses_are_read() {
-        let host = "candidate:3831815203 1 udp 2130706431 127.0.0.1 50886 typ host";
-        assert_eq!(candidate_ip(host), Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        let srflx = "a=candidate:1 1 udp 1694498815 198.51.100.11 50886 typ srflx raddr 10.1.0.2 rport 50886";
-        assert_eq!(candidate_ip(srflx), "198.51.100.11".parse().ok());
-        assert_eq!(
-            candidate_ip("candidate:1 1 udp 1 6a1f0c.local 50886 typ host"),
-            None
-        );
-        assert_eq!(candidate_ip(""), None);
-    }
 
     #[test]
     fn the_offerer_advertises_host_candidates_below_server_reflexive_ones() {

@@ -345,17 +345,12 @@ async fn after_glare_with_the_offer_first_the_browsers_answer_is_taken() {
 async fn after_glare_an_answer_without_candidates_is_abandoned_and_retried() {
     require_setup();
     let hub = start_hub().await;
-    let config =
-        json!({"hubs": [hub.url()], "app": "no-candidates", "glare": "offer-first-no-candidates"})
-            .to_string();
-    let mut js = NodeScript::spawn("own-channel-answerer.mjs", &[&config], STEP);
-    let js_id = js.wait_event("ready").await["id"]
-        .as_str()
-        .expect("an id")
-        .to_string();
-    let mut rust = Swarm::join([hub.url()], "no-candidates", loopback_options())
-        .await
-        .unwrap();
+    let (mut js, js_id, mut rust) = answerer_script_and_swarm(
+        hub.url(),
+        "no-candidates",
+        Some("offer-first-no-candidates"),
+    )
+    .await;
     let started = Instant::now();
     let Ok(peer) = timeout(Duration::from_secs(4), connected(&mut rust, &js_id)).await else {
         panic!(
@@ -375,22 +370,31 @@ async fn after_glare_an_answer_without_candidates_is_abandoned_and_retried() {
     js.close().await;
 }
 
-async fn own_channel_answerer(glare: Option<&str>) {
-    require_setup();
-    let hub = start_hub().await;
-    let mut config = json!({"hubs": [hub.url()], "app": "own-channel"});
+/// Starts `js/own-channel-answerer.mjs` in `app` (with its `glare` flavour, if any), then a Rust
+/// swarm there; returns the script, its id and the swarm.
+async fn answerer_script_and_swarm(
+    hub: &str,
+    app: &str,
+    glare: Option<&str>,
+) -> (NodeScript, String, Swarm) {
+    let mut config = json!({"hubs": [hub], "app": app});
     if let Some(glare) = glare {
         config["glare"] = json!(glare);
     }
-    let config = config.to_string();
-    let mut js = NodeScript::spawn("own-channel-answerer.mjs", &[&config], STEP);
+    let mut js = NodeScript::spawn("own-channel-answerer.mjs", &[&config.to_string()], STEP);
     let js_id = js.wait_event("ready").await["id"]
         .as_str()
         .expect("an id")
         .to_string();
-    let mut rust = Swarm::join([hub.url()], "own-channel", loopback_options())
-        .await
-        .unwrap();
+    let rust = Swarm::join([hub], app, loopback_options()).await.unwrap();
+    (js, js_id, rust)
+}
+
+async fn own_channel_answerer(glare: Option<&str>) {
+    require_setup();
+    let hub = start_hub().await;
+    let (mut js, js_id, mut rust) =
+        answerer_script_and_swarm(hub.url(), "own-channel", glare).await;
     let started = Instant::now();
     let peer = connected(&mut rust, &js_id).await;
     let took = started.elapsed();

@@ -210,11 +210,42 @@ pub(super) enum CheckVerdict {
     PassAndReplay(Vec<u8>),
 }
 
+/// A binding request of ours: its transaction, our socket, where to, when.
+#[derive(Debug, Clone, Copy)]
+struct SentRequest {
+    transaction: [u8; 12],
+    local: SocketAddr,
+    to: SocketAddr,
+    at: Instant,
+}
+
+/// Our last [`SENT_KEPT`] binding requests, to match their responses.
+#[derive(Debug, Default)]
+struct RecentRequests(VecDeque<SentRequest>);
+
+impl RecentRequests {
+    fn record(&mut self, request: SentRequest) {
+        if self.0.len() == SENT_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(request);
+    }
+
+    /// The request `transaction` answers, forgotten.
+    fn take(&mut self, transaction: [u8; 12]) -> Option<SentRequest> {
+        let at = self
+            .0
+            .iter()
+            .position(|sent| sent.transaction == transaction)?;
+        self.0.remove(at)
+    }
+}
+
 /// The answerer's nominations waiting for their pair to work (see [`CheckGate`], "Nomination").
 #[derive(Debug, Default)]
 struct PendingNominations {
-    /// Our recent binding requests sent directly: transaction, our socket, where to.
-    sent: VecDeque<([u8; 12], SocketAddr, SocketAddr)>,
+    /// Our recent binding requests sent directly.
+    sent: RecentRequests,
     /// Nominations received directly: our socket, the sender, the datagram, when.
     nominations: Vec<(SocketAddr, SocketAddr, Vec<u8>, Instant)>,
 }
@@ -241,7 +272,7 @@ struct RelayHold {
     /// When the first remote check that came through a relay arrived.
     relayed_check_seen: Option<Instant>,
     /// Our recent binding requests, to time their responses.
-    sent: VecDeque<([u8; 12], Instant)>,
+    sent: RecentRequests,
     /// The longest round trip of a check of ours so far.
     longest_rtt: Option<Duration>,
     /// Success responses held back so far (for the log).
@@ -265,7 +296,7 @@ impl RelayHold {
             remote_relays: Vec::new(),
             direct_check_seen: false,
             relayed_check_seen: None,
-            sent: VecDeque::new(),
+            sent: RecentRequests::default(),
             longest_rtt: None,
             withheld: 0,
         }
@@ -367,9 +398,7 @@ impl CheckGate {
             .position(|field| *field == "typ")
             .and_then(|at| fields.get(at + 1))
             == Some(&"relay");
-        let address = fields
-            .get(4)
-            .and_then(|ip| ip.parse().ok())
+        let address = candidate_ip(candidate)
             .zip(fields.get(5).and_then(|port| port.parse().ok()))
             .map(|(ip, port)| SocketAddr::new(ip, port));
         if let (true, Some(address)) = (is_relay, address) {
@@ -407,13 +436,16 @@ impl CheckGate {
         let Some((Binding::Request, transaction)) = binding_message(message) else {
             return;
         };
+        let request = SentRequest {
+            transaction,
+            local,
+            to,
+            at: now,
+        };
         if !self.offerer {
             let mut pending = self.pending_nominations();
             if framing == Framing::Direct && !pending.nominations.is_empty() {
-                if pending.sent.len() == SENT_KEPT {
-                    pending.sent.pop_front();
-                }
-                pending.sent.push_back((transaction, local, to));
+                pending.sent.record(request);
             }
             return;
         }
@@ -425,17 +457,14 @@ impl CheckGate {
         if hold.first_check.is_none() && stun_attribute(message, ATTR_USERNAME).is_some() {
             hold.first_check = Some(now);
         }
-        if hold.sent.len() == SENT_KEPT {
-            hold.sent.pop_front();
-        }
-        hold.sent.push_back((transaction, now));
+        hold.sent.record(request);
     }
 
     /// What the engine gets of `datagram`, received on its socket `local` from `from` at `now`:
     /// anything but a binding request for other credentials; as the offerer, a genuine check
     /// claiming control without its tie-breaker, and a relay pair's success response only once
-    /// the relay may be chosen; as the answerer, the first check on a working host pair as a
-    /// nomination.
+    /// the relay may be chosen; as the answerer, after the success response that makes a pair
+    /// work, the nomination of that pair the engine dropped (see "Nomination").
     pub(super) fn inspect(
         &self,
         local: SocketAddr,
@@ -499,12 +528,10 @@ impl CheckGate {
             }
             Binding::Success if self.offerer => {
                 let mut hold = self.hold();
-                if let Some(at) = hold.sent.iter().position(|(sent, _)| *sent == transaction) {
-                    if let Some((_, sent_at)) = hold.sent.remove(at) {
-                        let rtt = now.saturating_duration_since(sent_at);
-                        hold.longest_rtt =
-                            Some(hold.longest_rtt.map_or(rtt, |longest| longest.max(rtt)));
-                    }
+                if let Some(sent) = hold.sent.take(transaction) {
+                    let rtt = now.saturating_duration_since(sent.at);
+                    hold.longest_rtt =
+                        Some(hold.longest_rtt.map_or(rtt, |longest| longest.max(rtt)));
                 }
                 let relayed = framing != Framing::Direct || hold.remote_relays.contains(&from);
                 if relayed && hold.holds(now) {
@@ -518,19 +545,12 @@ impl CheckGate {
                 if framing != Framing::Direct || pending.nominations.is_empty() {
                     return CheckVerdict::Pass;
                 }
-                let Some(at) = pending
-                    .sent
-                    .iter()
-                    .position(|(sent, ..)| *sent == transaction)
-                else {
-                    return CheckVerdict::Pass;
-                };
-                let Some((_, socket, to)) = pending.sent.remove(at) else {
+                let Some(sent) = pending.sent.take(transaction) else {
                     return CheckVerdict::Pass;
                 };
                 let Some(at) = pending.nominations.iter().position(|(on, sender, _, at)| {
-                    (*on, *sender) == (socket, to)
-                        && to == from
+                    (*on, *sender) == (sent.local, sent.to)
+                        && sent.to == from
                         && now.saturating_duration_since(*at) < NOMINATION_KEPT_FOR
                 }) else {
                     return CheckVerdict::Pass;
@@ -601,6 +621,13 @@ impl CheckGate {
         debug!("a check claims the controlling role too: the offerer keeps it");
         CheckVerdict::Rewrite(yielded.raw)
     }
+}
+
+/// The address of an SDP candidate line (`candidate:F 1 udp P ADDRESS PORT typ …`, with or
+/// without `a=`), if it is an IP address (not an mDNS name).
+pub(super) fn candidate_ip(candidate: &str) -> Option<std::net::IpAddr> {
+    let line = candidate.strip_prefix("a=").unwrap_or(candidate);
+    line.split_ascii_whitespace().nth(4)?.parse().ok()
 }
 
 /// How a datagram reached us: as the remote sent it, or through our TURN server.
@@ -968,6 +995,22 @@ mod tests {
             gate(false).inspect(LOCAL, &ours, REMOTE, Instant::now()),
             CheckVerdict::Pass
         );
+    }
+
+    #[test]
+    fn candidate_addresses_are_read() {
+        let host = "candidate:3831815203 1 udp 2130706431 127.0.0.1 50886 typ host";
+        assert_eq!(
+            candidate_ip(host),
+            Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+        );
+        let srflx = "a=candidate:1 1 udp 1694498815 198.51.100.11 50886 typ srflx raddr 10.1.0.2 rport 50886";
+        assert_eq!(candidate_ip(srflx), "198.51.100.11".parse().ok());
+        assert_eq!(
+            candidate_ip("candidate:1 1 udp 1 6a1f0c.local 50886 typ host"),
+            None
+        );
+        assert_eq!(candidate_ip(""), None);
     }
 
     #[test]
