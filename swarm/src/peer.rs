@@ -346,7 +346,7 @@ impl std::fmt::Display for CandidateKind {
 pub struct PathEnd {
     pub kind: CandidateKind,
     /// The candidate's address (for a relay candidate, the address on the TURN server). `None`
-    /// for a remote peer-reflexive candidate: the engine (rtc 0.21) does not report those.
+    /// when the engine does not report it.
     pub address: Option<SocketAddr>,
     /// `udp` or `tcp` (empty when unknown).
     pub protocol: String,
@@ -1343,13 +1343,7 @@ async fn selected_path_of(connection: &Arc<dyn PeerConnection>) -> Option<Select
             }
             _ => return None,
         };
-        let kind = match candidate.candidate_type {
-            RTCIceCandidateType::Host => CandidateKind::Host,
-            RTCIceCandidateType::Srflx => CandidateKind::ServerReflexive,
-            RTCIceCandidateType::Prflx => CandidateKind::PeerReflexive,
-            RTCIceCandidateType::Relay => CandidateKind::Relay,
-            _ => return None,
-        };
+        let kind = candidate_kind(candidate.candidate_type)?;
         let ip = candidate
             .address
             .as_deref()
@@ -1362,14 +1356,62 @@ async fn selected_path_of(connection: &Arc<dyn PeerConnection>) -> Option<Select
     };
     let rtt = (pair.current_round_trip_time.is_finite() && pair.current_round_trip_time > 0.0)
         .then(|| Duration::from_secs_f64(pair.current_round_trip_time));
+    let mut remote = end(&pair.remote_candidate_id, "RTCRemoteIceCandidate_")?;
+    if remote.kind == CandidateKind::PeerReflexive {
+        if let Some(known) = peer_reflexive_remote(connection).await {
+            remote = known;
+        }
+    }
     Some(SelectedPath {
         local: end(&pair.local_candidate_id, "RTCLocalIceCandidate_")?,
-        remote: end(&pair.remote_candidate_id, "RTCRemoteIceCandidate_")?,
+        remote,
         rtt,
         bytes_sent: pair.bytes_sent,
         bytes_received: pair.bytes_received,
         controlling,
     })
+}
+
+/// The selected pair's remote end when the engine took it for peer-reflexive: its address, from
+/// the ICE transport (the stats leave it out), and its real type when a signalled candidate has
+/// that address.
+///
+/// Why: a check can arrive before the candidate it comes from does (the candidate travels
+/// through the hub, the check goes straight). rtc-ice 0.21 then makes the sender a peer-reflexive
+/// candidate and keeps that type when the signalled candidate with the same address arrives,
+/// where RFC 8445 §7.3.1.3 has the agent take the signalled one. A remote relay candidate taken
+/// for peer-reflexive would make a relayed path read as direct.
+async fn peer_reflexive_remote(connection: &Arc<dyn PeerConnection>) -> Option<PathEnd> {
+    let ice = connection.sctp().await?.transport().ice_transport();
+    let pair = ice.get_selected_candidate_pair().await.ok()??;
+    let remote = pair.remote();
+    let address = SocketAddr::new(remote.address.parse::<IpAddr>().ok()?, remote.port);
+    let signalled = ice.get_remote_candidates().await.unwrap_or_default();
+    let kind = signalled
+        .iter()
+        .filter(|candidate| candidate.typ != RTCIceCandidateType::Prflx)
+        .find(|candidate| {
+            candidate.port == address.port()
+                && candidate.address.parse::<IpAddr>().ok() == Some(address.ip())
+        })
+        .and_then(|candidate| candidate_kind(candidate.typ))
+        .unwrap_or(CandidateKind::PeerReflexive);
+    Some(PathEnd {
+        kind,
+        address: Some(address),
+        protocol: remote.protocol.to_string(),
+    })
+}
+
+/// Our name for an engine's candidate type (`None` for one we do not know).
+fn candidate_kind(typ: RTCIceCandidateType) -> Option<CandidateKind> {
+    match typ {
+        RTCIceCandidateType::Host => Some(CandidateKind::Host),
+        RTCIceCandidateType::Srflx => Some(CandidateKind::ServerReflexive),
+        RTCIceCandidateType::Prflx => Some(CandidateKind::PeerReflexive),
+        RTCIceCandidateType::Relay => Some(CandidateKind::Relay),
+        _ => None,
+    }
 }
 
 /// Whether `sdp` repeats the remote description already applied; an error if a different one

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use swarm::peer::{CloseReason, Peer, PeerConfig, PeerError, PeerEvent};
-use swarm::signal::Signal;
+use swarm::peer::{CandidateKind, CloseReason, Peer, PeerConfig, PeerError, PeerEvent};
+use swarm::signal::{IceCandidate, Signal};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -250,6 +250,65 @@ async fn the_answer_carries_the_answerers_host_candidates() {
         other => panic!("b signalled after its answer: {other:?}"),
     })
     .await;
+    a.close().await;
+    b.close().await;
+}
+
+/// The answerer's checks reach the offerer before any of its candidates (here: the answer is
+/// stripped of them and the trickle held back), so the offerer's engine learns the answerer as a
+/// peer-reflexive candidate and connects on that pair. When the candidate with that address is
+/// signalled at last, the path names its real type and address: rtc-ice keeps calling it
+/// peer-reflexive, and a remote relay candidate taken so made a relayed path read as direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_reflexive_remote_is_reported_as_the_candidate_later_signalled_for_it() {
+    let a = Arc::new(Peer::new(loopback(true)).await.expect("initiator"));
+    let b = Arc::new(Peer::new(loopback(false)).await.expect("answerer"));
+    for signal in offer_and_first_candidate(&a).await {
+        b.signal(signal).await.expect("b takes a's offer");
+    }
+    let answer = match timeout(STEP, b.next_event()).await.expect("in time") {
+        Some(PeerEvent::Signal(Signal::Answer { sdp })) => sdp,
+        other => panic!("the answerer's first event is not its answer: {other:?}"),
+    };
+    let candidates: Vec<String> = answer
+        .lines()
+        .filter_map(|line| line.strip_prefix("a="))
+        .filter(|line| line.starts_with("candidate:") && line.contains("127.0.0.1"))
+        .map(str::to_owned)
+        .collect();
+    let b_port = candidates
+        .iter()
+        .find_map(|c| c.split_whitespace().nth(5)?.parse::<u16>().ok())
+        .expect("the answer's loopback candidate");
+    let bare: String = answer
+        .split_inclusive('\n')
+        .filter(|line| !line.starts_with("a=candidate:"))
+        .collect();
+    a.signal(Signal::Answer { sdp: bare })
+        .await
+        .expect("answer applied");
+    connect_inline_passing(&a, &b, |signal| !matches!(signal, Signal::Candidate(_))).await;
+
+    let before = a.selected_path().await.expect("a's path");
+    assert_eq!(
+        before.remote.kind,
+        CandidateKind::PeerReflexive,
+        "the engine did not learn b from its checks; the test proves nothing: {before:?}"
+    );
+    let b_address = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), b_port);
+    assert_eq!(before.remote.address, Some(b_address), "{before:?}");
+    for candidate in candidates {
+        a.signal(Signal::Candidate(IceCandidate {
+            candidate,
+            sdp_m_line_index: Some(0),
+            sdp_mid: Some("0".into()),
+        }))
+        .await
+        .expect("a takes b's candidate");
+    }
+    let after = a.selected_path().await.expect("a's path");
+    assert_eq!(after.remote.kind, CandidateKind::Host, "{after:?}");
+    assert_eq!(after.remote.address, Some(b_address), "{after:?}");
     a.close().await;
     b.close().await;
 }
