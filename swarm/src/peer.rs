@@ -43,8 +43,10 @@ use webrtc::peer_connection::{
 use crate::signal::{IceCandidate, Signal};
 
 mod check_gate;
+mod sockets;
 
-use check_gate::{candidate_ip, CheckGate, PeerRuntime};
+use check_gate::{candidate_ip, CheckGate};
+use sockets::{PeerRuntime, ReadNudge};
 
 /// How many received messages wait for [`Peer::recv`] before the data channel stops reading
 /// (and SCTP flow control slows the sender down).
@@ -492,6 +494,8 @@ struct Shared {
     candidate_reported: Notify,
     /// Told our ICE credentials before each local description is applied.
     check_gate: Arc<CheckGate>,
+    /// Runs the engine's read path when a reader that fell behind has caught up.
+    read_nudge: Arc<ReadNudge>,
 }
 
 #[derive(Default)]
@@ -540,6 +544,7 @@ impl Peer {
                 },
                 !config.remote_paces_checks,
             )),
+            read_nudge: Arc::new(ReadNudge::default()),
         });
 
         let ice_servers: Vec<RTCIceServer> = config
@@ -599,12 +604,11 @@ impl Peer {
                     .build(),
             )
             .with_runtime(
-                PeerRuntime::gating(shared.check_gate.clone()).ok_or_else(|| {
-                    PeerError::Engine {
+                PeerRuntime::shared(shared.check_gate.clone(), shared.read_nudge.clone())
+                    .ok_or_else(|| PeerError::Engine {
                         op: "find the Tokio runtime",
                         message: "no async runtime available".into(),
-                    }
-                })?,
+                    })?,
             )
             .with_handler(Arc::new(Handler {
                 shared: shared.clone(),
@@ -1188,6 +1192,66 @@ async fn keep_relayed_writes_moving(shared: Arc<Shared>) {
     }
 }
 
+/// How long a reader that fell behind waits for more before it takes itself as caught up and
+/// nudges the engine (see [`ChannelEvents`]).
+const CAUGHT_UP_AFTER: Duration = Duration::from_millis(5);
+
+/// How long a nudge may take to bring messages the engine held back; if none come, the engine
+/// held none.
+const NUDGE_ANSWER_WAIT: Duration = Duration::from_millis(100);
+
+/// A data channel's events as its reader takes them, and the messages it hands to the receive
+/// queue. When the queue was full (the application fell behind), the engine may be holding
+/// messages back that it moves on only when its read path next runs (see
+/// `peer/sockets.rs`, [`ReadNudge`]); so once the reader finds nothing more to take, it nudges
+/// the engine, and again each time a nudge brought more.
+struct ChannelEvents {
+    channel: Arc<dyn DataChannel>,
+    nudge: Arc<ReadNudge>,
+    /// Set when a message had to wait for room in the receive queue; cleared when a nudge
+    /// brings nothing.
+    fell_behind: bool,
+}
+
+impl ChannelEvents {
+    fn new(channel: Arc<dyn DataChannel>, shared: &Shared) -> ChannelEvents {
+        ChannelEvents {
+            channel,
+            nudge: shared.read_nudge.clone(),
+            fell_behind: false,
+        }
+    }
+
+    /// The channel's next event; `None` once it has ended.
+    async fn next(&mut self) -> Option<DataChannelEvent> {
+        if self.fell_behind {
+            // `poll` is cancel-safe: a lock, then an mpsc receive.
+            if let Ok(event) = tokio::time::timeout(CAUGHT_UP_AFTER, self.channel.poll()).await {
+                return event;
+            }
+            debug!("caught up after falling behind: nudging the engine's reads");
+            self.nudge.request();
+            match tokio::time::timeout(NUDGE_ANSWER_WAIT, self.channel.poll()).await {
+                Ok(event) => return event,
+                Err(_) => self.fell_behind = false,
+            }
+        }
+        self.channel.poll().await
+    }
+
+    /// Hands `message` to `queue`, waiting for room; `false` if nobody receives any more.
+    async fn deliver(&mut self, queue: &mpsc::Sender<PeerMessage>, message: PeerMessage) -> bool {
+        match queue.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                self.fell_behind = true;
+                queue.send(message).await.is_ok()
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
 /// Queues the messages of an extra data channel (see [`Shared::adopt`]) with the adopted
 /// channel's. Its closing means nothing to the peer; its opening, when it is the channel sent on
 /// (`sends_on_it`), is the peer's `Connected` if that has not come yet.
@@ -1197,7 +1261,8 @@ async fn read_extra_channel(
     messages: mpsc::WeakSender<PeerMessage>,
     sends_on_it: bool,
 ) {
-    while let Some(event) = channel.poll().await {
+    let mut events = ChannelEvents::new(channel, &shared);
+    while let Some(event) = events.next().await {
         match event {
             DataChannelEvent::OnOpen if sends_on_it => {
                 shared.remote_open.store(true, Ordering::Release);
@@ -1213,7 +1278,7 @@ async fn read_extra_channel(
                 let Some(messages) = messages.upgrade() else {
                     break;
                 };
-                if messages.send(message).await.is_err() {
+                if !events.deliver(&messages, message).await {
                     break;
                 }
             }
@@ -1255,7 +1320,8 @@ async fn read_channel(
             Err(error) => debug!(%error, "reading the data channel label"),
         }
     }
-    while let Some(event) = channel.poll().await {
+    let mut events = ChannelEvents::new(channel, &shared);
+    while let Some(event) = events.next().await {
         match event {
             DataChannelEvent::OnOpen
                 if shared.adopted_own.load(Ordering::Acquire)
@@ -1273,8 +1339,7 @@ async fn read_channel(
             }
             DataChannelEvent::OnMessage(message) => {
                 let message = PeerMessage::from_wire(message.is_string, message.data.freeze());
-                let delivered = messages.send(message).await;
-                if delivered.is_err() {
+                if !events.deliver(&messages, message).await {
                     debug!("dropping a message: nobody receives any more");
                 }
             }

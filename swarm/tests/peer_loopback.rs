@@ -151,6 +151,42 @@ async fn two_peers_connect_over_loopback_and_exchange_messages() {
     a.close().await;
 }
 
+/// A receiver that falls far behind (messages queue up in the peer, in the engine and in SCTP)
+/// gets every message, in order, as soon as it reads again. The engine (webrtc 0.21) moves
+/// messages that SCTP held back for it only when its read path runs, on a packet from the
+/// remote or a timer; here the sender has long finished, so without the peer's nudge the last
+/// ones waited for the next ICE keepalive, ~2 s (one run in two of a burst of 1000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_fell_behind_gets_every_message_without_waiting_for_a_timer() {
+    const SENT: u32 = 3000;
+    // Far below the ~2 s an engine timer took; far above a message's time on loopback.
+    const MOST_A_MESSAGE_MAY_WAIT: Duration = Duration::from_millis(1000);
+    let a = Peer::new(loopback(true)).await.expect("initiator");
+    let b = Peer::new(loopback(false)).await.expect("answerer");
+    connect_inline(&a, &b).await;
+    for i in 0..SENT {
+        a.send(Bytes::from(format!("m{i}"))).await.expect("a sends");
+    }
+    // Everything that will move without the reader has moved, and the sender is idle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..SENT {
+        let asked = std::time::Instant::now();
+        let message = timeout(STEP, b.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} did not come within {STEP:?}"))
+            .expect("channel open");
+        assert_eq!(message, format!("m{i}"));
+        slowest = slowest.max(asked.elapsed());
+    }
+    assert!(
+        slowest < MOST_A_MESSAGE_MAY_WAIT,
+        "a message came only {slowest:?} after it was asked for: the engine held it back"
+    );
+    a.close().await;
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn candidates_before_the_offer_are_held_back() {
     let a = Arc::new(Peer::new(loopback(true)).await.expect("initiator"));
