@@ -311,6 +311,12 @@ impl CheckGate {
         }
     }
 
+    /// Whether a datagram the engine sends to `to` goes through a TURN server: framed for our own
+    /// allocation (ChannelData, or a Send indication), or to a remote relay candidate.
+    pub(super) fn goes_through_a_relay(&self, to: SocketAddr, datagram: &[u8]) -> bool {
+        turn_payload(datagram).0 != Framing::Direct || self.hold().remote_relays.contains(&to)
+    }
+
     /// Notes a datagram the engine sends from its socket `local` to `to`: the offerer times its
     /// checks, the answerer remembers where its direct ones went.
     pub(super) fn observe_sent(
@@ -1092,6 +1098,31 @@ mod tests {
         .and_then(|()| rtc::stun::fingerprint::FINGERPRINT.add_to(&mut nominating))
         .expect("signed");
         nominating.raw
+    }
+
+    #[test]
+    fn datagrams_for_a_relay_are_told_apart() {
+        let gate = CheckGate::new(true, LONGEST, false);
+        let relay: SocketAddr = "198.51.100.7:49152".parse().expect("address");
+        let other: SocketAddr = "198.51.100.7:49153".parse().expect("address");
+        let dtls = [22u8, 0xfe, 0xfd, 0, 0];
+        assert!(!gate.goes_through_a_relay(relay, &dtls), "not yet a relay");
+        gate.note_remote_candidate(&format!(
+            "candidate:1 1 udp 16777215 {} {} typ relay raddr 0.0.0.0 rport 0",
+            relay.ip(),
+            relay.port()
+        ));
+        assert!(
+            gate.goes_through_a_relay(relay, &dtls),
+            "to the remote's relay"
+        );
+        assert!(!gate.goes_through_a_relay(other, &dtls), "another port");
+        let mut channel_data = vec![0x40, 0x00, 0x00, 0x05];
+        channel_data.extend_from_slice(&dtls);
+        assert!(
+            gate.goes_through_a_relay(other, &channel_data),
+            "through our allocation"
+        );
     }
 
     #[test]
