@@ -455,9 +455,19 @@ async fn browser_throughput(hub: &str, mib: usize) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
+        use tracing_subscriber::filter::FilterExt;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        // The engine's repeats (a TURN permission refused on every check) shown once a minute.
+        let filter = tracing_subscriber::EnvFilter::from_default_env()
+            .and(swarm::EngineRepeatFilter::default());
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .init();
     }
     if let Ok(hub) = std::env::var(nat::LAB_PEER_ENV) {
