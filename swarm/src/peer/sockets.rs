@@ -151,16 +151,11 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
         cx: &mut std::task::Context<'_>,
         transmit: &webrtc::runtime::Transmit<'_>,
     ) -> std::task::Poll<std::io::Result<usize>> {
-        if self
+        let paced = self
             .gate
-            .goes_through_a_relay(transmit.destination, transmit.contents)
-        {
-            let datagrams = transmit
-                .segment_size
-                .map_or(1, |size| transmit.contents.len().div_ceil(size.max(1)));
-            if self.relay_pacer.poll_admit(cx, datagrams).is_pending() {
-                return std::task::Poll::Pending;
-            }
+            .goes_through_a_relay(transmit.destination, transmit.contents);
+        if paced && self.relay_pacer.poll_ready(cx).is_pending() {
+            return std::task::Poll::Pending;
         }
         if transmit.segment_size.is_none() {
             self.gate.observe_sent(
@@ -170,7 +165,15 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
                 Instant::now(),
             );
         }
-        self.inner.poll_send(cx, transmit)
+        let sent = self.inner.poll_send(cx, transmit);
+        if paced && matches!(sent, std::task::Poll::Ready(Ok(_))) {
+            // A batch (GSO) counts as its segments.
+            let datagrams = transmit
+                .segment_size
+                .map_or(1, |size| transmit.contents.len().div_ceil(size.max(1)));
+            self.relay_pacer.spend(datagrams);
+        }
+        sent
     }
 
     fn poll_recv(
@@ -307,8 +310,10 @@ struct PacerState {
 }
 
 impl RelayPacer {
-    /// Whether `datagrams` may go now; if not, `cx` is woken when one may.
-    fn poll_admit(&self, cx: &mut std::task::Context<'_>, datagrams: usize) -> std::task::Poll<()> {
+    /// Whether a datagram (or a batch) may go now; if not, `cx` is woken when one may. What
+    /// went is then paid for with [`RelayPacer::spend`] (not here: a send the kernel refuses
+    /// for now is asked again).
+    fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             let now = tokio::time::Instant::now();
@@ -319,7 +324,6 @@ impl RelayPacer {
             state.tokens = (state.tokens + refill).min(RELAY_DATAGRAMS_PER_MS);
             state.counted = Some(now);
             if state.tokens >= 1.0 {
-                state.tokens -= datagrams as f64;
                 state.wait = None;
                 return std::task::Poll::Ready(());
             }
@@ -333,6 +337,12 @@ impl RelayPacer {
                 return std::task::Poll::Pending;
             }
         }
+    }
+
+    /// Pays for `datagrams` sent (going below zero after a batch bigger than what was left).
+    fn spend(&self, datagrams: usize) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        state.tokens -= datagrams as f64;
     }
 }
 
@@ -447,7 +457,13 @@ mod tests {
         let waker = Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
         (0..datagrams)
-            .take_while(|_| pacer.poll_admit(&mut cx, 1).is_ready())
+            .take_while(|_| {
+                let ready = pacer.poll_ready(&mut cx).is_ready();
+                if ready {
+                    pacer.spend(1);
+                }
+                ready
+            })
             .count()
     }
 
@@ -476,7 +492,8 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         let waker = Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);
-        assert!(pacer.poll_admit(&mut cx, 2 * burst).is_ready());
+        assert!(pacer.poll_ready(&mut cx).is_ready());
+        pacer.spend(2 * burst);
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(admitted_now(&pacer, 1), 0, "still paying for the batch");
         tokio::time::advance(Duration::from_millis(1)).await;
@@ -489,7 +506,7 @@ mod tests {
         let pacer = RelayPacer::default();
         admitted_now(&pacer, 1000);
         let started = tokio::time::Instant::now();
-        std::future::poll_fn(|cx| pacer.poll_admit(cx, 1)).await;
+        std::future::poll_fn(|cx| pacer.poll_ready(cx)).await;
         let waited = started.elapsed();
         assert!(
             waited > Duration::ZERO && waited <= Duration::from_millis(1),
