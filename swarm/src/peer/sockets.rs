@@ -157,6 +157,10 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
         if paced && self.relay_pacer.poll_ready(cx).is_pending() {
             return std::task::Poll::Pending;
         }
+        let sent = self.inner.poll_send(cx, transmit);
+        if !matches!(sent, std::task::Poll::Ready(Ok(_))) {
+            return sent; // not sent (yet): the engine asks again, and it is noted then
+        }
         if transmit.segment_size.is_none() {
             self.gate.observe_sent(
                 self.local,
@@ -165,8 +169,7 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
                 Instant::now(),
             );
         }
-        let sent = self.inner.poll_send(cx, transmit);
-        if paced && matches!(sent, std::task::Poll::Ready(Ok(_))) {
+        if paced {
             // A batch (GSO) counts as its segments.
             let datagrams = transmit
                 .segment_size
