@@ -286,16 +286,17 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
 }
 
 /// How many datagrams a socket sends to TURN servers a millisecond at most (in bursts of as
-/// many): 48 MB/s of 1.2 KB datagrams.
+/// many): ~29 MB/s of 1.2 KB datagrams.
 ///
 /// Why: rtc-sctp 0.21 sends all its congestion window allows at once (it has no Max.Burst,
 /// RFC 9260 §7.2.4, which usrsctp and so libwebrtc keep at 4 packets a SACK), and coturn reads
 /// its relay sockets from one thread with the kernel's default buffers: bursts of hundreds of
 /// datagrams were dropped there (100–200 per 8 MiB in the NAT lab), and every retransmission
 /// that was lost too cost a 1 s retransmission timeout (rtc-sctp's minimum RTO). Relayed
-/// Rust→Rust throughput in the lab: 2.2–2.9 MB/s unpaced in 3 of 4 runs, 16–27 at 32 a
-/// millisecond and 33 at 40 (Node→Node in the same runs: 32–49). Direct paths are not paced.
-/// Upstream: rtc-sctp should keep to Max.Burst.
+/// Rust→Rust throughput in the lab, four runs each: unpaced 2.2–2.9 MB/s in 3 of 4; at 24 a
+/// millisecond 19.1–19.7, nothing dropped at coturn; at 32, 11–27 and at 40, 10–34, with drops
+/// again (Node→Node in the same runs: ~25–50). Direct paths are not paced. Upstream: rtc-sctp
+/// should keep to Max.Burst.
 const RELAY_DATAGRAMS_PER_MS: f64 = 24.0;
 
 /// Paces a socket's datagrams to TURN servers to [`RELAY_DATAGRAMS_PER_MS`] (a token bucket).
