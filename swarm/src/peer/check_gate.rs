@@ -542,8 +542,8 @@ enum Binding {
     Success,
 }
 
-const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
-const STUN_HEADER: usize = 20;
+pub(super) const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+pub(super) const STUN_HEADER: usize = 20;
 const ATTR_USERNAME: u16 = 0x0006;
 const ATTR_DATA: u16 = 0x0013;
 const ATTR_USE_CANDIDATE: u16 = 0x0025;

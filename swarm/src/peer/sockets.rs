@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 use webrtc::runtime::Runtime;
 
-use super::check_gate::{CheckGate, CheckVerdict};
+use super::check_gate::{CheckGate, CheckVerdict, MAGIC_COOKIE, STUN_HEADER};
 
 /// The kernel buffer asked for on each UDP socket of a peer, both ways.
 ///
@@ -392,17 +392,16 @@ impl ReadNudge {
     /// another socket).
     fn take_into(&self, buf: &mut [u8]) -> Option<usize> {
         const BINDING_INDICATION: [u8; 2] = [0x00, 0x11];
-        const LEN: usize = 20;
-        if buf.len() < LEN || !self.requested.swap(false, Ordering::AcqRel) {
+        if buf.len() < STUN_HEADER || !self.requested.swap(false, Ordering::AcqRel) {
             return None;
         }
         let count = self.sent.fetch_add(1, Ordering::Relaxed);
         buf[..2].copy_from_slice(&BINDING_INDICATION);
         buf[2..4].copy_from_slice(&0u16.to_be_bytes()); // no attributes
-        buf[4..8].copy_from_slice(&[0x21, 0x12, 0xA4, 0x42]); // magic cookie
+        buf[4..8].copy_from_slice(&MAGIC_COOKIE);
         buf[8..16].copy_from_slice(b"swarmnud");
-        buf[16..20].copy_from_slice(&count.to_be_bytes());
-        Some(LEN)
+        buf[16..STUN_HEADER].copy_from_slice(&count.to_be_bytes());
+        Some(STUN_HEADER)
     }
 
     /// Keeps `waker` as the one to wake for the socket at `local`.
