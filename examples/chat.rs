@@ -284,7 +284,8 @@ impl Room {
     }
 }
 
-/// `host 127.0.0.1:50001 -> host 127.0.0.1:50002 udp, direct, rtt 1 ms, 4.1 kB out, 3.9 kB in`.
+/// `host 127.0.0.1:50001 -> host 127.0.0.1:50002 udp, direct, rtt 1 ms, 4.1 kB out, 3.9 kB in`,
+/// and `, our NAT maps per destination` when two STUN servers saw us at two addresses.
 fn describe_path(path: &SelectedPath) -> String {
     let end = |end: &PathEnd| match end.address {
         Some(address) => format!("{} {address}", end.kind),
@@ -300,8 +301,13 @@ fn describe_path(path: &SelectedPath) -> String {
         .rtt
         .map(|rtt| format!(", rtt {} ms", rtt.as_millis()))
         .unwrap_or_default();
+    let nat = if path.nat_maps_per_destination {
+        ", our NAT maps per destination"
+    } else {
+        ""
+    };
     format!(
-        "{} -> {} {}, {via}{rtt}, {} out, {} in",
+        "{} -> {} {}, {via}{rtt}, {} out, {} in{nat}",
         end(&path.local),
         end(&path.remote),
         path.local.protocol,

@@ -255,11 +255,25 @@ fn chat_between_cone_and_symmetric_homes_and_a_browser_page() {
         "the direct path crosses both NATs through their mappings: {}",
         direct[0]
     );
+    assert!(
+        paths
+            .iter()
+            .all(|l| !l.contains("our NAT maps per destination")),
+        "alice's cone NAT keeps one mapping a socket (two STUN servers saw one address):\n{}",
+        paths.join("\n")
+    );
     let paths = bob.paths(&mut lab, 2);
     println!("bob (symmetric) /peers:\n{}", paths.join("\n"));
     assert!(
         paths.iter().all(|l| l.contains("relayed by TURN")),
         "bob is behind a symmetric NAT: every path relayed:\n{}",
+        paths.join("\n")
+    );
+    assert!(
+        paths
+            .iter()
+            .all(|l| l.contains("our NAT maps per destination")),
+        "bob's symmetric NAT gave the two STUN servers two addresses, and his paths say so:\n{}",
         paths.join("\n")
     );
     lab.send_line(page.index, &json!({"cmd": "close"}));

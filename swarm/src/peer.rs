@@ -94,7 +94,10 @@ const ENGINE_RELAY_WAIT: Duration = SRFLX_WAIT;
 ///
 /// A peer of this crate checks every pair every 5 ms (rtc-ice), so when the remote is one
 /// ([`PeerConfig::remote_paces_checks`] false) its check of the direct pair comes within a
-/// round trip, and the relay waits at most [`PROMPT_RELAY_WAIT`] instead.
+/// round trip, and the relay waits at most [`PROMPT_RELAY_WAIT`] instead. And once two STUN
+/// servers saw one of our sockets at two addresses (our NAT maps per destination), the relay
+/// waits only for our own direct checks' round trips, whoever the remote is (the gate's "Relay
+/// hold").
 const RELAY_WAIT: Duration = Duration::from_millis(700);
 /// The relay's longest wait against a remote that does not pace its checks (see
 /// [`RELAY_WAIT`]).
@@ -367,6 +370,12 @@ pub struct SelectedPath {
     /// Whether this side's ICE agent is the controlling one, which chose (nominated) the pair.
     /// The offerer starts controlling; only an ICE role conflict changes that.
     pub controlling: bool,
+    /// Whether this side's NAT maps per destination ("symmetric"): two STUN servers saw one of
+    /// its sockets at two different addresses, so what STUN learns is of no use to a remote,
+    /// and only a relay reaches a remote behind a NAT that filters. `false` also when it could
+    /// not be told: fewer than two STUN servers answered (configure two, at different
+    /// addresses, to know).
+    pub nat_maps_per_destination: bool,
 }
 
 impl SelectedPath {
@@ -730,7 +739,9 @@ impl Peer {
     /// The candidate pair ICE selected and what went over it, from the engine's statistics;
     /// `None` before ICE has selected a pair, or once the peer is closed.
     pub async fn selected_path(&self) -> Option<SelectedPath> {
-        selected_path_of(&self.shared.connection()?).await
+        let mut path = selected_path_of(&self.shared.connection()?).await?;
+        path.nat_maps_per_destination = self.shared.check_gate.own_mapping_varies();
+        Some(path)
     }
 
     /// Applies a signal from the other side.
@@ -1434,6 +1445,7 @@ async fn selected_path_of(connection: &Arc<dyn PeerConnection>) -> Option<Select
         bytes_sent: pair.bytes_sent,
         bytes_received: pair.bytes_received,
         controlling,
+        nat_maps_per_destination: false,
     })
 }
 
@@ -1572,6 +1584,7 @@ impl PeerConnectionEventHandler for Handler {
         }
         match event.candidate.to_json() {
             Ok(init) => {
+                self.shared.check_gate.note_local_candidate(&init.candidate);
                 let mid = lock(&self.shared.mid).clone();
                 let candidate = IceCandidate {
                     candidate: if self.shared.initiator {

@@ -35,7 +35,8 @@ use serde_json::{json, Value};
 #[path = "support/netlab.rs"]
 mod netlab;
 use netlab::{
-    hub_ice_flags, now_unix, tail, JsPeer, Lab, Line, HUB_PORT, INET, TURN_PORT, TURN_SECRET,
+    hub_ice_flags, now_unix, tail, JsPeer, Lab, Line, HUB_PORT, INET, INET_2, TURN_PORT,
+    TURN_SECRET,
 };
 
 /// Bytes each side sends the other.
@@ -152,10 +153,13 @@ fn turn_rest_credentials_match_known_values() {
     assert_eq!(password, signalhub::turn_credential(TURN_SECRET, &username));
 }
 
-/// The lab's STUN URL, and TURN URLs (`transports`: "udp", "tcp") with a credential expiring at
+/// The lab's two STUN URLs, and TURN URLs (`transports`: "udp", "tcp") with a credential expiring at
 /// `expiry`, as `[{"urls","username","credential"}]`.
 fn ice_servers(turn: Option<(&[&str], u64)>) -> Value {
-    let mut servers = vec![json!({"urls": [format!("stun:{INET}:{TURN_PORT}")]})];
+    let mut servers = vec![json!({"urls": [
+        format!("stun:{INET}:{TURN_PORT}"),
+        format!("stun:{INET_2}:{TURN_PORT}"),
+    ]})];
     if let Some((transports, expiry)) = turn {
         let (username, credential) = turn_credential(expiry);
         let urls: Vec<String> = transports
@@ -518,6 +522,7 @@ fn path_json(path: Option<swarm::SelectedPath>) -> Value {
             "bytes_sent": path.bytes_sent,
             "bytes_received": path.bytes_received,
             "controlling": path.controlling,
+            "nat_maps_per_destination": path.nat_maps_per_destination,
         }),
     }
 }
@@ -726,6 +731,11 @@ fn cone_nats_connect_directly_through_server_reflexive_addresses() {
             "peer {home}: {path}"
         );
         assert_path_carried_the_bytes(home, path);
+        // A cone NAT keeps one mapping a socket: the lab's two STUN servers saw one address.
+        assert_eq!(
+            path["nat_maps_per_destination"], false,
+            "peer {home}: {path}"
+        );
     }
 }
 
@@ -740,6 +750,14 @@ fn symmetric_nats_connect_through_the_turn_relay() {
     print_figures("symmetric↔symmetric", &reports);
     assert_hub_credentials_used(&lab, coturn);
     assert_relayed(&reports);
+    for (i, home) in ["a", "b"].into_iter().enumerate() {
+        // The lab's two STUN servers saw each side's socket at two addresses.
+        let path = &reports[i].1["path"];
+        assert_eq!(
+            path["nat_maps_per_destination"], true,
+            "peer {home}: {path}"
+        );
+    }
     // coturn refused to relay to the homes' private addresses, again and again (webrtc-rs asks
     // on every check); `connect_pair` asserted that each peer logged it at most once.
     let refusals = lab
@@ -1045,6 +1063,10 @@ fn rust_and_js_behind_symmetric_nats_connect_through_the_relay(js: JsPeer) {
     let (_, transferred, js_path, _lab) = rust_and_js("symmetric", js);
     let path = &transferred["path"];
     assert_eq!(path["relayed"], true, "Rust side not relayed: {path}");
+    assert_eq!(
+        path["nat_maps_per_destination"], true,
+        "Rust side: its symmetric NAT gave the two STUN servers two addresses: {path}"
+    );
     assert_path_carried_the_bytes("a", path);
     assert!(
         js_path["local"]["type"] == "relay" || js_path["remote"]["type"] == "relay",

@@ -10,7 +10,9 @@
 # the host's own interfaces and routes are never touched):
 #
 #   PREFIX-inet  the "internet": a bridge `seg` on 198.51.100.0/24 (TEST-NET-2), holding
-#                198.51.100.2 (where the tests run the hub and coturn) and one port per router.
+#                198.51.100.2 (where the tests run the hub and coturn), 198.51.100.3 (coturn's
+#                second address: a second STUN server, as real configurations list several, so a
+#                peer can see whether its NAT maps per destination) and one port per router.
 #                Its default route leads to a gateway that does not exist (.1): coturn
 #                needs *a* default route, or its relay socket gets an error sending to an address
 #                it cannot route (e.g. a home's private candidate) and it then drops the whole
@@ -33,11 +35,12 @@
 # through their NATs and the segment: routers know only their two subnets, the segment knows
 # none of the homes'.
 #
-# `up` prints KEY=VALUE lines: INET_NS, INET_ADDR, and per home HOME_NS_<name>, HOME_ADDR_<name>,
+# `up` prints KEY=VALUE lines: INET_NS, INET_ADDR, INET_ADDR_2, and per home HOME_NS_<name>, HOME_ADDR_<name>,
 # ROUTER_NS_<name>, WAN_ADDR_<name>, KIND_<name>. On any failure it tears down what it made.
 set -euo pipefail
 
 INET_ADDR=198.51.100.2
+INET_ADDR_2=198.51.100.3
 SEGMENT=198.51.100.0/24
 
 die() {
@@ -135,6 +138,7 @@ up() {
   ip -n "$inet" link add seg type bridge
   ip -n "$inet" link set seg up
   ip -n "$inet" addr add "$INET_ADDR/24" dev seg
+  ip -n "$inet" addr add "$INET_ADDR_2/24" dev seg
   # A default route into a dead end: a gateway 198.51.100.1 that exists only as a permanent
   # neighbour entry with a MAC nobody has, so what is sent there leaves without an error and is
   # dropped by every router (not their MAC). A `blackhole` route would not do: a send to it fails
@@ -146,6 +150,7 @@ up() {
   ip netns exec "$inet" sysctl -q -w net.bridge.bridge-nf-call-iptables=0 2>/dev/null || true
   echo "INET_NS=$inet"
   echo "INET_ADDR=$INET_ADDR"
+  echo "INET_ADDR_2=$INET_ADDR_2"
 
   local n=0 spec name kind router home
   for spec in "$@"; do

@@ -50,6 +50,17 @@ use tracing::debug;
 ///   20 ms) for our direct checks: had a direct check of the remote's worked, it would have
 ///   reached us, since we check the remote's addresses all along, which opens our NAT to
 ///   them. Through symmetric NATs Rust↔Rust connects in ~140 ms instead of ~340;
+/// - against any remote, once our own NAT is seen to map per destination (two STUN servers
+///   saw one socket of ours at two addresses, [`CheckGate::note_local_candidate`]), when our
+///   first check to each of the remote's direct addresses is older than the grace. Such a NAT
+///   lets in only what comes to a mapping one of our own checks made, from the address that
+///   check went to, so the remote's checks of the addresses we advertise never arrive, however
+///   early or late it sends them: a direct pair can work only if one of our checks gets
+///   through and is answered, within a round trip. What this gives up: a remote behind a NAT
+///   that filters by address alone lets our check in only after its own check to our address
+///   went out, which a pacing remote may send late; such a pair is relayed where it could have
+///   been direct. Symmetric NATs, Rust controlling Node: 872 → ~180 ms (see the note of
+///   2026-12-05);
 /// - otherwise at the latest [`RelayHold::longest`] after our first check: 700 ms against
 ///   libwebrtc, 300 ms against a peer of this crate.
 ///
@@ -148,8 +159,18 @@ const NOMINATION_KEPT_FOR: Duration = Duration::from_secs(2);
 struct RelayHold {
     /// How long after our first check relay pairs are held back at most.
     longest: Duration,
-    /// Whether the remote's checks coming only through relays end the hold sooner.
+    /// Whether the remote's checks coming only through relays end the hold sooner (against a
+    /// peer of this crate).
     early_release: bool,
+    /// Our server-reflexive candidates so far: the address a STUN server saw, and our socket
+    /// (its base).
+    own_mappings: Vec<(SocketAddr, SocketAddr)>,
+    /// Whether our NAT maps one socket to different addresses for different destinations: then
+    /// the hold ends once our own direct checks had their round trips.
+    own_mapping_varies: bool,
+    /// Where our direct checks went (not to a remote relay candidate, not through our relay),
+    /// and when the first to each.
+    direct_targets: Vec<(SocketAddr, Instant)>,
     /// When we sent our first connectivity check.
     first_check: Option<Instant>,
     /// Once true, nothing more is held back.
@@ -170,6 +191,11 @@ struct RelayHold {
 
 /// The remote relay candidates remembered; more are ignored (and their pairs wait the longest).
 const REMOTE_RELAYS_KEPT: usize = 16;
+/// Our own server-reflexive candidates remembered (one per STUN server and socket).
+const OWN_MAPPINGS_KEPT: usize = 16;
+/// The remote addresses our direct checks went to, remembered; checks to more are not waited
+/// for.
+const DIRECT_TARGETS_KEPT: usize = 16;
 /// Binding requests of ours remembered for timing.
 const SENT_KEPT: usize = 64;
 /// The least grace our direct checks get after the remote's first relayed check.
@@ -180,6 +206,9 @@ impl RelayHold {
         RelayHold {
             longest,
             early_release,
+            own_mappings: Vec::new(),
+            own_mapping_varies: false,
+            direct_targets: Vec::new(),
             first_check: None,
             released: false,
             remote_relays: Vec::new(),
@@ -199,16 +228,23 @@ impl RelayHold {
         let since_first = self
             .first_check
             .map(|first| now.saturating_duration_since(first));
+        let grace = |rtt: Duration| (rtt * 2).max(LEAST_GRACE);
+        let last_direct_target = self.direct_targets.iter().map(|(_, at)| *at).max();
         let reason = match (since_first, self.relayed_check_seen, self.longest_rtt) {
             // A response to a check we did not see go out: nothing to time it by.
             (None, _, _) => Some("no check of ours was seen"),
             (Some(since), _, _) if since >= self.longest => Some("the longest wait is over"),
             (Some(_), Some(seen), Some(rtt))
-                if self.early_release
-                    && !self.direct_check_seen
-                    && now >= seen + (rtt * 2).max(LEAST_GRACE) =>
+                if self.early_release && !self.direct_check_seen && now >= seen + grace(rtt) =>
             {
                 Some("the remote's checks come only through relays")
+            }
+            (Some(_), _, Some(rtt))
+                if self.own_mapping_varies
+                    && !self.direct_check_seen
+                    && last_direct_target.is_some_and(|last| now >= last + grace(rtt)) =>
+            {
+                Some("our NAT maps per destination, and our direct checks had their round trips")
             }
             _ => None,
         };
@@ -300,6 +336,38 @@ impl CheckGate {
         }
     }
 
+    /// Notes a local candidate the engine gathered (an `a=candidate` value, with or without
+    /// `a=`). Two server-reflexive ones from the same socket at different addresses mean our
+    /// NAT maps per destination (two STUN servers saw two mappings); the offerer then holds
+    /// relay pairs back only until its own direct checks had their round trips (see "Relay
+    /// hold").
+    pub(super) fn note_local_candidate(&self, candidate: &str) {
+        let Some((mapped, base)) = server_reflexive_mapping(candidate) else {
+            return;
+        };
+        let mut hold = self.hold();
+        if hold.own_mappings.len() == OWN_MAPPINGS_KEPT
+            || hold.own_mappings.contains(&(base, mapped))
+        {
+            return;
+        }
+        let varies = hold
+            .own_mappings
+            .iter()
+            .any(|(seen_base, seen_mapped)| *seen_base == base && *seen_mapped != mapped);
+        hold.own_mappings.push((base, mapped));
+        if varies && !hold.own_mapping_varies {
+            debug!(%base, "our NAT maps per destination");
+            hold.own_mapping_varies = true;
+        }
+    }
+
+    /// Whether two STUN servers saw one of our sockets at two addresses (see
+    /// [`CheckGate::note_local_candidate`]).
+    pub(super) fn own_mapping_varies(&self) -> bool {
+        self.hold().own_mapping_varies
+    }
+
     /// Notes the candidates a remote description carries.
     pub(super) fn note_remote_description(&self, sdp: &str) {
         for line in sdp.lines() {
@@ -349,8 +417,15 @@ impl CheckGate {
             return;
         }
         // A connectivity check names the remote's ufrag; a gathering request does not.
-        if hold.first_check.is_none() && stun_attribute(message, ATTR_USERNAME).is_some() {
-            hold.first_check = Some(now);
+        if stun_attribute(message, ATTR_USERNAME).is_some() {
+            hold.first_check.get_or_insert(now);
+            let direct = framing == Framing::Direct && !hold.remote_relays.contains(&to);
+            if direct
+                && hold.direct_targets.len() < DIRECT_TARGETS_KEPT
+                && !hold.direct_targets.iter().any(|(target, _)| *target == to)
+            {
+                hold.direct_targets.push((to, now));
+            }
         }
         hold.sent.record(request);
     }
@@ -523,6 +598,26 @@ impl CheckGate {
 pub(super) fn candidate_ip(candidate: &str) -> Option<std::net::IpAddr> {
     let line = candidate.strip_prefix("a=").unwrap_or(candidate);
     line.split_ascii_whitespace().nth(4)?.parse().ok()
+}
+
+/// A server-reflexive candidate's address and base (`… ADDRESS PORT typ srflx raddr BASE rport
+/// PORT …`), as IP addresses and ports; `None` for any other candidate.
+fn server_reflexive_mapping(candidate: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let line = candidate.strip_prefix("a=").unwrap_or(candidate);
+    let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+    let after = |name: &str| {
+        fields
+            .iter()
+            .position(|field| *field == name)
+            .and_then(|at| fields.get(at + 1))
+            .copied()
+    };
+    if after("typ") != Some("srflx") {
+        return None;
+    }
+    let mapped = SocketAddr::new(candidate_ip(line)?, fields.get(5)?.parse().ok()?);
+    let base = SocketAddr::new(after("raddr")?.parse().ok()?, after("rport")?.parse().ok()?);
+    Some((mapped, base))
 }
 
 /// How a datagram reached us: as the remote sent it, or through our TURN server.
@@ -1040,6 +1135,104 @@ mod tests {
         let _ = gate.inspect(LOCAL, &channel_data(&theirs), RELAY_SERVER, start + ms(10));
         let response = channel_data(&success_to(&relayed));
         assert_held_until(&gate, &response, start + LONGEST);
+    }
+
+    /// A gate against a remote that paces its checks (libwebrtc), told of our
+    /// server-reflexive `candidates`, that checked the remote's direct addresses `REMOTE` at
+    /// `start` and `OTHER` 30 ms later, and timed a relayed round trip of 2 ms.
+    fn offerer_with_own_candidates(start: Instant, candidates: &[&str]) -> CheckGate {
+        let ms = Duration::from_millis;
+        let gate = CheckGate::new(true, LONGEST, false);
+        gate.admit(&format!("a=ice-ufrag:Ab1z\r\na=ice-pwd:{GATE_PWD}\r\n"));
+        for candidate in candidates {
+            gate.note_local_candidate(candidate);
+        }
+        let check = || binding_request("remote:Ab1z", "their-password-their-password");
+        gate.observe_sent(LOCAL, REMOTE, &check(), start);
+        let relayed = check();
+        gate.observe_sent(LOCAL, RELAY_SERVER, &channel_data(&relayed), start);
+        assert_eq!(
+            gate.inspect(
+                LOCAL,
+                &channel_data(&success_to(&relayed)),
+                RELAY_SERVER,
+                start + ms(2)
+            ),
+            CheckVerdict::Withhold
+        );
+        let other = SocketAddr::new(REMOTE.ip(), REMOTE.port() + 1);
+        gate.observe_sent(LOCAL, other, &check(), start + ms(30));
+        gate
+    }
+
+    /// Our socket 10.1.0.2:50886 as two STUN servers saw it, at one address, and another of our
+    /// sockets elsewhere (and a host candidate): a NAT that keeps one mapping per socket.
+    const ONE_MAPPING_PER_SOCKET: [&str; 4] = [
+        "candidate:1 1 udp 1694498815 198.51.100.11 50886 typ srflx raddr 10.1.0.2 rport 50886",
+        "a=candidate:2 1 udp 1694498815 198.51.100.11 50886 typ srflx raddr 10.1.0.2 rport 50886",
+        "candidate:3 1 udp 1694498815 198.51.100.11 40112 typ srflx raddr 10.1.0.2 rport 40112",
+        "candidate:4 1 udp 2130706431 10.1.0.2 50886 typ host",
+    ];
+    /// The same socket seen at another port by a second STUN server.
+    const ANOTHER_MAPPING: &str =
+        "candidate:5 1 udp 1694498815 198.51.100.11 61234 typ srflx raddr 10.1.0.2 rport 50886";
+
+    #[test]
+    fn once_our_nat_maps_per_destination_the_relay_waits_only_for_our_direct_checks() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let response = || channel_data(&success_to(&binding_request("x:y", "z")));
+        // One mapping per socket: against a pacing remote the relay waits the longest.
+        let gate = offerer_with_own_candidates(start, &ONE_MAPPING_PER_SOCKET);
+        assert_held_until(&gate, &response(), start + LONGEST);
+        // Two mappings for one socket: until our last new direct target's first check (30 ms)
+        // is older than the grace (two of the 2 ms round trips, but at least 20 ms).
+        let mut varying = ONE_MAPPING_PER_SOCKET.to_vec();
+        varying.push(ANOTHER_MAPPING);
+        let gate = offerer_with_own_candidates(start, &varying);
+        assert_held_until(&gate, &response(), start + ms(50));
+        // Learnt after the checks started, it counts from then on.
+        let gate = offerer_with_own_candidates(start, &ONE_MAPPING_PER_SOCKET);
+        assert_eq!(
+            gate.inspect(LOCAL, &response(), RELAY_SERVER, start + ms(60)),
+            CheckVerdict::Withhold
+        );
+        gate.note_local_candidate(ANOTHER_MAPPING);
+        assert_eq!(
+            gate.inspect(LOCAL, &response(), RELAY_SERVER, start + ms(61)),
+            CheckVerdict::Pass
+        );
+    }
+
+    #[test]
+    fn when_our_nat_maps_per_destination_a_direct_check_still_makes_the_relay_wait_the_longest() {
+        let start = Instant::now();
+        let mut varying = ONE_MAPPING_PER_SOCKET.to_vec();
+        varying.push(ANOTHER_MAPPING);
+        let gate = offerer_with_own_candidates(start, &varying);
+        let theirs = binding_request("Ab1z:remote", GATE_PWD);
+        let _ = gate.inspect(LOCAL, &theirs, REMOTE, start + Duration::from_millis(8));
+        let response = channel_data(&success_to(&theirs));
+        assert_held_until(&gate, &response, start + LONGEST);
+    }
+
+    #[test]
+    fn server_reflexive_candidates_are_read_as_mapping_and_base() {
+        let address = |text: &str| text.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            server_reflexive_mapping(
+                "a=candidate:1 1 udp 1694498815 198.51.100.11 61234 typ srflx raddr 10.1.0.2 rport 50886 generation 0"
+            ),
+            Some((address("198.51.100.11:61234"), address("10.1.0.2:50886")))
+        );
+        for other in [
+            "candidate:4 1 udp 2130706431 10.1.0.2 50886 typ host",
+            "candidate:5 1 udp 41885439 198.51.100.2 51624 typ relay raddr 198.51.100.12 rport 18624",
+            "candidate:6 1 udp 1694498815 198.51.100.11 61234 typ srflx",
+            "candidate:7 1 udp 1694498815 x.local 61234 typ srflx raddr 10.1.0.2 rport 50886",
+        ] {
+            assert_eq!(server_reflexive_mapping(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub fn repo_root() -> PathBuf {
 
 /// The "internet" address the hub and coturn listen on (see netlab.sh).
 pub const INET: &str = "198.51.100.2";
+/// coturn's second address: a second STUN server (see netlab.sh).
+pub const INET_2: &str = "198.51.100.3";
 pub const HUB_PORT: u16 = 8080;
 pub const TURN_PORT: u16 = 3478;
 /// The secret coturn and the credentials share (`use-auth-secret`).
@@ -267,6 +269,8 @@ impl Lab {
             "-n",
             "--listening-ip",
             INET,
+            "--listening-ip",
+            INET_2,
             "--relay-ip",
             INET,
             "--listening-port",
@@ -573,6 +577,8 @@ pub fn hub_ice_flags(transports: &[&str], ttl: u64) -> Vec<String> {
         ttl.to_string(),
         "--ice-server".to_string(),
         format!("stun:{INET}:{TURN_PORT}"),
+        "--ice-server".to_string(),
+        format!("stun:{INET_2}:{TURN_PORT}"),
     ];
     for transport in transports {
         flags.push("--ice-server".to_string());
