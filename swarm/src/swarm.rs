@@ -134,6 +134,8 @@ pub struct SwarmOptions {
     pub resolve_mdns: bool,
     /// See [`PeerConfig::keepalive`] (2 s).
     pub keepalive: Duration,
+    /// See [`PeerConfig::relay_pace`] (24 datagrams a millisecond through a relay).
+    pub relay_pace: Option<std::num::NonZeroU32>,
     /// Sign every message and accept only signed ones (see the module docs).
     pub keypair: Option<Keypair>,
     /// webrtc-swarm's `wrap` hook.
@@ -161,6 +163,7 @@ impl Default for SwarmOptions {
             udp_addrs: PeerConfig::default().udp_addrs,
             resolve_mdns: false,
             keepalive: crate::peer::DEFAULT_KEEPALIVE,
+            relay_pace: crate::peer::DEFAULT_RELAY_PACE,
             keypair: None,
             wrap: None,
             unwrap: None,
@@ -925,6 +928,7 @@ impl SwarmLoop {
             resolve_mdns: self.options.resolve_mdns,
             keepalive: self.options.keepalive,
             remote_paces_checks: !of_this_crate,
+            relay_pace: self.options.relay_pace,
         };
         let peer = match Peer::new(config).await {
             Ok(peer) => Arc::new(peer),

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError};
@@ -25,21 +26,32 @@ use super::check_gate::{CheckGate, CheckVerdict, MAGIC_COOKIE, STUN_HEADER};
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 /// webrtc's Tokio runtime, except that every UDP socket it wraps gets [`SOCKET_BUFFER`], passes
-/// its received datagrams through the connection's [`CheckGate`], and answers its
-/// [`ReadNudge`].
+/// its received datagrams through the connection's [`CheckGate`], answers its [`ReadNudge`],
+/// and paces what it sends through a relay.
 #[derive(Debug)]
 pub(super) struct PeerRuntime {
     inner: Arc<dyn Runtime>,
     gate: Arc<CheckGate>,
     nudge: Arc<ReadNudge>,
+    relay_pace: Option<NonZeroU32>,
 }
 
 impl PeerRuntime {
     /// The runtime, behind an `Arc` as the engine takes it, for a connection gated by `gate`
-    /// and nudged by `nudge`; `None` outside a Tokio runtime.
-    pub(super) fn shared(gate: Arc<CheckGate>, nudge: Arc<ReadNudge>) -> Option<Arc<dyn Runtime>> {
+    /// and nudged by `nudge`, whose sockets send at most `relay_pace` datagrams a millisecond
+    /// through a relay (unpaced if `None`, see [`RelayPacer`]); `None` outside a Tokio runtime.
+    pub(super) fn shared(
+        gate: Arc<CheckGate>,
+        nudge: Arc<ReadNudge>,
+        relay_pace: Option<NonZeroU32>,
+    ) -> Option<Arc<dyn Runtime>> {
         let inner = webrtc::runtime::default_runtime()?;
-        Some(Arc::new(PeerRuntime { inner, gate, nudge }))
+        Some(Arc::new(PeerRuntime {
+            inner,
+            gate,
+            nudge,
+            relay_pace,
+        }))
     }
 }
 
@@ -77,7 +89,7 @@ impl Runtime for PeerRuntime {
             inner: self.inner.wrap_udp_socket(socket)?,
             gate: self.gate.clone(),
             nudge: self.nudge.clone(),
-            relay_pacer: RelayPacer::default(),
+            relay_pacer: self.relay_pace.map(RelayPacer::new),
             local,
             replay: StdMutex::new(None),
         }))
@@ -133,7 +145,7 @@ struct GatedUdpSocket {
     inner: Arc<dyn webrtc::runtime::AsyncUdpSocket>,
     gate: Arc<CheckGate>,
     nudge: Arc<ReadNudge>,
-    relay_pacer: RelayPacer,
+    relay_pacer: Option<RelayPacer>,
     /// The socket's address, as the gate tells sockets apart.
     local: SocketAddr,
     /// A nomination to replay, handed to the engine at its next read (after the response that
@@ -151,10 +163,11 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
         cx: &mut std::task::Context<'_>,
         transmit: &webrtc::runtime::Transmit<'_>,
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let paced = self
-            .gate
-            .goes_through_a_relay(transmit.destination, transmit.contents);
-        if paced && self.relay_pacer.poll_ready(cx).is_pending() {
+        let pacer = self.relay_pacer.as_ref().filter(|_| {
+            self.gate
+                .goes_through_a_relay(transmit.destination, transmit.contents)
+        });
+        if pacer.is_some_and(|pacer| pacer.poll_ready(cx).is_pending()) {
             return std::task::Poll::Pending;
         }
         let sent = self.inner.poll_send(cx, transmit);
@@ -169,12 +182,12 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
                 Instant::now(),
             );
         }
-        if paced {
+        if let Some(pacer) = pacer {
             // A batch (GSO) counts as its segments.
             let datagrams = transmit
                 .segment_size
                 .map_or(1, |size| transmit.contents.len().div_ceil(size.max(1)));
-            self.relay_pacer.spend(datagrams);
+            pacer.spend(datagrams);
         }
         sent
     }
@@ -285,8 +298,9 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
     }
 }
 
-/// How many datagrams a socket sends to TURN servers a millisecond at most (in bursts of as
-/// many): ~29 MB/s of 1.2 KB datagrams.
+/// Paces a socket's datagrams that go through a TURN server to a rate a millisecond, in bursts
+/// of as many (a token bucket; [`PeerConfig::relay_pace`](super::PeerConfig::relay_pace), by
+/// default [`DEFAULT_RELAY_PACE`](super::DEFAULT_RELAY_PACE), 24: ~29 MB/s of 1.2 KB datagrams).
 ///
 /// Why: rtc-sctp 0.21 sends all its congestion window allows at once (it has no Max.Burst,
 /// RFC 9260 §7.2.4, which usrsctp and so libwebrtc keep at 4 packets a SACK), and coturn reads
@@ -297,11 +311,12 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
 /// millisecond 19.1–19.7, nothing dropped at coturn; at 32, 11–27 and at 40, 10–34, with drops
 /// again (Node→Node in the same runs: ~25–50). Direct paths are not paced. Upstream: rtc-sctp
 /// should keep to Max.Burst.
-const RELAY_DATAGRAMS_PER_MS: f64 = 24.0;
-
-/// Paces a socket's datagrams to TURN servers to [`RELAY_DATAGRAMS_PER_MS`] (a token bucket).
-#[derive(Debug, Default)]
-struct RelayPacer(StdMutex<PacerState>);
+#[derive(Debug)]
+struct RelayPacer {
+    /// Datagrams a millisecond, and the most that go at once.
+    per_ms: f64,
+    state: StdMutex<PacerState>,
+}
 
 #[derive(Debug, Default)]
 struct PacerState {
@@ -314,25 +329,31 @@ struct PacerState {
 }
 
 impl RelayPacer {
+    fn new(per_ms: NonZeroU32) -> Self {
+        RelayPacer {
+            per_ms: f64::from(per_ms.get()),
+            state: StdMutex::new(PacerState::default()),
+        }
+    }
+
     /// Whether a datagram (or a batch) may go now; if not, `cx` is woken when one may. What
     /// went is then paid for with [`RelayPacer::spend`] (not here: a send the kernel refuses
     /// for now is asked again).
     fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             let now = tokio::time::Instant::now();
             let elapsed = state.counted.map_or(Duration::MAX, |counted| {
                 now.saturating_duration_since(counted)
             });
-            let refill = elapsed.as_secs_f64() * 1000.0 * RELAY_DATAGRAMS_PER_MS;
-            state.tokens = (state.tokens + refill).min(RELAY_DATAGRAMS_PER_MS);
+            let refill = elapsed.as_secs_f64() * 1000.0 * self.per_ms;
+            state.tokens = (state.tokens + refill).min(self.per_ms);
             state.counted = Some(now);
             if state.tokens >= 1.0 {
                 state.wait = None;
                 return std::task::Poll::Ready(());
             }
-            let next =
-                Duration::from_secs_f64((1.0 - state.tokens) / RELAY_DATAGRAMS_PER_MS / 1000.0);
+            let next = Duration::from_secs_f64((1.0 - state.tokens) / self.per_ms / 1000.0);
             let wait = state
                 .wait
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(next)));
@@ -345,7 +366,7 @@ impl RelayPacer {
 
     /// Pays for `datagrams` sent (going below zero after a batch bigger than what was left).
     fn spend(&self, datagrams: usize) {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.tokens -= datagrams as f64;
     }
 }
@@ -472,8 +493,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn datagrams_to_a_relay_go_in_bursts_of_the_rate_a_millisecond() {
-        let burst = RELAY_DATAGRAMS_PER_MS as usize;
-        let pacer = RelayPacer::default();
+        let burst = 24;
+        let pacer = RelayPacer::new(NonZeroU32::new(24).expect("not zero"));
         assert_eq!(
             admitted_now(&pacer, 1000),
             burst,
@@ -506,7 +527,7 @@ mod tests {
     /// A send that waits is woken when it may go.
     #[tokio::test(start_paused = true)]
     async fn a_waiting_datagram_is_woken_when_it_may_go() {
-        let pacer = RelayPacer::default();
+        let pacer = RelayPacer::new(NonZeroU32::new(3).expect("not zero"));
         admitted_now(&pacer, 1000);
         let started = tokio::time::Instant::now();
         std::future::poll_fn(|cx| pacer.poll_ready(cx)).await;
