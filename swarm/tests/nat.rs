@@ -957,6 +957,18 @@ fn hub_credentials_are_refreshed_before_they_expire() {
 /// behind `kind` NATs and taking ICE servers from the hub, connect and move 1 MiB each way.
 /// Returns the Rust side's `connected` and `transferred` reports and Node's selected path.
 fn rust_and_js(kind: &str, js: JsPeer) -> (Value, Value, Value, Lab) {
+    rust_and_js_joining(kind, js, Joins::RustFirst)
+}
+
+/// Who joins the swarm first. In webrtc-swarm the side that hears the other's announce offers,
+/// so that is the one joining second: with `JsFirst` the JS peer offers and controls ICE.
+#[derive(Clone, Copy, PartialEq)]
+enum Joins {
+    RustFirst,
+    JsFirst,
+}
+
+fn rust_and_js_joining(kind: &str, js: JsPeer, joins: Joins) -> (Value, Value, Value, Lab) {
     let mut lab = Lab::up(&[("a", kind), ("b", kind)]);
     lab.start_coturn();
     let flags = hub_ice_flags(&["udp"], 3600);
@@ -964,8 +976,19 @@ fn rust_and_js(kind: &str, js: JsPeer) -> (Value, Value, Value, Lab) {
     let app = format!("{}-{kind}", js.name());
     let mut setup = PeerSetup::from_hub();
     setup.expect_fill = Some(0x78); // what js/swarm-peer.mjs "blast" sends
-    let rust = lab.start_peer("a", &app, &setup);
-    let peer = lab.start_js("b", &app, js);
+    let (rust, peer) = match joins {
+        Joins::RustFirst => {
+            let rust = lab.start_peer("a", &app, &setup);
+            (rust, lab.start_js("b", &app, js))
+        }
+        Joins::JsFirst => {
+            let peer = lab.start_js("b", &app, js);
+            peer.expect_json(&lab, "the JS peer subscribed", PEER_DEADLINE, |e| {
+                e["event"] == "subscribed"
+            });
+            (lab.start_peer("a", &app, &setup), peer)
+        }
+    };
     let rust_id = rust.expect(&lab, &["joined"], PEER_DEADLINE)["id"]
         .as_str()
         .unwrap_or_default()
@@ -1025,22 +1048,15 @@ fn rust_and_js_behind_cone_nats_connect_directly(js: JsPeer) {
     let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
     let (_, transferred, js_path, lab) = rust_and_js("cone", js);
     let path = &transferred["path"];
-    if path["relayed"] == true && path["controlling"] == false && js == JsPeer::Chromium {
-        // Chromium, controlling, nominated the relay pair first (its checks of the NAT-to-NAT
-        // pair come later) and then the direct one, as libwebrtc does; rtc-ice 0.21, controlled,
-        // keeps the first pair it was given (`agent_selector.rs`: a nomination counts only while
-        // no pair is selected). So Rust sends through the relay and Chromium directly: the
-        // connection works, and the Chromium side's assertions below still hold. Upstream.
-        println!("Rust, controlled, kept Chromium's first nomination (the relay): {path}");
-    } else {
-        assert_eq!(path["relayed"], false, "Rust side relayed: {path}");
-        assert!(
-            path["remote"]["kind"] == "srflx" || path["remote"]["kind"] == "prflx",
-            "Rust side: the remote end is not the other NAT's mapping: {path}"
-        );
-        if path["remote"]["kind"] == "srflx" {
-            assert_eq!(ip_of(&path["remote"]["address"]), lab.wan("b"), "{path}");
-        }
+    // Also when the JS side controls ICE (it offered, or after a glare kept the role): the
+    // relay it may nominate first is held back from our engine while a direct pair may work.
+    assert_eq!(path["relayed"], false, "Rust side relayed: {path}");
+    assert!(
+        path["remote"]["kind"] == "srflx" || path["remote"]["kind"] == "prflx",
+        "Rust side: the remote end is not the other NAT's mapping: {path}"
+    );
+    if path["remote"]["kind"] == "srflx" {
+        assert_eq!(ip_of(&path["remote"]["address"]), lab.wan("b"), "{path}");
     }
     assert_path_carried_the_bytes("a", path);
     for end in ["local", "remote"] {
@@ -1078,6 +1094,51 @@ fn rust_and_js_behind_symmetric_nats_connect_through_the_relay(js: JsPeer) {
 #[test]
 fn rust_and_node_behind_cone_nats_connect_directly() {
     rust_and_js_behind_cone_nats_connect_directly(JsPeer::Node);
+}
+
+/// The JS peer joins first, so it offers on the Rust peer's announce and controls ICE.
+/// libwebrtc nominates the first pair that works, here mostly one through a relay (its checks
+/// of the NAT-to-NAT pair come later), and a better one later; rtc-ice 0.21, controlled, would
+/// keep the first for good. The answerer's check gate keeps such a nomination from the engine
+/// while a direct pair may still work ("Relay hold" in `swarm/src/peer/check_gate.rs`), so the
+/// Rust side takes the direct pair the JS side nominates next.
+fn js_offering_across_cone_nats_connects_directly_on_both_sides(js: JsPeer) {
+    let _one = LAB_LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let (_, transferred, js_path, _lab) = rust_and_js_joining("cone", js, Joins::JsFirst);
+    let path = &transferred["path"];
+    if path["controlling"] == true {
+        // Both offered (the JS peer's periodic announce crossed the Rust peer's join), and the
+        // Rust offerer kept the role: the other test covers that case.
+        println!("glare: the Rust side offered too and controls ICE: {path}");
+    }
+    assert_eq!(path["relayed"], false, "Rust side relayed: {path}");
+    assert!(
+        path["remote"]["kind"] == "srflx" || path["remote"]["kind"] == "prflx",
+        "Rust side: the remote end is not the other NAT's mapping: {path}"
+    );
+    assert_path_carried_the_bytes("a", path);
+    assert_ne!(
+        js_path["local"]["type"],
+        "relay",
+        "{} side: {js_path}",
+        js.title()
+    );
+    assert_ne!(
+        js_path["remote"]["type"],
+        "relay",
+        "{} side: {js_path}",
+        js.title()
+    );
+}
+
+#[test]
+fn node_offering_across_cone_nats_connects_directly_on_both_sides() {
+    js_offering_across_cone_nats_connects_directly_on_both_sides(JsPeer::Node);
+}
+
+#[test]
+fn chromium_offering_across_cone_nats_connects_directly_on_both_sides() {
+    js_offering_across_cone_nats_connects_directly_on_both_sides(JsPeer::Chromium);
 }
 
 #[test]

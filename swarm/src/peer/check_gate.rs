@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -72,6 +73,19 @@ use tracing::debug;
 /// from its relay address, in 1 of 12 counting only those through our relay. Node's direct
 /// check came first (63 ms in, its relayed one at 309 ms), but the two cannot be told apart.
 ///
+/// The answerer, against libwebrtc (which controls ICE when it offered), holds back the relay
+/// by the same rules: libwebrtc nominates the first pair that works, often a relay one (its
+/// checks of the NAT-to-NAT pair come later), and a better one once that works; rtc-ice,
+/// controlled, kept the first for good, so across two cone NATs a Rust answerer sent through
+/// TURN in every try of the NAT lab's Node-offers benchmark. A nomination of a relay pair
+/// reaches the engine as a plain check (its USE-CANDIDATE turned into an attribute no agent
+/// knows, of the same length, and signed again) while the hold lasts, and is kept; the engine
+/// then takes the direct pair the remote nominates next, or, when the hold ends, the kept
+/// nomination after the next answer from its sender. A remote whose NAT maps per destination
+/// (two of its server-reflexive candidates with one base and two addresses; a browser gives
+/// every base as `0.0.0.0:0`) ends the hold like our own NAT doing so. Against a peer of this
+/// crate the answerer holds nothing: the offerer held the relay back already.
+///
 /// **Nomination.** rtc-ice 0.21, controlled, drops a nomination (a check with USE-CANDIDATE)
 /// that arrives before its own check of the pair has succeeded: it sends a triggered check and
 /// neither answers the request nor remembers it (`handle_binding_request` in
@@ -94,6 +108,19 @@ pub(super) struct CheckGate {
     relay_hold: StdMutex<RelayHold>,
     /// The answerer's nominations waiting for their pair to work (see "Nomination").
     pending_nominations: StdMutex<PendingNominations>,
+    /// Whether ICE has connected (see [`CheckGate::ice_connected`]).
+    ice_connected: AtomicBool,
+    /// The remote's last DTLS datagram from before that, which the engine dropped.
+    early_dtls: StdMutex<EarlyDtls>,
+}
+
+/// The remote's last DTLS datagram from before ICE connected (see
+/// [`CheckGate::ice_connected`]): our socket, the sender, the datagram as received, and
+/// whether it is due to be handed over again.
+#[derive(Debug, Default)]
+struct EarlyDtls {
+    kept: Option<(SocketAddr, SocketAddr, Vec<u8>)>,
+    due: bool,
 }
 
 /// What [`CheckGate::inspect`] makes of a received datagram.
@@ -171,6 +198,14 @@ struct RelayHold {
     /// Where our direct checks went (not to a remote relay candidate, not through our relay),
     /// and when the first to each.
     direct_targets: Vec<(SocketAddr, Instant)>,
+    /// The remote's server-reflexive candidates: the address a STUN server saw, and its base
+    /// (`0.0.0.0:0` from a browser, which hides it).
+    remote_mappings: Vec<(SocketAddr, SocketAddr)>,
+    /// Whether the remote signalled two addresses for one base: its NAT maps per destination.
+    remote_mapping_varies: bool,
+    /// The answerer's last nomination of a relay pair kept from the engine: our socket, the
+    /// sender, the datagram as received (see "Relay hold").
+    held_nomination: Option<(SocketAddr, SocketAddr, Vec<u8>)>,
     /// When we sent our first connectivity check.
     first_check: Option<Instant>,
     /// Once true, nothing more is held back.
@@ -209,6 +244,9 @@ impl RelayHold {
             own_mappings: Vec::new(),
             own_mapping_varies: false,
             direct_targets: Vec::new(),
+            remote_mappings: Vec::new(),
+            remote_mapping_varies: false,
+            held_nomination: None,
             first_check: None,
             released: false,
             remote_relays: Vec::new(),
@@ -240,11 +278,15 @@ impl RelayHold {
                 Some("the remote's checks come only through relays")
             }
             (Some(_), _, Some(rtt))
-                if self.own_mapping_varies
+                if (self.own_mapping_varies || self.remote_mapping_varies)
                     && !self.direct_check_seen
                     && last_direct_target.is_some_and(|last| now >= last + grace(rtt)) =>
             {
-                Some("our NAT maps per destination, and our direct checks had their round trips")
+                Some(if self.own_mapping_varies {
+                    "our NAT maps per destination, and our direct checks had their round trips"
+                } else {
+                    "the remote's NAT maps per destination, and our direct checks had their round trips"
+                })
             }
             _ => None,
         };
@@ -284,6 +326,8 @@ impl CheckGate {
             offerer,
             relay_hold: StdMutex::new(RelayHold::new(longest_relay_hold, early_relay_release)),
             pending_nominations: StdMutex::new(PendingNominations::default()),
+            ice_connected: AtomicBool::new(false),
+            early_dtls: StdMutex::new(EarlyDtls::default()),
         }
     }
 
@@ -297,6 +341,43 @@ impl CheckGate {
         self.relay_hold
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes that ICE connected (a pair is selected), and whether a DTLS datagram from before
+    /// is now due to be handed to the engine again ([`CheckGate::take_early_dtls`]).
+    ///
+    /// Why: rtc 0.21 drops every datagram that is not STUN until ICE has selected a pair
+    /// (`IceHandler::handle_read`, "drop message … before ICE connection is connected"). A
+    /// remote that nominated sooner than we selected (a browser or Node offering, whose
+    /// nomination we took later: see "Nomination" and "Relay hold") starts DTLS at once, and its
+    /// ClientHello was lost: the handshake waited for its retransmission, which libwebrtc backs
+    /// off (50, 100, 200 ms…). Measured across cone NATs, Node offering: ICE connected at 217 ms,
+    /// the ClientHello retransmitted at 408 ms. Upstream: rtc should keep such a datagram (as
+    /// libwebrtc keeps an early ClientHello).
+    pub(super) fn ice_connected(&self) -> bool {
+        self.ice_connected.store(true, Ordering::Release);
+        let mut early = self
+            .early_dtls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        early.due = early.kept.is_some();
+        early.due
+    }
+
+    /// The DTLS datagram received on `local` before ICE connected, and its sender, once due.
+    pub(super) fn take_early_dtls(&self, local: SocketAddr) -> Option<(SocketAddr, Vec<u8>)> {
+        let mut early = self
+            .early_dtls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !early.due || early.kept.as_ref().is_none_or(|(on, ..)| *on != local) {
+            return None;
+        }
+        early.due = false;
+        early
+            .kept
+            .take()
+            .map(|(_, from, datagram)| (from, datagram))
     }
 
     /// Takes our credentials from a local description about to be applied.
@@ -332,6 +413,22 @@ impl CheckGate {
                 && !hold.remote_relays.contains(&address)
             {
                 hold.remote_relays.push(address);
+            }
+        }
+        if let Some((mapped, base)) = server_reflexive_mapping(candidate) {
+            let mut hold = self.hold();
+            if hold.remote_mappings.len() < OWN_MAPPINGS_KEPT
+                && !hold.remote_mappings.contains(&(base, mapped))
+            {
+                let varies = hold
+                    .remote_mappings
+                    .iter()
+                    .any(|(seen_base, seen_mapped)| *seen_base == base && *seen_mapped != mapped);
+                hold.remote_mappings.push((base, mapped));
+                if varies && !hold.remote_mapping_varies {
+                    debug!(%base, "the remote's NAT maps per destination");
+                    hold.remote_mapping_varies = true;
+                }
             }
         }
     }
@@ -410,7 +507,6 @@ impl CheckGate {
             if framing == Framing::Direct && !pending.nominations.is_empty() {
                 pending.sent.record(request);
             }
-            return;
         }
         let mut hold = self.hold();
         if hold.released {
@@ -445,12 +541,29 @@ impl CheckGate {
         let (framing, payload) = turn_payload(datagram);
         let message = &datagram[payload.clone()];
         let Some((binding, transaction)) = binding_message(message) else {
+            // RFC 7983: DTLS records start with 20–63.
+            if !self.ice_connected.load(Ordering::Acquire)
+                && message
+                    .first()
+                    .is_some_and(|first| (20..=63).contains(first))
+            {
+                let mut early = self
+                    .early_dtls
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                early.kept = Some((local, from, datagram.to_vec()));
+            }
             return CheckVerdict::Pass;
         };
         match binding {
             Binding::Request => {
                 let verdict = self.inspect_check(message);
-                if !self.offerer
+                // A relay pair's nomination held back is not one to replay early either.
+                let held = (!self.offerer && verdict == CheckVerdict::Pass)
+                    .then(|| self.held_back_nomination(local, datagram, from, now))
+                    .flatten();
+                if held.is_none()
+                    && !self.offerer
                     && verdict == CheckVerdict::Pass
                     && framing == Framing::Direct
                     && stun_attribute(message, ATTR_USE_CANDIDATE).is_some()
@@ -467,7 +580,7 @@ impl CheckGate {
                         .nominations
                         .push((local, from, datagram.to_vec(), now));
                 }
-                if self.offerer && verdict != CheckVerdict::Drop {
+                if verdict != CheckVerdict::Drop {
                     let mut hold = self.hold();
                     let after_ms = hold
                         .first_check
@@ -485,6 +598,9 @@ impl CheckGate {
                         debug!(%from, after_ms, "the remote's first direct check");
                         hold.direct_check_seen = true;
                     }
+                }
+                if let Some(stripped) = held {
+                    return stripped;
                 }
                 match verdict {
                     CheckVerdict::Rewrite(check) => {
@@ -511,6 +627,27 @@ impl CheckGate {
                 }
             }
             Binding::Success => {
+                let released = {
+                    let mut hold = self.hold();
+                    if let Some(sent) = hold.sent.take(transaction) {
+                        let rtt = now.saturating_duration_since(sent.at);
+                        hold.longest_rtt =
+                            Some(hold.longest_rtt.map_or(rtt, |longest| longest.max(rtt)));
+                    }
+                    let ours = hold
+                        .held_nomination
+                        .as_ref()
+                        .is_some_and(|(on, sender, _)| (*on, *sender) == (local, from));
+                    if ours && !hold.holds(now) {
+                        hold.held_nomination.take()
+                    } else {
+                        None
+                    }
+                };
+                if let Some((.., nomination)) = released {
+                    debug!(%from, "relay pairs may be chosen now: the remote's nomination of one again");
+                    return CheckVerdict::PassAndReplay(nomination);
+                }
                 let mut pending = self.pending_nominations();
                 if framing != Framing::Direct || pending.nominations.is_empty() {
                     return CheckVerdict::Pass;
@@ -532,13 +669,82 @@ impl CheckGate {
         }
     }
 
-    /// [`CheckGate::inspect`] for a binding request as the remote sent it.
-    fn inspect_check(&self, datagram: &[u8]) -> CheckVerdict {
-        use rtc::ice::attributes::control::AttrControlling;
-        use rtc::stun::attributes::{ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY};
+    /// As the answerer, against a remote that paces its checks: a genuine nomination of a relay
+    /// pair (`datagram`, received on `local` from `from`) while relay pairs are held back comes
+    /// to the engine without its USE-CANDIDATE, and is kept, to be handed over once the hold is
+    /// over (see "Relay hold"); `None` for anything else.
+    fn held_back_nomination(
+        &self,
+        local: SocketAddr,
+        datagram: &[u8],
+        from: SocketAddr,
+        now: Instant,
+    ) -> Option<CheckVerdict> {
+        let (framing, payload) = turn_payload(datagram);
+        let message = &datagram[payload.clone()];
+        stun_attribute(message, ATTR_USE_CANDIDATE)?;
+        let mut hold = self.hold();
+        let relayed = framing != Framing::Direct || hold.remote_relays.contains(&from);
+        if hold.early_release || !relayed || !hold.holds(now) {
+            return None;
+        }
+        let stripped = self.resigned(message, |typ| {
+            (typ == ATTR_USE_CANDIDATE).then(|| (ATTR_NOMINATION_HELD, Vec::new()))
+        })?;
+        let wrapped = rewrapped(datagram, framing, payload, &stripped)?;
+        if hold.held_nomination.is_none() {
+            debug!(%from, "the remote nominated a relay pair: held back while a direct one may work");
+        }
+        hold.held_nomination = Some((local, from, datagram.to_vec()));
+        Some(CheckVerdict::Rewrite(wrapped))
+    }
+
+    /// A binding request of the remote's (`check`, already authenticated), with the attributes
+    /// `swap` names replaced (by type, and value), signed again with our password: of the
+    /// same length, or `None`.
+    fn resigned(
+        &self,
+        check: &[u8],
+        swap: impl Fn(u16) -> Option<(u16, Vec<u8>)>,
+    ) -> Option<Vec<u8>> {
+        use rtc::stun::attributes::{AttrType, ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY};
         use rtc::stun::fingerprint::FINGERPRINT;
         use rtc::stun::integrity::MessageIntegrity;
-        use rtc::stun::message::{Message, Setter, BINDING_REQUEST};
+        use rtc::stun::message::{Message, Setter};
+        let credentials = self
+            .credentials
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (Some((_, pwd)), Some(crypto)) = (credentials.as_ref(), &self.crypto) else {
+            return None;
+        };
+        let mut message = Message::new();
+        message.raw = check.to_vec();
+        message.decode().ok()?;
+        let mut rebuilt = Message::new();
+        rebuilt.typ = message.typ;
+        rebuilt.transaction_id = message.transaction_id;
+        rebuilt.write_header();
+        for attribute in &message.attributes.0 {
+            if attribute.typ == ATTR_MESSAGE_INTEGRITY || attribute.typ == ATTR_FINGERPRINT {
+                continue;
+            }
+            match swap(attribute.typ.0) {
+                Some((typ, value)) => rebuilt.add(AttrType(typ), &value),
+                None => rebuilt.add(attribute.typ, &attribute.value),
+            }
+        }
+        MessageIntegrity::new_short_term_integrity_with_provider(pwd.clone(), crypto.crypto())
+            .add_to(&mut rebuilt)
+            .and_then(|()| FINGERPRINT.add_to(&mut rebuilt))
+            .ok()?;
+        (rebuilt.raw.len() == check.len()).then_some(rebuilt.raw)
+    }
+
+    /// [`CheckGate::inspect`] for a binding request as the remote sent it.
+    fn inspect_check(&self, datagram: &[u8]) -> CheckVerdict {
+        use rtc::stun::integrity::MessageIntegrity;
+        use rtc::stun::message::{Message, BINDING_REQUEST};
         let credentials = self
             .credentials
             .read()
@@ -565,31 +771,18 @@ impl CheckGate {
         if !self.offerer || !message.contains(rtc::stun::attributes::ATTR_ICE_CONTROLLING) {
             return CheckVerdict::Pass;
         }
-        let mut yielded = Message::new();
-        yielded.typ = message.typ;
-        yielded.transaction_id = message.transaction_id;
-        yielded.write_header();
-        for attribute in &message.attributes.0 {
-            if attribute.typ == ATTR_MESSAGE_INTEGRITY || attribute.typ == ATTR_FINGERPRINT {
-                continue;
+        drop(credentials);
+        // The tie-breaker, a 64-bit number, set to 0.
+        let controlling = rtc::stun::attributes::ATTR_ICE_CONTROLLING.0;
+        match self.resigned(datagram, |typ| {
+            (typ == controlling).then(|| (typ, vec![0; 8]))
+        }) {
+            Some(yielded) => {
+                debug!("a check claims the controlling role too: the offerer keeps it");
+                CheckVerdict::Rewrite(yielded)
             }
-            if attribute.typ == rtc::stun::attributes::ATTR_ICE_CONTROLLING {
-                if AttrControlling(0).add_to(&mut yielded).is_err() {
-                    return CheckVerdict::Pass;
-                }
-            } else {
-                yielded.add(attribute.typ, &attribute.value);
-            }
+            None => CheckVerdict::Pass,
         }
-        let signed =
-            MessageIntegrity::new_short_term_integrity_with_provider(pwd.clone(), crypto.crypto())
-                .add_to(&mut yielded)
-                .and_then(|()| FINGERPRINT.add_to(&mut yielded));
-        if signed.is_err() || yielded.raw.len() != datagram.len() {
-            return CheckVerdict::Pass;
-        }
-        debug!("a check claims the controlling role too: the offerer keeps it");
-        CheckVerdict::Rewrite(yielded.raw)
     }
 }
 
@@ -642,6 +835,10 @@ pub(super) const STUN_HEADER: usize = 20;
 const ATTR_USERNAME: u16 = 0x0006;
 const ATTR_DATA: u16 = 0x0013;
 const ATTR_USE_CANDIDATE: u16 = 0x0025;
+/// What a held-back nomination's USE-CANDIDATE becomes: a comprehension-optional attribute
+/// (RFC 8489 §14: ≥ 0x8000) no agent knows, of the same length (none), so the check keeps its
+/// length and the engine reads it as a plain check.
+const ATTR_NOMINATION_HELD: u16 = 0xC0DE;
 const ATTR_FINGERPRINT: u16 = 0x8028;
 
 /// Where in `datagram` the remote's (or, sent, our) datagram is: inside a TURN ChannelData
@@ -1259,6 +1456,148 @@ mod tests {
                 Instant::now()
             ),
             CheckVerdict::Pass
+        );
+    }
+
+    /// An answerer's gate against a remote that paces its checks (libwebrtc).
+    fn answerer_against_a_pacing_remote() -> CheckGate {
+        let gate = CheckGate::new(false, LONGEST, false);
+        gate.admit(&format!("a=ice-ufrag:Ab1z\r\na=ice-pwd:{GATE_PWD}\r\n"));
+        gate
+    }
+
+    /// The check inside `wrapped` (ChannelData, see [`channel_data`]), decoded.
+    fn check_in_channel_data(wrapped: &[u8]) -> rtc::stun::message::Message {
+        let len = usize::from(u16::from_be_bytes([wrapped[2], wrapped[3]]));
+        let mut message = rtc::stun::message::Message::new();
+        message.raw = wrapped[4..4 + len].to_vec();
+        message.decode().expect("a STUN message");
+        message
+    }
+
+    #[test]
+    fn the_answerer_keeps_a_relay_nomination_from_the_engine_while_a_direct_pair_may_work() {
+        use rtc::stun::attributes::ATTR_USE_CANDIDATE;
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let gate = answerer_against_a_pacing_remote();
+        let ours = || binding_request("remote:Ab1z", "their-password-their-password");
+        let first = ours();
+        gate.observe_sent(LOCAL, RELAY_SERVER, &channel_data(&first), start);
+        // The remote nominates the pair through our relay: the engine gets a plain check, of
+        // the same length, signed again with our password.
+        let nominating = channel_data(&nomination("Ab1z:remote", GATE_PWD));
+        let CheckVerdict::Rewrite(plain) =
+            gate.inspect(LOCAL, &nominating, RELAY_SERVER, start + ms(50))
+        else {
+            panic!("a relay pair's nomination went to the engine as it came");
+        };
+        assert_eq!(plain.len(), nominating.len());
+        let mut message = check_in_channel_data(&plain);
+        assert!(!message.contains(ATTR_USE_CANDIDATE), "still nominating");
+        let provider = rtc::crypto::default_provider().expect("a crypto provider");
+        rtc::stun::integrity::MessageIntegrity::check(
+            &mut message,
+            GATE_PWD.as_bytes(),
+            provider.crypto(),
+        )
+        .expect("signed again with our password");
+        rtc::stun::fingerprint::FINGERPRINT
+            .check(&message)
+            .expect("a fingerprint that matches");
+        // Our check's answer through the relay passes, and nothing comes back yet.
+        assert_eq!(
+            gate.inspect(
+                LOCAL,
+                &channel_data(&success_to(&first)),
+                RELAY_SERVER,
+                start + ms(60)
+            ),
+            CheckVerdict::Pass
+        );
+        // A direct nomination goes to the engine as it came.
+        let direct = nomination("Ab1z:remote", GATE_PWD);
+        assert_eq!(
+            gate.inspect(LOCAL, &direct, REMOTE, start + ms(70)),
+            CheckVerdict::Pass
+        );
+        // Once the longest wait is over, the next answer from there brings the nomination back,
+        // as the remote sent it; once.
+        for (at, expected) in [
+            (LONGEST - ms(1), CheckVerdict::Pass),
+            (LONGEST, CheckVerdict::PassAndReplay(nominating.clone())),
+            (LONGEST + ms(1), CheckVerdict::Pass),
+        ] {
+            let check = ours();
+            gate.observe_sent(
+                LOCAL,
+                RELAY_SERVER,
+                &channel_data(&check),
+                start + at - ms(1),
+            );
+            assert_eq!(
+                gate.inspect(
+                    LOCAL,
+                    &channel_data(&success_to(&check)),
+                    RELAY_SERVER,
+                    start + at
+                ),
+                expected,
+                "{at:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn against_a_peer_of_ours_the_answerer_passes_relay_nominations() {
+        let nominating = channel_data(&nomination("Ab1z:remote", GATE_PWD));
+        let gate = gate(false);
+        let ours = binding_request("remote:Ab1z", "their-password-their-password");
+        gate.observe_sent(LOCAL, RELAY_SERVER, &channel_data(&ours), Instant::now());
+        assert_eq!(
+            gate.inspect(LOCAL, &nominating, RELAY_SERVER, Instant::now()),
+            CheckVerdict::Pass
+        );
+    }
+
+    #[test]
+    fn once_the_remotes_nat_maps_per_destination_the_answerer_waits_only_for_our_direct_checks() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let gate = answerer_against_a_pacing_remote();
+        // A browser's two server-reflexive candidates (it hides their base) at two ports.
+        gate.note_remote_description(
+            "v=0\r\na=candidate:1 1 udp 1685987071 198.51.100.12 40001 typ srflx raddr 0.0.0.0 rport 0\r\na=candidate:2 1 udp 1685987071 198.51.100.12 40002 typ srflx raddr 0.0.0.0 rport 0\r\n",
+        );
+        let ours = || binding_request("remote:Ab1z", "their-password-their-password");
+        let relayed = ours();
+        gate.observe_sent(LOCAL, RELAY_SERVER, &channel_data(&relayed), start);
+        gate.observe_sent(LOCAL, REMOTE, &ours(), start + ms(5));
+        let nominating = channel_data(&nomination("Ab1z:remote", GATE_PWD));
+        assert!(matches!(
+            gate.inspect(LOCAL, &nominating, RELAY_SERVER, start + ms(10)),
+            CheckVerdict::Rewrite(_)
+        ));
+        // A 2 ms round trip: the grace is 20 ms after our direct check.
+        assert_eq!(
+            gate.inspect(
+                LOCAL,
+                &channel_data(&success_to(&relayed)),
+                RELAY_SERVER,
+                start + ms(2)
+            ),
+            CheckVerdict::Pass
+        );
+        let check = ours();
+        gate.observe_sent(LOCAL, RELAY_SERVER, &channel_data(&check), start + ms(24));
+        assert_eq!(
+            gate.inspect(
+                LOCAL,
+                &channel_data(&success_to(&check)),
+                RELAY_SERVER,
+                start + ms(25)
+            ),
+            CheckVerdict::PassAndReplay(nominating)
         );
     }
 

@@ -218,6 +218,20 @@ impl webrtc::runtime::AsyncUdpSocket for GatedUdpSocket {
                 }
             }
         }
+        if let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut()) {
+            if let Some((sender, datagram)) = self.gate.take_early_dtls(self.local) {
+                debug!(from = %sender, len = datagram.len(), "handing the engine an early DTLS datagram again");
+                if buf.len() >= datagram.len() {
+                    buf[..datagram.len()].copy_from_slice(&datagram);
+                    let mut from = webrtc::runtime::RecvMeta::default();
+                    from.addr = sender;
+                    from.len = datagram.len();
+                    from.stride = datagram.len();
+                    *slot = from;
+                    return Poll::Ready(Ok(1));
+                }
+            }
+        }
         if self.local.port() != MDNS_PORT {
             if let (Some(buf), Some(slot)) = (bufs.first_mut(), meta.first_mut()) {
                 if let Some(len) = self.nudge.take_into(buf) {
@@ -403,6 +417,12 @@ impl ReadNudge {
     /// Asks for a nudge and wakes the sockets' reads to deliver it.
     pub(super) fn request(&self) {
         self.requested.store(true, Ordering::Release);
+        self.wake_reads();
+    }
+
+    /// Wakes each socket's last read that found nothing, to look again (for a nudge, or a
+    /// datagram the gate hands over again: [`CheckGate::take_early_dtls`]).
+    pub(super) fn wake_reads(&self) {
         let wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
         for (_, waker) in wakers.iter() {
             waker.wake_by_ref();
