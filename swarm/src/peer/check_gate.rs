@@ -189,20 +189,14 @@ struct RelayHold {
     /// Whether the remote's checks coming only through relays end the hold sooner (against a
     /// peer of this crate).
     early_release: bool,
-    /// Our server-reflexive candidates so far: the address a STUN server saw, and our socket
-    /// (its base).
-    own_mappings: Vec<(SocketAddr, SocketAddr)>,
-    /// Whether our NAT maps one socket to different addresses for different destinations: then
-    /// the hold ends once our own direct checks had their round trips.
-    own_mapping_varies: bool,
+    /// Our server-reflexive candidates: whether our NAT maps per destination, and then the hold
+    /// ends once our own direct checks had their round trips.
+    own_mappings: Mappings,
     /// Where our direct checks went (not to a remote relay candidate, not through our relay),
     /// and when the first to each.
     direct_targets: Vec<(SocketAddr, Instant)>,
-    /// The remote's server-reflexive candidates: the address a STUN server saw, and its base
-    /// (`0.0.0.0:0` from a browser, which hides it).
-    remote_mappings: Vec<(SocketAddr, SocketAddr)>,
-    /// Whether the remote signalled two addresses for one base: its NAT maps per destination.
-    remote_mapping_varies: bool,
+    /// The remote's server-reflexive candidates (a browser gives every base as `0.0.0.0:0`).
+    remote_mappings: Mappings,
     /// The answerer's last nomination of a relay pair kept from the engine: our socket, the
     /// sender, the datagram as received (see "Relay hold").
     held_nomination: Option<(SocketAddr, SocketAddr, Vec<u8>)>,
@@ -224,10 +218,37 @@ struct RelayHold {
     withheld: usize,
 }
 
+/// One side's server-reflexive candidates: a base (the socket) and the address a STUN server saw
+/// it as, for the first [`MAPPINGS_KEPT`].
+#[derive(Debug, Default)]
+struct Mappings {
+    seen: Vec<(SocketAddr, SocketAddr)>,
+    /// Whether one base was seen at two addresses: the NAT maps per destination.
+    varies: bool,
+}
+
+impl Mappings {
+    /// Notes `base` seen as `mapped`; true when that shows, for the first time, that the NAT
+    /// maps per destination.
+    fn note(&mut self, base: SocketAddr, mapped: SocketAddr) -> bool {
+        if self.seen.len() == MAPPINGS_KEPT || self.seen.contains(&(base, mapped)) {
+            return false;
+        }
+        let varies = self
+            .seen
+            .iter()
+            .any(|(seen_base, seen_mapped)| *seen_base == base && *seen_mapped != mapped);
+        self.seen.push((base, mapped));
+        let news = varies && !self.varies;
+        self.varies |= varies;
+        news
+    }
+}
+
 /// The remote relay candidates remembered; more are ignored (and their pairs wait the longest).
 const REMOTE_RELAYS_KEPT: usize = 16;
-/// Our own server-reflexive candidates remembered (one per STUN server and socket).
-const OWN_MAPPINGS_KEPT: usize = 16;
+/// Server-reflexive candidates remembered a side (one per STUN server and socket).
+const MAPPINGS_KEPT: usize = 16;
 /// The remote addresses our direct checks went to, remembered; checks to more are not waited
 /// for.
 const DIRECT_TARGETS_KEPT: usize = 16;
@@ -241,11 +262,9 @@ impl RelayHold {
         RelayHold {
             longest,
             early_release,
-            own_mappings: Vec::new(),
-            own_mapping_varies: false,
+            own_mappings: Mappings::default(),
             direct_targets: Vec::new(),
-            remote_mappings: Vec::new(),
-            remote_mapping_varies: false,
+            remote_mappings: Mappings::default(),
             held_nomination: None,
             first_check: None,
             released: false,
@@ -278,11 +297,11 @@ impl RelayHold {
                 Some("the remote's checks come only through relays")
             }
             (Some(_), _, Some(rtt))
-                if (self.own_mapping_varies || self.remote_mapping_varies)
+                if (self.own_mappings.varies || self.remote_mappings.varies)
                     && !self.direct_check_seen
                     && last_direct_target.is_some_and(|last| now >= last + grace(rtt)) =>
             {
-                Some(if self.own_mapping_varies {
+                Some(if self.own_mappings.varies {
                     "our NAT maps per destination, and our direct checks had their round trips"
                 } else {
                     "the remote's NAT maps per destination, and our direct checks had their round trips"
@@ -416,19 +435,8 @@ impl CheckGate {
             }
         }
         if let Some((mapped, base)) = server_reflexive_mapping(candidate) {
-            let mut hold = self.hold();
-            if hold.remote_mappings.len() < OWN_MAPPINGS_KEPT
-                && !hold.remote_mappings.contains(&(base, mapped))
-            {
-                let varies = hold
-                    .remote_mappings
-                    .iter()
-                    .any(|(seen_base, seen_mapped)| *seen_base == base && *seen_mapped != mapped);
-                hold.remote_mappings.push((base, mapped));
-                if varies && !hold.remote_mapping_varies {
-                    debug!(%base, "the remote's NAT maps per destination");
-                    hold.remote_mapping_varies = true;
-                }
+            if self.hold().remote_mappings.note(base, mapped) {
+                debug!(%base, "the remote's NAT maps per destination");
             }
         }
     }
@@ -442,27 +450,15 @@ impl CheckGate {
         let Some((mapped, base)) = server_reflexive_mapping(candidate) else {
             return;
         };
-        let mut hold = self.hold();
-        if hold.own_mappings.len() == OWN_MAPPINGS_KEPT
-            || hold.own_mappings.contains(&(base, mapped))
-        {
-            return;
-        }
-        let varies = hold
-            .own_mappings
-            .iter()
-            .any(|(seen_base, seen_mapped)| *seen_base == base && *seen_mapped != mapped);
-        hold.own_mappings.push((base, mapped));
-        if varies && !hold.own_mapping_varies {
+        if self.hold().own_mappings.note(base, mapped) {
             debug!(%base, "our NAT maps per destination");
-            hold.own_mapping_varies = true;
         }
     }
 
     /// Whether two STUN servers saw one of our sockets at two addresses (see
     /// [`CheckGate::note_local_candidate`]).
     pub(super) fn own_mapping_varies(&self) -> bool {
-        self.hold().own_mapping_varies
+        self.hold().own_mappings.varies
     }
 
     /// Notes the candidates a remote description carries.
