@@ -9,7 +9,10 @@
 //! - two symmetric NATs: through the TURN relay, with credentials in the TURN REST scheme;
 //!   1 MiB each way; and the same with an expired credential: coturn refuses it, no path;
 //! - Rust↔Node and Rust↔Chromium across cone NATs (direct) and symmetric NATs (relayed), each
-//!   JS peer taking the hub's ICE servers as a webrtc-swarm user would; 1 MiB each way;
+//!   JS peer taking the hub's ICE servers as a webrtc-swarm user would; 1 MiB each way; and
+//!   across cone NATs with the JS peer offering (controlling ICE): direct on both sides;
+//! - behind a symmetric NAT a Rust peer knows it (the lab's two STUN servers see two mappings),
+//!   behind a cone one it does not (`SelectedPath::nat_maps_per_destination`);
 //! - UDP blocked ↔ cone: webrtc-rs 0.21 has no TURN over TCP, so the swarm reports the failure
 //!   (`Disconnected` with `IceFailed`) instead of hanging, and says why;
 //! - two symmetric NATs with STUN only: `Disconnected` with `IceFailed` within the handshake
