@@ -967,6 +967,13 @@ mod tests {
         gate
     }
 
+    /// [`gate`], against a remote that paces its checks (libwebrtc).
+    fn gate_against_a_pacing_remote(offerer: bool) -> CheckGate {
+        let gate = CheckGate::new(offerer, LONGEST, false);
+        gate.admit(&format!("a=ice-ufrag:Ab1z\r\na=ice-pwd:{GATE_PWD}\r\n"));
+        gate
+    }
+
     #[test]
     fn the_check_gate_passes_only_checks_for_our_credentials() {
         let ours = binding_request("Ab1z:remote", GATE_PWD);
@@ -1320,8 +1327,7 @@ mod tests {
     fn against_a_remote_that_paces_its_checks_the_relay_waits_the_longest() {
         let start = Instant::now();
         let ms = Duration::from_millis;
-        let gate = CheckGate::new(true, LONGEST, false);
-        gate.admit(&format!("a=ice-ufrag:Ab1z\r\na=ice-pwd:{GATE_PWD}\r\n"));
+        let gate = gate_against_a_pacing_remote(true);
         let relayed = binding_request("remote:Ab1z", "their-password-their-password");
         gate.observe_sent(LOCAL, RELAY_SERVER, &channel_data(&relayed), start);
         let theirs = binding_request("Ab1z:remote", GATE_PWD);
@@ -1335,8 +1341,7 @@ mod tests {
     /// `start` and `OTHER` 30 ms later, and timed a relayed round trip of 2 ms.
     fn offerer_with_own_candidates(start: Instant, candidates: &[&str]) -> CheckGate {
         let ms = Duration::from_millis;
-        let gate = CheckGate::new(true, LONGEST, false);
-        gate.admit(&format!("a=ice-ufrag:Ab1z\r\na=ice-pwd:{GATE_PWD}\r\n"));
+        let gate = gate_against_a_pacing_remote(true);
         for candidate in candidates {
             gate.note_local_candidate(candidate);
         }
@@ -1455,13 +1460,6 @@ mod tests {
         );
     }
 
-    /// An answerer's gate against a remote that paces its checks (libwebrtc).
-    fn answerer_against_a_pacing_remote() -> CheckGate {
-        let gate = CheckGate::new(false, LONGEST, false);
-        gate.admit(&format!("a=ice-ufrag:Ab1z\r\na=ice-pwd:{GATE_PWD}\r\n"));
-        gate
-    }
-
     /// The check inside `wrapped` (ChannelData, see [`channel_data`]), decoded.
     fn check_in_channel_data(wrapped: &[u8]) -> rtc::stun::message::Message {
         let len = usize::from(u16::from_be_bytes([wrapped[2], wrapped[3]]));
@@ -1476,7 +1474,7 @@ mod tests {
         use rtc::stun::attributes::ATTR_USE_CANDIDATE;
         let start = Instant::now();
         let ms = Duration::from_millis;
-        let gate = answerer_against_a_pacing_remote();
+        let gate = gate_against_a_pacing_remote(false);
         let ours = || binding_request("remote:Ab1z", "their-password-their-password");
         let first = ours();
         gate.observe_sent(LOCAL, RELAY_SERVER, &channel_data(&first), start);
@@ -1560,7 +1558,7 @@ mod tests {
     fn once_the_remotes_nat_maps_per_destination_the_answerer_waits_only_for_our_direct_checks() {
         let start = Instant::now();
         let ms = Duration::from_millis;
-        let gate = answerer_against_a_pacing_remote();
+        let gate = gate_against_a_pacing_remote(false);
         // A browser's two server-reflexive candidates (it hides their base) at two ports.
         gate.note_remote_description(
             "v=0\r\na=candidate:1 1 udp 1685987071 198.51.100.12 40001 typ srflx raddr 0.0.0.0 rport 0\r\na=candidate:2 1 udp 1685987071 198.51.100.12 40002 typ srflx raddr 0.0.0.0 rport 0\r\n",
